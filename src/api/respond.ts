@@ -1,0 +1,44 @@
+import type { ServerResponse } from 'node:http';
+import { ConfigRejectedError, type DfpError, type ErrorCode } from '../errors.js';
+
+/** The one place where error codes become HTTP statuses. */
+const STATUS: Record<ErrorCode, number> = {
+  DFP_ERR_INVALID_PARAM: 400,
+  DFP_ERR_MISSING_PARAM: 400,
+  DFP_ERR_NO_ROUTE: 409, // the Swarm Listener stops retrying on 409
+  DFP_ERR_UNSUPPORTED_PARAM: 400,
+  DFP_ERR_NOT_FOUND: 404,
+  DFP_ERR_CONFIG_REJECTED: 500,
+  DFP_ERR_RELOAD_FAILED: 500,
+  DFP_ERR_HAPROXY_UNAVAILABLE: 503,
+  DFP_ERR_CONSUL_UNAVAILABLE: 503,
+  DFP_ERR_SETTINGS: 500,
+  DFP_ERR_SHUTTING_DOWN: 503,
+  DFP_ERR_INTERNAL: 500,
+};
+
+export function statusOf(err: DfpError): number {
+  if (err instanceof ConfigRejectedError && err.causedByRequest) return 400;
+  return STATUS[err.code];
+}
+
+export function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+export function sendText(res: ServerResponse, status: number, text: string): void {
+  // text/plain, never text/html: the config holds user-supplied values (F8).
+  res.writeHead(status, { 'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+export function sendError(res: ServerResponse, err: DfpError): void {
+  sendJson(res, statusOf(err), {
+    Status: 'NOK',
+    Message: err.message,
+    Code: err.code,
+    ...(err.parameter === undefined ? {} : { Parameter: err.parameter }),
+  });
+}

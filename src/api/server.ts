@@ -1,0 +1,137 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { asDfpError, InvalidParamError, NotFoundError } from '../errors.js';
+import { checkBool } from '../spec/grammar.js';
+import { Params } from '../spec/params.js';
+import { parseReconfigure, parseRemove } from '../spec/parse.js';
+import type { Logger } from '../util/log.js';
+import { sendError, sendJson, sendText } from './respond.js';
+import type { ProxyCore } from './core.js';
+
+const BASE = '/v1/docker-flow-proxy/';
+const MAX_BODY = 64 * 1024;
+
+/** The HTTP API on PORT, compatible with the original (any method, query string or form body). */
+export class ApiServer {
+  private readonly server: Server;
+
+  constructor(
+    private readonly core: ProxyCore,
+    private readonly separator: string,
+    private readonly log: Logger,
+  ) {
+    this.server = createServer((req, res) => {
+      this.handle(req, res).catch((err: unknown) => {
+        const e = asDfpError(err);
+        if (e.code === 'DFP_ERR_INTERNAL') this.log.error(`internal error on ${req.url}: ${(err as Error).stack ?? String(err)}`);
+        if (!res.headersSent) sendError(res, e);
+        else res.destroy();
+      });
+    });
+    this.server.keepAliveTimeout = 5000;
+  }
+
+  listen(port: number, host: string): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, host, () => {
+        this.server.off('error', reject);
+        resolve((this.server.address() as AddressInfo).port);
+      });
+    });
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      this.server.close(() => resolve());
+      this.server.closeAllConnections();
+    });
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    if (url.pathname === '/v1/test' || url.pathname === '/v2/test') {
+      return sendJson(res, 200, { Status: 'OK', Message: url.pathname === '/v1/test' ? 'Test v1' : 'Test v2' });
+    }
+    if (!url.pathname.startsWith(BASE)) throw new NotFoundError(`no such endpoint: ${url.pathname}`);
+    const endpoint = url.pathname.slice(BASE.length);
+    const params = new Params([...url.searchParams, ...(await formBody(req))]);
+    switch (endpoint) {
+      case 'ping':
+        return sendJson(res, 200, { Status: 'OK', Message: '' });
+      case 'successfulinitreload':
+        return this.core.isReady()
+          ? sendJson(res, 200, { Status: 'OK', Message: '' })
+          : sendJson(res, 503, { Status: 'NOK', Message: 'start-up recovery has not been applied yet' });
+      case 'reconfigure':
+        return this.reconfigure(params, res);
+      case 'remove': {
+        const request = parseRemove(params);
+        const outcome = await this.core.remove(request.serviceName, request.aclName);
+        return sendJson(res, 200, {
+          Status: 'OK',
+          Message: outcome.removed ? '' : `${request.serviceName} was not configured; nothing changed`,
+          ServiceName: outcome.serviceName,
+          ...(request.distribute ? { Distribute: true } : {}),
+        });
+      }
+      case 'reload': {
+        const recreate = flag(params, 'recreate');
+        if (params.has('fromListener') && flag(params, 'fromListener')) {
+          throw new InvalidParamError('fromListener', 'fromListener needs LISTENER_ADDRESS, which this proxy does not use yet');
+        }
+        await this.core.reload(recreate);
+        return sendJson(res, 200, { Status: 'OK', Message: '' });
+      }
+      case 'config':
+        if (params.get('type') === 'json') return sendJson(res, 200, this.core.servicesModel());
+        return sendText(res, 200, this.core.liveConfig());
+      case 'status':
+        return sendJson(res, 200, { Status: 'OK', Message: '', ...this.core.status() });
+      default:
+        throw new NotFoundError(`no such endpoint: ${url.pathname}`);
+    }
+  }
+
+  private async reconfigure(params: Params, res: ServerResponse): Promise<void> {
+    const request = parseReconfigure(params, { separator: this.separator });
+    if (request.kind === 'remove') {
+      const outcome = await this.core.remove(request.serviceName, request.aclName);
+      return sendJson(res, 200, {
+        Status: 'OK',
+        Message: outcome.removed ? 'replicas=0: service removed' : `replicas=0: ${request.serviceName} was not configured; nothing changed`,
+        ServiceName: request.serviceName,
+      });
+    }
+    const outcome = await this.core.reconfigure(request.spec);
+    return sendJson(res, 200, {
+      Status: 'OK',
+      Message: outcome.warnings.join('; '),
+      ServiceName: request.spec.serviceName,
+      ServicePath: request.rawServicePath,
+      ...outcome.model,
+      Distribute: request.distribute,
+    });
+  }
+}
+
+function flag(params: Params, name: string): boolean {
+  const raw = params.get(name);
+  return raw === undefined ? false : checkBool(name, raw);
+}
+
+async function formBody(req: IncomingMessage): Promise<[string, string][]> {
+  const type = req.headers['content-type'] ?? '';
+  if (!type.startsWith('application/x-www-form-urlencoded')) {
+    req.resume();
+    return [];
+  }
+  let size = 0;
+  const chunks: Buffer[] = [];
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > MAX_BODY) throw new InvalidParamError('body', `request body is larger than ${MAX_BODY} bytes`);
+    chunks.push(chunk);
+  }
+  return [...new URLSearchParams(Buffer.concat(chunks).toString('utf8'))];
+}

@@ -1,0 +1,145 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from '../util/log.js';
+import { freePort, isPortFree } from '../util/ports.js';
+import { commandLine, isAlive, killQuietly, waitForExit } from '../util/process.js';
+
+export interface AgentPorts {
+  readonly http: number;
+  readonly server: number;
+  readonly serfLan: number;
+  readonly serfWan: number;
+}
+
+export interface AgentOptions {
+  readonly bin: string;
+  /** `dev`: in-memory agent (tests). `server`: single-node server whose data persists in dataDir. */
+  readonly mode: 'dev' | 'server';
+  /** Required for `server`; for `dev` only the log and pid files go there. */
+  readonly dataDir: string;
+  readonly bindIp?: string;
+  /** Ports to use; random free ones when absent. */
+  readonly ports?: AgentPorts;
+  readonly log?: Logger;
+}
+
+async function randomPorts(): Promise<AgentPorts> {
+  return { http: await freePort(), server: await freePort(), serfLan: await freePort(), serfWan: await freePort() };
+}
+
+/**
+ * A Consul agent we start ourselves: the embedded single-node server `npm start` brings up when
+ * CONSUL_ADDRESS is unset, and the dev agents of the test suite.
+ */
+export class ConsulAgent {
+  private child: ChildProcess | undefined;
+
+  private constructor(
+    readonly options: AgentOptions,
+    readonly ports: AgentPorts,
+  ) {}
+
+  get address(): string {
+    return `http://${this.options.bindIp ?? '127.0.0.1'}:${this.ports.http}`;
+  }
+
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
+  /** Starts an agent and waits until it has a leader. Retries with new ports on a port race. */
+  static async start(options: AgentOptions): Promise<ConsulAgent> {
+    mkdirSync(options.dataDir, { recursive: true });
+    killLeftover(options.dataDir);
+    let lastError: unknown;
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const ports = options.ports && attempt === 0 ? options.ports : await randomPorts();
+      const agent = new ConsulAgent(options, ports);
+      try {
+        await agent.spawn();
+        return agent;
+      } catch (err) {
+        lastError = err;
+        await agent.stop();
+      }
+    }
+    throw lastError;
+  }
+
+  /**
+   * For the embedded server: its ports are kept in the data dir so a restart finds its own raft
+   * peer address again (a single server whose address changed would wait for a leader forever).
+   */
+  static async persistentPorts(dataDir: string, bindIp = '127.0.0.1'): Promise<AgentPorts> {
+    const file = path.join(dataDir, 'dfp-ports.json');
+    if (existsSync(file)) {
+      const saved = JSON.parse(readFileSync(file, 'utf8')) as AgentPorts;
+      const free = await Promise.all(Object.values(saved).map((p: number) => isPortFree(p, bindIp)));
+      if (free.every(Boolean)) return saved;
+    }
+    const http = (await isPortFree(8500, bindIp)) ? 8500 : await freePort(bindIp);
+    const ports = { http, server: await freePort(bindIp), serfLan: await freePort(bindIp), serfWan: await freePort(bindIp) };
+    mkdirSync(dataDir, { recursive: true });
+    writeFileSync(file, JSON.stringify(ports));
+    return ports;
+  }
+
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    const child = this.child;
+    this.child = undefined;
+    if (child?.pid === undefined || child.exitCode !== null) return;
+    killQuietly(child.pid, signal);
+    if (!(await waitForExit(child.pid, signal === 'SIGKILL' ? 2000 : 8000))) killQuietly(child.pid, 'SIGKILL');
+    await waitForExit(child.pid, 2000);
+    rmSync(path.join(this.options.dataDir, 'dfp-consul.pid'), { force: true });
+  }
+
+  private async spawn(): Promise<void> {
+    const { options, ports } = this;
+    const ip = options.bindIp ?? '127.0.0.1';
+    const common = ['-bind', ip, '-client', ip, '-http-port', `${ports.http}`, '-server-port', `${ports.server}`, '-serf-lan-port', `${ports.serfLan}`, '-dns-port', '-1', '-grpc-port', '-1', '-log-level', 'warn'];
+    // Each pending blocking query holds a connection; the default cap of 200 per client is too low
+    // for a proxy that watches many services.
+    const hcl = ['-hcl', 'limits { http_max_conns_per_client = 4096 }'];
+    const args =
+      options.mode === 'dev'
+        ? ['agent', '-dev', '-node', `dev-${ports.http}`, ...common, '-serf-wan-port', '-1', ...hcl]
+        : ['agent', '-server', '-bootstrap-expect', '1', '-node', 'dfp-local', '-data-dir', path.join(options.dataDir, 'data'), ...common, '-serf-wan-port', `${ports.serfWan}`, '-hcl', 'performance { raft_multiplier = 1 }', ...hcl];
+    const logFile = openSync(path.join(options.dataDir, 'consul.log'), 'a');
+    const child = spawn(options.bin, args, { detached: true, stdio: ['ignore', logFile, logFile] });
+    this.child = child;
+    const failed = new Promise<never>((_, reject) => {
+      child.once('error', (err) => reject(new Error(`cannot start Consul (${options.bin}): ${err.message}; run npm run setup`)));
+      child.once('exit', (code) => reject(new Error(`Consul exited at start (code ${code}); see ${path.join(options.dataDir, 'consul.log')}`)));
+    });
+    failed.catch(() => undefined);
+    if (child.pid !== undefined) writeFileSync(path.join(options.dataDir, 'dfp-consul.pid'), `${child.pid}\n`);
+    const ready = (async () => {
+      const deadline = Date.now() + 30_000;
+      while (Date.now() < deadline) {
+        try {
+          const res = await fetch(`${this.address}/v1/status/leader`, { signal: AbortSignal.timeout(1000) });
+          const body = await res.text();
+          if (res.ok && body.length > 2) return;
+        } catch {
+          // not up yet
+        }
+        await sleep(25);
+      }
+      throw new Error('Consul did not elect a leader within 30 s');
+    })();
+    await Promise.race([ready, failed]);
+    options.log?.info(`Consul ${options.mode} agent ${child.pid} ready at ${this.address}`);
+  }
+}
+
+function killLeftover(dataDir: string): void {
+  const file = path.join(dataDir, 'dfp-consul.pid');
+  if (!existsSync(file)) return;
+  const pid = Number(readFileSync(file, 'utf8').trim());
+  const cmd = Number.isInteger(pid) && pid > 1 && isAlive(pid) ? commandLine(pid) : undefined;
+  if (cmd?.includes('consul') && (cmd.includes(dataDir) || cmd.includes('-dev'))) killQuietly(pid, 'SIGKILL');
+  rmSync(file, { force: true });
+}

@@ -1,0 +1,67 @@
+import { ConsulUnavailableError } from '../errors.js';
+
+export interface ConsulResponse {
+  readonly status: number;
+  readonly body: string;
+  /** `X-Consul-Index`, for blocking queries. */
+  readonly index: number | undefined;
+  readonly address: string;
+}
+
+export interface ConsulRequest {
+  readonly method?: 'GET' | 'PUT' | 'DELETE';
+  readonly body?: string;
+  readonly timeoutMs?: number;
+  readonly signal?: AbortSignal;
+}
+
+/**
+ * A small Consul HTTP client on Node's fetch. `CONSUL_ADDRESS` may list several agents: each
+ * request tries them in order, starting with the last one that answered, and moves on when one
+ * cannot be reached or answers 5xx (no leader, rpc error). 4xx answers are the caller's to judge.
+ */
+export class ConsulClient {
+  private preferred = 0;
+
+  constructor(
+    readonly addresses: readonly string[],
+    private readonly defaultTimeoutMs = 5000,
+  ) {
+    if (addresses.length === 0) throw new Error('ConsulClient needs at least one address');
+  }
+
+  async request(path: string, req: ConsulRequest = {}): Promise<ConsulResponse> {
+    const failures: string[] = [];
+    for (let i = 0; i < this.addresses.length; i++) {
+      const at = (this.preferred + i) % this.addresses.length;
+      const address = this.addresses[at] as string;
+      const timeout = AbortSignal.timeout(req.timeoutMs ?? this.defaultTimeoutMs);
+      const signal = req.signal ? AbortSignal.any([req.signal, timeout]) : timeout;
+      try {
+        const res = await fetch(`${address}${path}`, {
+          method: req.method ?? 'GET',
+          ...(req.body === undefined ? {} : { body: req.body }),
+          signal,
+        });
+        const body = await res.text();
+        if (res.status >= 500) {
+          failures.push(`${address}: HTTP ${res.status} ${body.trim().slice(0, 200)}`);
+          continue;
+        }
+        this.preferred = at;
+        const rawIndex = res.headers.get('x-consul-index');
+        return { status: res.status, body, index: rawIndex === null ? undefined : Number(rawIndex), address };
+      } catch (err) {
+        if (req.signal?.aborted) throw err;
+        failures.push(`${address}: ${describeFetchError(err)}`);
+      }
+    }
+    throw new ConsulUnavailableError(`Consul is unavailable (${failures.join('; ')})`);
+  }
+}
+
+function describeFetchError(err: unknown): string {
+  const e = err as Error & { cause?: { code?: string; message?: string } };
+  if (e.name === 'TimeoutError') return 'timed out';
+  return e.cause?.code ?? e.cause?.message ?? e.message;
+}

@@ -1,0 +1,52 @@
+import { isIP } from 'node:net';
+import type { Instance, InstanceSource } from '../discovery/types.js';
+import { ConsulUnavailableError } from '../errors.js';
+import type { Logger } from '../util/log.js';
+import type { ConsulClient } from './client.js';
+
+interface HealthEntry {
+  Node?: { Node?: string; Address?: string };
+  Service?: { ID?: string; Service?: string; Address?: string; Port?: number };
+}
+
+const SAFE_ID = /^[\x21-\x7e]{1,256}$/;
+
+/**
+ * Healthy instances from `/v1/health/service/<name>?passing`. A service registered without
+ * checks counts as healthy (only serfHealth applies). Entries that cannot be routed safely (no
+ * IP literal, bad port, odd ID) are skipped with a warning instead of reaching haproxy.cfg.
+ */
+export class ConsulInstanceSource implements InstanceSource {
+  constructor(
+    private readonly consul: ConsulClient,
+    private readonly log: Logger,
+  ) {}
+
+  async instances(service: string): Promise<Instance[]> {
+    const res = await this.consul.request(`/v1/health/service/${encodeURIComponent(service)}?passing`);
+    return this.parse(service, res.status, res.body);
+  }
+
+  parse(service: string, status: number, body: string): Instance[] {
+    if (status !== 200) throw new ConsulUnavailableError(`Consul answered ${status} for service ${service}: ${body.slice(0, 200)}`);
+    let entries: HealthEntry[];
+    try {
+      entries = JSON.parse(body) as HealthEntry[];
+      if (!Array.isArray(entries)) throw new Error('not an array');
+    } catch (err) {
+      throw new ConsulUnavailableError(`Consul sent an unreadable answer for service ${service}: ${(err as Error).message}`);
+    }
+    const out: Instance[] = [];
+    for (const e of entries) {
+      const id = e.Service?.ID ?? '';
+      const address = e.Service?.Address || e.Node?.Address || '';
+      const port = e.Service?.Port ?? 0;
+      if (!SAFE_ID.test(id) || isIP(address) === 0 || !Number.isInteger(port) || port < 1 || port > 65535) {
+        this.log.warn(`skipping instance ${JSON.stringify(id)} of ${service}: needs an IP address and a port 1-65535 (got ${JSON.stringify(address)}:${port})`);
+        continue;
+      }
+      out.push({ id, address, port });
+    }
+    return out;
+  }
+}

@@ -1,0 +1,108 @@
+/**
+ * Every failure the proxy reports has a stable code. The API maps codes to HTTP statuses in one
+ * place (api/respond.ts); callers and tests match on `code`, never on message text.
+ */
+export type ErrorCode =
+  | 'DFP_ERR_INVALID_PARAM'
+  | 'DFP_ERR_MISSING_PARAM'
+  | 'DFP_ERR_NO_ROUTE' // http mode without servicePath or serviceDomain: 409, the Swarm Listener's "give up"
+  | 'DFP_ERR_UNSUPPORTED_PARAM'
+  | 'DFP_ERR_NOT_FOUND'
+  | 'DFP_ERR_CONFIG_REJECTED' // `haproxy -c` refused the rendered config
+  | 'DFP_ERR_RELOAD_FAILED' // HAProxy did not come up with the new config
+  | 'DFP_ERR_HAPROXY_UNAVAILABLE'
+  | 'DFP_ERR_CONSUL_UNAVAILABLE'
+  | 'DFP_ERR_SETTINGS' // bad environment at start-up
+  | 'DFP_ERR_SHUTTING_DOWN'
+  | 'DFP_ERR_INTERNAL';
+
+export class DfpError extends Error {
+  readonly code: ErrorCode;
+  /** The request parameter (with its `.N` index) or env variable at fault, when there is one. */
+  readonly parameter: string | undefined;
+
+  constructor(code: ErrorCode, message: string, options: { parameter?: string; cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    this.code = code;
+    this.parameter = options.parameter;
+  }
+}
+
+export class InvalidParamError extends DfpError {
+  constructor(parameter: string, message: string) {
+    super('DFP_ERR_INVALID_PARAM', message, { parameter });
+  }
+}
+
+export class MissingParamError extends DfpError {
+  constructor(parameter: string, message = `${parameter} is required`) {
+    super('DFP_ERR_MISSING_PARAM', message, { parameter });
+  }
+}
+
+export class NoRouteError extends DfpError {
+  constructor(parameter: string, message: string) {
+    super('DFP_ERR_NO_ROUTE', message, { parameter });
+  }
+}
+
+export class UnsupportedParamError extends DfpError {
+  constructor(parameter: string, message: string) {
+    super('DFP_ERR_UNSUPPORTED_PARAM', message, { parameter });
+  }
+}
+
+export class NotFoundError extends DfpError {
+  constructor(message: string) {
+    super('DFP_ERR_NOT_FOUND', message);
+  }
+}
+
+/** HAProxy's own validation refused the config. `output` is HAProxy's text (ALERT lines). */
+export class ConfigRejectedError extends DfpError {
+  readonly output: string;
+  /** True when the rejected values came from the request being served (answer 4xx, not 5xx). */
+  readonly causedByRequest: boolean;
+  constructor(output: string, causedByRequest: boolean) {
+    super('DFP_ERR_CONFIG_REJECTED', `HAProxy rejected the new configuration: ${output.trim()}`);
+    this.output = output;
+    this.causedByRequest = causedByRequest;
+  }
+}
+
+export class ReloadFailedError extends DfpError {
+  constructor(message: string, cause?: unknown) {
+    super('DFP_ERR_RELOAD_FAILED', message, { cause });
+  }
+}
+
+export class HaproxyUnavailableError extends DfpError {
+  constructor(message: string, cause?: unknown) {
+    super('DFP_ERR_HAPROXY_UNAVAILABLE', message, { cause });
+  }
+}
+
+export class ConsulUnavailableError extends DfpError {
+  constructor(message: string, cause?: unknown) {
+    super('DFP_ERR_CONSUL_UNAVAILABLE', message, { cause });
+  }
+}
+
+export class SettingsError extends DfpError {
+  constructor(variable: string, message: string) {
+    super('DFP_ERR_SETTINGS', `${variable}: ${message}`, { parameter: variable });
+  }
+}
+
+export class ShuttingDownError extends DfpError {
+  constructor() {
+    super('DFP_ERR_SHUTTING_DOWN', 'the proxy is shutting down');
+  }
+}
+
+export function asDfpError(err: unknown): DfpError {
+  if (err instanceof DfpError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new DfpError('DFP_ERR_INTERNAL', message, { cause: err });
+}

@@ -1,0 +1,63 @@
+import type { Instance } from '../discovery/types.js';
+import { InvalidParamError } from '../errors.js';
+import type { ServiceState } from '../render/haproxy-config.js';
+import { backendName, consulServiceName, type ServiceSpec } from '../spec/types.js';
+
+/**
+ * The desired state: every configured service and the last known instances of each Consul
+ * service they use. Immutable; every change produces a new value, so an apply that fails leaves
+ * the previous state untouched.
+ */
+export interface DesiredState {
+  readonly services: ReadonlyMap<string, ServiceSpec>;
+  /** Keyed by Consul service name (`serviceName` or `serviceName-serviceColor`). */
+  readonly instances: ReadonlyMap<string, readonly Instance[]>;
+}
+
+export const EMPTY_STATE: DesiredState = { services: new Map(), instances: new Map() };
+
+/** Adds or replaces a service. Refuses names that would collide with another service's backends. */
+export function withService(state: DesiredState, spec: ServiceSpec, instances: readonly Instance[]): DesiredState {
+  const mine = new Set(spec.destinations.map((d) => backendName(spec, d)));
+  for (const other of state.services.values()) {
+    if (other.serviceName === spec.serviceName) continue;
+    if (other.aclName === spec.aclName) {
+      throw new InvalidParamError('aclName', `aclName ${spec.aclName} is already used by service ${other.serviceName}`);
+    }
+    for (const d of other.destinations) {
+      if (mine.has(backendName(other, d))) {
+        throw new InvalidParamError('aclName', `backend ${backendName(other, d)} already belongs to service ${other.serviceName}; choose another aclName`);
+      }
+    }
+  }
+  const services = new Map(state.services);
+  services.set(spec.serviceName, spec);
+  const byConsul = new Map(state.instances);
+  byConsul.set(consulServiceName(spec), instances);
+  return prune({ services, instances: byConsul });
+}
+
+export function withoutService(state: DesiredState, serviceName: string): DesiredState {
+  if (!state.services.has(serviceName)) return state;
+  const services = new Map(state.services);
+  services.delete(serviceName);
+  return prune({ services, instances: state.instances });
+}
+
+export function withInstances(state: DesiredState, consulName: string, instances: readonly Instance[]): DesiredState {
+  if (!state.instances.has(consulName)) return state;
+  const byConsul = new Map(state.instances);
+  byConsul.set(consulName, instances);
+  return { services: state.services, instances: byConsul };
+}
+
+/** Drops instance lists no service refers to any more. */
+function prune(state: DesiredState): DesiredState {
+  const used = new Set([...state.services.values()].map(consulServiceName));
+  const instances = new Map([...state.instances].filter(([name]) => used.has(name)));
+  return { services: state.services, instances };
+}
+
+export function serviceStates(state: DesiredState): ServiceState[] {
+  return [...state.services.values()].map((spec) => ({ spec, instances: state.instances.get(consulServiceName(spec)) ?? [] }));
+}
