@@ -88,7 +88,9 @@ export class HaproxyProcess {
   async reload(timeoutMs: number): Promise<void> {
     await this.whenUp();
     const child = this.child;
-    const before = await this.showProc();
+    const before = await this.showProc().catch((err: unknown) => {
+      throw new HaproxyUnavailableError(`the HAProxy master does not answer on its socket: ${(err as Error).message}`, err);
+    });
     const mark = this.seq;
     try {
       await socketCommand(this.paths.masterSocket, 'reload', { retryForMs: 1000 });

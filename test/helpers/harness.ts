@@ -1,0 +1,209 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { loadSettings } from '../../src/config/settings.js';
+import { ConsulAgent } from '../../src/consul/agent.js';
+import { FlowProxy } from '../../src/proxy.js';
+import { createLogger, parseLevel } from '../../src/util/log.js';
+import { freePort } from '../../src/util/ports.js';
+import { isAlive, killQuietly } from '../../src/util/process.js';
+import { PROJECT_ROOT } from '../../src/util/project.js';
+
+/**
+ * Real parts for integration tests: Consul dev agents, proxies with their own HAProxy, and small
+ * HTTP backends that answer with their identity, all on random free loopback ports. Every process
+ * is tracked by PID and killed when the test process exits, even after a crash.
+ */
+
+const tracked = new Set<number>();
+process.on('exit', () => {
+  for (const pid of tracked) {
+    killQuietly(-pid, 'SIGKILL');
+    killQuietly(pid, 'SIGKILL');
+  }
+});
+
+export function track(pid: number | undefined): void {
+  if (pid !== undefined) tracked.add(pid);
+}
+
+/** Temp dirs carry the `dfp-test-` marker that scripts/check-leaks.sh looks for. */
+export function tempDir(): string {
+  return mkdtempSync(path.join(os.tmpdir(), 'dfp-test-'));
+}
+
+export const CONSUL_BIN = process.env.CONSUL_BIN ?? path.join(PROJECT_ROOT, '.tools/bin/consul');
+
+export async function startConsul(): Promise<ConsulAgent> {
+  const agent = await ConsulAgent.start({ bin: CONSUL_BIN, mode: 'dev', dataDir: tempDir() });
+  track(agent.pid);
+  return agent;
+}
+
+export async function stopConsul(agent: ConsulAgent): Promise<void> {
+  const pid = agent.pid;
+  await agent.stop('SIGKILL');
+  if (pid !== undefined) tracked.delete(pid);
+  rmSync(agent.options.dataDir, { recursive: true, force: true });
+}
+
+export interface TestProxy {
+  readonly proxy: FlowProxy;
+  readonly api: string;
+  readonly http: string;
+  readonly httpPort: number;
+  readonly stateDir: string;
+  stop(): Promise<void>;
+}
+
+export async function startProxy(consulAddress: string, env: Record<string, string> = {}): Promise<TestProxy> {
+  const stateDir = env.STATE_DIR ?? tempDir();
+  const httpPort = await freePort();
+  const settings = loadSettings({
+    CONSUL_ADDRESS: consulAddress,
+    STATE_DIR: stateDir,
+    PORT: '0',
+    IP: '127.0.0.1',
+    DEFAULT_PORTS: String(httpPort),
+    SECRETS_DIR: path.join(stateDir, 'no-secrets'),
+    ...env,
+  });
+  const proxy = await FlowProxy.start(settings, createLogger(parseLevel(process.env.TEST_LOG_LEVEL ?? 'error')));
+  track(proxy.haproxy.status().masterPid);
+  return {
+    proxy,
+    api: `http://127.0.0.1:${proxy.apiPort}/v1/docker-flow-proxy`,
+    http: `http://127.0.0.1:${settings.bindPorts[0]}`,
+    httpPort: settings.bindPorts[0] ?? httpPort,
+    stateDir,
+    async stop() {
+      const pid = proxy.haproxy.status().masterPid;
+      await proxy.stop();
+      if (pid !== undefined) tracked.delete(pid);
+      rmSync(stateDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface Backend {
+  readonly name: string;
+  readonly port: number;
+  readonly server: Server;
+  close(): Promise<void>;
+}
+
+/** An HTTP backend that answers every request with its name and the path it saw. */
+export async function startBackend(name: string, host = '127.0.0.1'): Promise<Backend> {
+  const server = createServer((req, res) => {
+    res.writeHead(200, { 'Content-Type': 'application/json' });
+    res.end(JSON.stringify({ instance: name, path: req.url }));
+  });
+  server.keepAliveTimeout = 1000;
+  await new Promise<void>((resolve) => server.listen(0, host, resolve));
+  return {
+    name,
+    port: (server.address() as AddressInfo).port,
+    server,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
+
+export interface Registration {
+  /** Registrator's ID: `<hostname>:<container>:<exposedPort>`. */
+  readonly id: string;
+  readonly body: Record<string, unknown>;
+}
+
+/**
+ * Registers an instance exactly as Registrator (v7, `-ip 127.0.0.1`) does: its ID scheme, the
+ * published host port, empty fields omitted, and `Check: null` unless check metadata is given.
+ */
+export async function registerLikeRegistrator(
+  consul: string,
+  opts: { name: string; container: string; exposedPort: number; hostPort: number; ip?: string; host?: string; checkHttp?: string; checkInterval?: string },
+): Promise<Registration> {
+  const ip = opts.ip ?? '127.0.0.1';
+  const id = `${opts.host ?? 'host1'}:${opts.container}:${opts.exposedPort}`;
+  const meta: Record<string, string> = {};
+  let check: Record<string, unknown> | null = null;
+  if (opts.checkHttp !== undefined) {
+    meta.check_http = opts.checkHttp;
+    meta.check_interval = opts.checkInterval ?? '1s';
+    check = { HTTP: `http://${ip}:${opts.hostPort}${opts.checkHttp}`, Interval: meta.check_interval };
+  }
+  const body: Record<string, unknown> = { ID: id, Name: opts.name, Port: opts.hostPort, Address: ip };
+  if (Object.keys(meta).length > 0) body.Meta = meta;
+  body.Check = check;
+  const res = await fetch(`${consul}/v1/agent/service/register`, { method: 'PUT', body: JSON.stringify(body) });
+  if (!res.ok) throw new Error(`register ${id}: ${res.status} ${await res.text()}`);
+  return { id, body };
+}
+
+export async function deregister(consul: string, id: string): Promise<void> {
+  const res = await fetch(`${consul}/v1/agent/service/deregister/${encodeURIComponent(id)}`, { method: 'PUT' });
+  if (!res.ok) throw new Error(`deregister ${id}: ${res.status}`);
+}
+
+export interface ApiAnswer {
+  readonly status: number;
+  readonly body: Record<string, unknown>;
+  readonly text: string;
+}
+
+export async function callApi(p: TestProxy, endpoint: string, params: Record<string, string> | string = {}): Promise<ApiAnswer> {
+  const query = typeof params === 'string' ? params : new URLSearchParams(params).toString();
+  const res = await fetch(`${p.api}/${endpoint}${query ? `?${query}` : ''}`);
+  const text = await res.text();
+  let body: Record<string, unknown> = {};
+  try {
+    body = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    // text endpoints
+  }
+  return { status: res.status, body, text };
+}
+
+/** A request through HAProxy on a fresh connection. */
+export async function through(p: TestProxy, urlPath: string): Promise<{ status: number; instance: string | undefined; path: string | undefined }> {
+  const res = await fetch(`${p.http}${urlPath}`, { headers: { Connection: 'close' } });
+  const text = await res.text();
+  if (res.status !== 200) return { status: res.status, instance: undefined, path: undefined };
+  const body = JSON.parse(text) as { instance: string; path: string };
+  return { status: 200, instance: body.instance, path: body.path };
+}
+
+export async function liveConfig(p: TestProxy): Promise<string> {
+  return (await callApi(p, 'config')).text;
+}
+
+/** Worker PIDs and reload counter: what "HAProxy did not reload" is asserted with. */
+export async function haproxyGeneration(p: TestProxy): Promise<string> {
+  const info = await p.proxy.haproxy.showProc();
+  return `${info.reloads}:${info.workers.join(',')}`;
+}
+
+export async function eventually<T>(what: string, fn: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 10_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: T | undefined;
+  let lastErr: unknown;
+  while (Date.now() < deadline) {
+    try {
+      last = await fn();
+      if (ok(last)) return last;
+    } catch (err) {
+      lastErr = err;
+    }
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`timed out waiting for ${what}; last value ${JSON.stringify(last)} ${lastErr ? String(lastErr) : ''}`);
+}
+
+export function assertDead(pid: number | undefined): void {
+  if (pid !== undefined && isAlive(pid)) throw new Error(`process ${pid} is still alive`);
+}
