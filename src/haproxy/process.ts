@@ -46,7 +46,8 @@ export class HaproxyProcess {
   ) {}
 
   status(): HaproxyStatus {
-    return { running: this.child?.exitCode === null, masterPid: this.child?.pid, restarts: this.restarts };
+    const serving = this.serving !== undefined && this.serving === this.child && this.serving.exitCode === null;
+    return { running: serving, masterPid: this.child?.pid, restarts: this.restarts };
   }
 
   /** Starts HAProxy with the config file as it is on disk. Resolves once a worker serves. */
@@ -177,14 +178,19 @@ export class HaproxyProcess {
     child.once('exit', (code, signal) => this.onExit(child, code, signal));
     if (child.pid !== undefined) writeFileSync(this.paths.pidFile, `${child.pid}\n`);
     const deadline = Date.now() + 30_000;
+    const exited = new Promise<never>((_, reject) =>
+      child.once('exit', (code, signal) =>
+        reject(new HaproxyUnavailableError(`HAProxy exited at start (code ${code}, signal ${signal}): ${this.outputSince(mark) || 'no output'}`)),
+      ),
+    );
+    exited.catch(() => undefined);
     const started = (async () => {
       while (Date.now() < deadline) {
-        if (child.exitCode !== null || child.signalCode !== null) {
-          throw new HaproxyUnavailableError(`HAProxy exited at start: ${this.outputSince(mark) || `exit ${child.exitCode}`}`);
-        }
         try {
-          if ((await this.showProc()).workers.length > 0) return;
-        } catch {
+          // Raced against the exit so a master that dies while starting is noticed at once.
+          if ((await Promise.race([this.showProc(), exited])).workers.length > 0) return;
+        } catch (err) {
+          if (child.exitCode !== null || child.signalCode !== null) throw err;
           // socket not there yet
         }
         await sleep(10);

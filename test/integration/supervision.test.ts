@@ -1,0 +1,97 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import type { ConsulAgent } from '../../src/consul/agent.js';
+import { waitForExit } from '../../src/util/process.js';
+import {
+  assertDead,
+  type Backend,
+  callApi,
+  eventually,
+  liveConfig,
+  registerLikeRegistrator,
+  startBackend,
+  startConsul,
+  startProxy,
+  stopConsul,
+  type TestProxy,
+  through,
+  track,
+} from '../helpers/harness.js';
+
+/** HAProxy is supervised: a dead worker or master comes back with the last good config. */
+describe('HAProxy supervision', () => {
+  let consul: ConsulAgent;
+  let proxy: TestProxy;
+  let backend: Backend;
+
+  before(async () => {
+    consul = await startConsul();
+    proxy = await startProxy(consul.address);
+    backend = await startBackend('svc.0');
+    await registerLikeRegistrator(consul.address, { name: 'svc', container: 'svc.0', exposedPort: 80, hostPort: backend.port });
+    assert.equal((await callApi(proxy, 'reconfigure', { serviceName: 'svc', servicePath: '/svc' })).status, 200);
+  });
+
+  after(async () => {
+    await proxy?.stop();
+    await backend?.close();
+    if (consul) await stopConsul(consul);
+  });
+
+  async function servesAgain(previousMaster: number): Promise<void> {
+    await eventually('a new HAProxy master', async () => proxy.proxy.haproxy.status(), (s) => s.running && s.masterPid !== previousMaster);
+    track(proxy.proxy.haproxy.status().masterPid);
+    await eventually('the route to be served again', () => through(proxy, '/svc'), (r) => r.instance === 'svc.0');
+  }
+
+  it('killing the worker (SIGKILL) brings HAProxy back with the last good config', async () => {
+    const { masterPid } = proxy.proxy.haproxy.status();
+    const [worker] = (await proxy.proxy.haproxy.showProc()).workers;
+    assert.ok(worker);
+    const restarts = proxy.proxy.haproxy.status().restarts;
+    process.kill(worker, 'SIGKILL');
+    await servesAgain(masterPid ?? 0);
+    assert.equal(proxy.proxy.haproxy.status().restarts, restarts + 1);
+    assertDead(masterPid);
+  });
+
+  it('killing the master (SIGKILL) brings HAProxy back, and the old workers are gone', async () => {
+    const { masterPid } = proxy.proxy.haproxy.status();
+    const oldWorkers = (await proxy.proxy.haproxy.showProc()).workers;
+    assert.ok(masterPid);
+    process.kill(masterPid, 'SIGKILL');
+    await servesAgain(masterPid);
+    for (const w of oldWorkers) assert.ok(await waitForExit(w, 5000), `old worker ${w} exited`);
+    // The API keeps working on the new master.
+    assert.equal((await callApi(proxy, 'reconfigure', { serviceName: 'svc', servicePath: '/svc,/svc2' })).status, 200);
+    assert.equal((await through(proxy, '/svc2')).instance, 'svc.0');
+  });
+
+  it('HAProxy not answering: 5xx with the reason, the last good config stays', async () => {
+    const { masterPid } = proxy.proxy.haproxy.status();
+    assert.ok(masterPid);
+    const config = await liveConfig(proxy);
+    process.kill(masterPid, 'SIGSTOP');
+    let res: Awaited<ReturnType<typeof callApi>>;
+    try {
+      res = await callApi(proxy, 'reconfigure', { serviceName: 'svc', servicePath: '/svc,/svc2,/other' });
+    } finally {
+      process.kill(masterPid, 'SIGCONT');
+    }
+    assert.ok(res.status >= 500, res.text);
+    assert.equal(res.body.Status, 'NOK');
+    assert.match(String(res.body.Message), /HAProxy/);
+    assert.equal(await liveConfig(proxy), config);
+    assert.equal((await through(proxy, '/other')).status, 503);
+    assert.equal((await through(proxy, '/svc2')).instance, 'svc.0');
+  });
+
+  it('stop() leaves no HAProxy process behind', async () => {
+    const { masterPid } = proxy.proxy.haproxy.status();
+    const workers = (await proxy.proxy.haproxy.showProc()).workers;
+    await proxy.stop();
+    assertDead(masterPid);
+    for (const w of workers) assertDead(w);
+    proxy = undefined as unknown as TestProxy;
+  });
+});
