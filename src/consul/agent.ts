@@ -52,7 +52,7 @@ export class ConsulAgent {
   /** Starts an agent and waits until it has a leader. Retries with new ports on a port race. */
   static async start(options: AgentOptions): Promise<ConsulAgent> {
     mkdirSync(options.dataDir, { recursive: true });
-    killLeftover(options.dataDir);
+    await killLeftover(options.dataDir);
     let lastError: unknown;
     for (let attempt = 0; attempt < 5; attempt++) {
       const ports = options.ports && attempt === 0 ? options.ports : await randomPorts();
@@ -74,6 +74,7 @@ export class ConsulAgent {
    */
   static async persistentPorts(dataDir: string, bindIp = '127.0.0.1'): Promise<AgentPorts> {
     const file = path.join(dataDir, 'dfp-ports.json');
+    await killLeftover(dataDir); // its ports are ours to reuse
     if (existsSync(file)) {
       const saved = JSON.parse(readFileSync(file, 'utf8')) as AgentPorts;
       const free = await Promise.all(Object.values(saved).map((p: number) => isPortFree(p, bindIp)));
@@ -135,11 +136,15 @@ export class ConsulAgent {
   }
 }
 
-function killLeftover(dataDir: string): void {
+/** A Consul we started for this data dir but whose proxy died without stopping it. */
+async function killLeftover(dataDir: string): Promise<void> {
   const file = path.join(dataDir, 'dfp-consul.pid');
   if (!existsSync(file)) return;
   const pid = Number(readFileSync(file, 'utf8').trim());
   const cmd = Number.isInteger(pid) && pid > 1 && isAlive(pid) ? commandLine(pid) : undefined;
-  if (cmd?.includes('consul') && (cmd.includes(dataDir) || cmd.includes('-dev'))) killQuietly(pid, 'SIGKILL');
+  if (cmd?.includes('consul') && (cmd.includes(dataDir) || cmd.includes('-dev'))) {
+    killQuietly(pid, 'SIGKILL');
+    await waitForExit(pid, 5000);
+  }
   rmSync(file, { force: true });
 }

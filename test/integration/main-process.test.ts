@@ -1,0 +1,109 @@
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { readFileSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { after, describe, it } from 'node:test';
+import { freePort } from '../../src/util/ports.js';
+import { isAlive, waitForExit } from '../../src/util/process.js';
+import { PROJECT_ROOT } from '../../src/util/project.js';
+import { type Backend, registerLikeRegistrator, startBackend, tempDir, track } from '../helpers/harness.js';
+
+/**
+ * `npm start` as a newcomer runs it: no CONSUL_ADDRESS, so the proxy brings up its own Consul
+ * server with data under STATE_DIR, and stops everything on SIGTERM/SIGINT.
+ */
+describe('the proxy process with no CONSUL_ADDRESS', () => {
+  const stateDir = tempDir();
+  let backend: Backend;
+  let apiPort: number;
+  let httpPort: number;
+
+  after(async () => {
+    await backend?.close();
+    rmSync(stateDir, { recursive: true, force: true });
+  });
+
+  async function launch(): Promise<{ child: ChildProcess; consul: string; output: () => string }> {
+    const child = spawn(process.execPath, [path.join(PROJECT_ROOT, 'dist/src/main.js')], {
+      env: { ...process.env, CONSUL_ADDRESS: '', STATE_DIR: stateDir, PORT: String(apiPort), IP: '127.0.0.1', DEFAULT_PORTS: String(httpPort), LOG_LEVEL: 'info' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    track(child.pid);
+    let out = '';
+    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+    const deadline = Date.now() + 60_000;
+    while (!/API listening/.test(out)) {
+      if (child.exitCode !== null) assert.fail(`proxy exited: ${out}`);
+      if (Date.now() > deadline) assert.fail(`proxy did not start: ${out}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const consul = /CONSUL_ADDRESS=(http:\/\/\S+)/.exec(out)?.[1];
+    assert.ok(consul, `the local Consul address is printed: ${out}`);
+    return { child, consul, output: () => out };
+  }
+
+  const pids = () => ({
+    haproxy: Number(readFileSync(path.join(stateDir, 'haproxy.pid'), 'utf8')),
+    consul: Number(readFileSync(path.join(stateDir, 'consul', 'dfp-consul.pid'), 'utf8')),
+  });
+
+  it('starts a local Consul, serves the walkthrough, and stops everything on SIGTERM', async () => {
+    apiPort = await freePort();
+    httpPort = await freePort();
+    backend = await startBackend('books-ms.0');
+    const { child, consul } = await launch();
+    await registerLikeRegistrator(consul, { name: 'books-ms', container: 'books-ms.0', exposedPort: 8080, hostPort: backend.port });
+    const res = await fetch(`http://127.0.0.1:${apiPort}/v1/docker-flow-proxy/reconfigure?serviceName=books-ms&servicePath=/api/v1/books`);
+    assert.deepEqual(
+      await res.json().then((b) => {
+        const { Status, Message, ServiceName, ServicePath } = b as Record<string, unknown>;
+        return { Status, Message, ServiceName, ServicePath };
+      }),
+      { Status: 'OK', Message: '', ServiceName: 'books-ms', ServicePath: '/api/v1/books' },
+    );
+    const hit = await fetch(`http://127.0.0.1:${httpPort}/api/v1/books`);
+    assert.equal(hit.status, 200);
+    assert.equal(((await hit.json()) as { instance: string }).instance, 'books-ms.0');
+    const { haproxy, consul: consulPid } = pids();
+    assert.ok(isAlive(haproxy) && isAlive(consulPid));
+    child.kill('SIGTERM');
+    assert.ok(await waitForExit(child.pid ?? 0, 20_000), 'proxy exits');
+    assert.equal(child.exitCode, 0);
+    assert.ok(await waitForExit(haproxy, 5000), 'HAProxy stopped');
+    assert.ok(await waitForExit(consulPid, 5000), 'local Consul stopped');
+  });
+
+  it('a second start reuses the local Consul data; SIGINT stops it too', async () => {
+    const { child, consul } = await launch();
+    const res = await fetch(`${consul}/v1/catalog/service/books-ms`);
+    const entries = (await res.json()) as unknown[];
+    assert.equal(entries.length, 1, 'the registration persisted under STATE_DIR/consul');
+    const { haproxy, consul: consulPid } = pids();
+    child.kill('SIGINT');
+    assert.ok(await waitForExit(child.pid ?? 0, 20_000));
+    assert.equal(child.exitCode, 0);
+    assert.ok(await waitForExit(haproxy, 5000));
+    assert.ok(await waitForExit(consulPid, 5000));
+  });
+
+  it('after a SIGKILL of the proxy, the next start stops the HAProxy and Consul it left behind', async () => {
+    const first = await launch();
+    const left = pids();
+    first.child.kill('SIGKILL');
+    await waitForExit(first.child.pid ?? 0, 5000);
+    assert.ok(isAlive(left.haproxy), 'HAProxy outlives a SIGKILLed parent');
+    track(left.haproxy);
+    track(left.consul);
+    const second = await launch();
+    assert.ok(await waitForExit(left.haproxy, 5000), 'the orphaned HAProxy master was stopped');
+    assert.ok(await waitForExit(left.consul, 5000), 'the orphaned Consul was stopped');
+    assert.equal(/CONSUL_ADDRESS=(\S+)/.exec(second.output())?.[1], first.consul, 'the local Consul keeps its address');
+    assert.equal((await fetch(`http://127.0.0.1:${apiPort}/v1/docker-flow-proxy/ping`)).status, 200);
+    const now = pids();
+    second.child.kill('SIGTERM');
+    assert.ok(await waitForExit(second.child.pid ?? 0, 20_000));
+    assert.ok(await waitForExit(now.haproxy, 5000));
+    assert.ok(await waitForExit(now.consul, 5000));
+  });
+});

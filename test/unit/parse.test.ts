@@ -1,0 +1,110 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { DfpError } from '../../src/errors.js';
+import { Params } from '../../src/spec/params.js';
+import { parseReconfigure, parseRemove } from '../../src/spec/parse.js';
+
+const opts = { separator: ',' };
+const parse = (q: string, o = opts) => parseReconfigure(new Params(new URLSearchParams(q)), o);
+
+function rejects(q: string, code: string, parameter: string | undefined): void {
+  assert.throws(
+    () => parse(q),
+    (err: unknown) => err instanceof DfpError && err.code === code && err.parameter === parameter,
+    `${q} should fail with ${code} naming ${parameter}`,
+  );
+}
+
+describe('reconfigure parameters', () => {
+  it('the walkthrough request', () => {
+    const r = parse('serviceName=books-ms&servicePath=/api/v1/books');
+    assert.equal(r.kind, 'upsert');
+    if (r.kind !== 'upsert') return;
+    assert.deepEqual(r.spec, {
+      serviceName: 'books-ms',
+      aclName: 'books-ms',
+      skipCheck: false,
+      destinations: [{ index: 0, servicePath: ['/api/v1/books'], pathType: 'path_beg', reqMode: 'http' }],
+    });
+    assert.equal(r.rawServicePath, '/api/v1/books');
+  });
+
+  it('lists are trimmed and split on SEPARATOR; duplicates collapse', () => {
+    const r = parse('serviceName=a&servicePath=/x , /y,/x');
+    assert.deepEqual(r.kind === 'upsert' && r.spec.destinations[0]?.servicePath, ['/x', '/y']);
+    const s = parse('serviceName=a&servicePath=/x;/y', { separator: ';' });
+    assert.deepEqual(s.kind === 'upsert' && s.spec.destinations[0]?.servicePath, ['/x', '/y']);
+  });
+
+  it('empty values count as absent', () => {
+    const r = parse('serviceName=a&servicePath=/x&port=&pathType=&aclName=');
+    assert.ok(r.kind === 'upsert' && r.spec.aclName === 'a' && r.spec.destinations[0]?.port === undefined);
+  });
+
+  it('indexed destinations fall back to un-indexed values and drop index 0', () => {
+    const r = parse('serviceName=a&port=8080&servicePath.1=/a&servicePath.2=/b&pathType.2=path');
+    assert.ok(r.kind === 'upsert');
+    if (r.kind !== 'upsert') return;
+    assert.deepEqual(
+      r.spec.destinations.map((d) => [d.index, d.port, d.servicePath, d.pathType]),
+      [
+        [1, 8080, ['/a'], 'path_beg'],
+        [2, 8080, ['/b'], 'path'],
+      ],
+    );
+  });
+
+  it('index gaps and out-of-range indexes name the orphaned parameter (F9)', () => {
+    rejects('serviceName=a&servicePath.1=/a&servicePath.3=/c', 'DFP_ERR_INVALID_PARAM', 'servicePath.3');
+    rejects('serviceName=a&servicePath.1=/a&port.3=80', 'DFP_ERR_INVALID_PARAM', 'port.3');
+    rejects('serviceName=a&servicePath.11=/a', 'DFP_ERR_INVALID_PARAM', 'servicePath.11');
+    rejects('serviceName=a&servicePath.01=/a', 'DFP_ERR_INVALID_PARAM', 'servicePath.01');
+  });
+
+  it('booleans take exactly Go ParseBool spellings (F3)', () => {
+    for (const v of ['1', 't', 'T', 'TRUE', 'true', 'True']) assert.ok(parse(`serviceName=a&servicePath=/x&skipCheck=${v}`).kind === 'upsert');
+    rejects('serviceName=a&servicePath=/x&skipCheck=yes', 'DFP_ERR_INVALID_PARAM', 'skipCheck');
+    rejects('serviceName=a&servicePath=/x&distribute=on', 'DFP_ERR_INVALID_PARAM', 'distribute');
+  });
+
+  it('integers: digits only, within range', () => {
+    rejects('serviceName=a&servicePath=/x&port=80.5', 'DFP_ERR_INVALID_PARAM', 'port');
+    rejects('serviceName=a&servicePath=/x&port=-1', 'DFP_ERR_INVALID_PARAM', 'port');
+    rejects('serviceName=a&servicePath=/x&port=%2080', 'DFP_ERR_INVALID_PARAM', 'port');
+    rejects('serviceName=a&servicePath=/x&replicas=x', 'DFP_ERR_INVALID_PARAM', 'replicas');
+  });
+
+  it('replicas=0 is a remove, before any other validation', () => {
+    assert.deepEqual(parse('serviceName=a&replicas=0&users=x'), { kind: 'remove', serviceName: 'a', distribute: false });
+    assert.equal(parse('serviceName=a&servicePath=/x&replicas=3').kind, 'upsert');
+  });
+
+  it('path grammar per pathType', () => {
+    assert.ok(parse('serviceName=a&servicePath=.json&pathType=path_end').kind === 'upsert');
+    assert.ok(parse('serviceName=a&servicePath=^/v[0-9]%2B/items$&pathType=path_reg').kind === 'upsert');
+    assert.ok(parse('serviceName=a&servicePath=10:20&pathType=path_len').kind === 'upsert');
+    rejects('serviceName=a&servicePath=json&pathType=path_beg', 'DFP_ERR_INVALID_PARAM', 'servicePath');
+    rejects('serviceName=a&servicePath=10-20&pathType=path_len', 'DFP_ERR_INVALID_PARAM', 'servicePath');
+    rejects('serviceName=a&servicePath=/a%5Cb&pathType=path_reg', 'DFP_ERR_INVALID_PARAM', 'servicePath');
+    rejects(`serviceName=a&servicePath=/${'x'.repeat(600)}`, 'DFP_ERR_INVALID_PARAM', 'servicePath');
+  });
+
+  it('a parameter given twice is an error, even when one copy is empty', () => {
+    assert.throws(() => new Params([['a', '1'], ['a', '2']]), DfpError);
+    assert.throws(() => new Params([['a', ''], ['a', '2']]), DfpError);
+    assert.throws(() => new Params([['a', '2'], ['a', '']]), DfpError);
+  });
+
+  it('raw configuration and not-yet-supported routing parameters are refused by name', () => {
+    rejects('serviceName=a&servicePath=/x&consulTemplateFePath=/t', 'DFP_ERR_UNSUPPORTED_PARAM', 'consulTemplateFePath');
+    rejects('serviceName=a&servicePath=/x&httpsOnly=true', 'DFP_ERR_UNSUPPORTED_PARAM', 'httpsOnly');
+    rejects('serviceName=a&servicePath.1=/x&serviceDomain.1=a.com', 'DFP_ERR_UNSUPPORTED_PARAM', 'serviceDomain.1');
+    rejects('serviceName=a&servicePath=/x&reqMode=tcp', 'DFP_ERR_UNSUPPORTED_PARAM', 'reqMode');
+  });
+
+  it('remove needs serviceName; aclName is optional', () => {
+    assert.deepEqual(parseRemove(new Params([['serviceName', 'a']])), { serviceName: 'a', distribute: false });
+    assert.throws(() => parseRemove(new Params([])), (e: unknown) => e instanceof DfpError && e.parameter === 'serviceName');
+    assert.throws(() => parseRemove(new Params([['serviceName', '../x']])), (e: unknown) => e instanceof DfpError && e.code === 'DFP_ERR_INVALID_PARAM');
+  });
+});

@@ -1,0 +1,85 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { loadSettings } from '../../src/config/settings.js';
+import { DfpError } from '../../src/errors.js';
+import { parseShowProc } from '../../src/haproxy/socket.js';
+import { EMPTY_STATE, serviceStates, withInstances, withoutService, withService } from '../../src/state/desired-state.js';
+import type { ServiceSpec } from '../../src/spec/types.js';
+
+describe('show proc parsing', () => {
+  it('reads master, failed counter, workers and old workers', () => {
+    const text = [
+      '#<PID>          <type>          <reloads>       <uptime>        <version>',
+      '3012            master          3 [failed: 1]   0d00h05m12s     2.6.12-1+deb12u4',
+      '# workers',
+      '3050            worker          1               0d00h04m40s     2.6.12-1+deb12u4',
+      '# old workers',
+      '3049            worker          2               0d00h05m00s     2.6.12-1+deb12u4',
+      '# programs',
+      '',
+    ].join('\n');
+    assert.deepEqual(parseShowProc(text), { masterPid: 3012, reloads: 3, failed: 1, workers: [3050], oldWorkers: [3049] });
+  });
+});
+
+describe('settings from the environment', () => {
+  const base = { STATE_DIR: '/tmp/dfp-settings', SECRETS_DIR: '/nonexistent' };
+  it('defaults follow the original', () => {
+    const s = loadSettings(base);
+    assert.equal(s.apiPort, 8080);
+    assert.deepEqual(s.bindPorts, [80]);
+    assert.equal(s.proxyInstanceName, 'docker-flow');
+    assert.deepEqual(s.consulAddresses, []);
+    assert.equal(s.timeouts.client, 20);
+  });
+  it('CONSUL_ADDRESS is a comma list, http:// added when missing', () => {
+    assert.deepEqual(loadSettings({ ...base, CONSUL_ADDRESS: 'a:8500, http://b:8500/' }).consulAddresses, ['http://a:8500', 'http://b:8500']);
+  });
+  it('bad values stop start-up naming the variable', () => {
+    for (const [k, v] of [
+      ['PORT', 'abc'],
+      ['DEFAULT_PORTS', '80:tls'],
+      ['DEFAULT_PORTS', '443:ssl'],
+      ['TIMEOUT_CLIENT', 'abc'],
+      ['STATE_DIR', '/tmp/with space'],
+      ['CONNECTION_MODE', 'forceclose'],
+      ['DEBUG', 'yes'],
+    ] as const) {
+      assert.throws(() => loadSettings({ ...base, [k]: v }), (e: unknown) => e instanceof DfpError && e.parameter === k, `${k}=${v}`);
+    }
+  });
+});
+
+describe('desired state', () => {
+  const spec = (name: string, acl = name, path = `/${name}`): ServiceSpec => ({
+    serviceName: name,
+    aclName: acl,
+    skipCheck: false,
+    destinations: [{ index: 0, servicePath: [path], pathType: 'path_beg', reqMode: 'http' }],
+  });
+  const one = [{ id: 'i1', address: '127.0.0.1', port: 1 }];
+
+  it('changes return new values and leave the old one untouched', () => {
+    const a = withService(EMPTY_STATE, spec('a'), one);
+    assert.equal(EMPTY_STATE.services.size, 0);
+    const b = withoutService(a, 'a');
+    assert.equal(a.services.size, 1);
+    assert.equal(b.services.size, 0);
+    assert.equal(b.instances.size, 0, 'instances of removed services are dropped');
+    assert.equal(withoutService(a, 'nope'), a);
+  });
+
+  it('an aclName taken by another service is refused', () => {
+    const a = withService(EMPTY_STATE, spec('a'), one);
+    assert.throws(() => withService(a, spec('b', 'a'), one), (e: unknown) => e instanceof DfpError && e.parameter === 'aclName');
+    assert.doesNotThrow(() => withService(a, spec('a', 'a', '/other'), one));
+  });
+
+  it('instances are kept per Consul service and only for configured services', () => {
+    const a = withService(EMPTY_STATE, { ...spec('a'), serviceColor: 'blue' }, one);
+    assert.deepEqual([...a.instances.keys()], ['a-blue']);
+    const two = [...one, { id: 'i2', address: '127.0.0.2', port: 2 }];
+    assert.equal(serviceStates(withInstances(a, 'a-blue', two))[0]?.instances.length, 2);
+    assert.equal(withInstances(a, 'unknown', two), a);
+  });
+});
