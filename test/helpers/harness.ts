@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { loadSettings } from '../../src/config/settings.js';
 import { ConsulAgent } from '../../src/consul/agent.js';
+import { type ContainerPort, deregister, register } from '../../src/consul/registrator.js';
 import { FlowProxy } from '../../src/proxy.js';
 import { createLogger, parseLevel } from '../../src/util/log.js';
 import { freePort } from '../../src/util/ports.js';
@@ -117,38 +118,14 @@ export async function startBackend(name: string, host = '127.0.0.1'): Promise<Ba
 export interface Registration {
   /** Registrator's ID: `<hostname>:<container>:<exposedPort>`. */
   readonly id: string;
-  readonly body: Record<string, unknown>;
 }
 
-/**
- * Registers an instance exactly as Registrator (v7, `-ip 127.0.0.1`) does: its ID scheme, the
- * published host port, empty fields omitted, and `Check: null` unless check metadata is given.
- */
-export async function registerLikeRegistrator(
-  consul: string,
-  opts: { name: string; container: string; exposedPort: number; hostPort: number; ip?: string; host?: string; checkHttp?: string; checkInterval?: string },
-): Promise<Registration> {
-  const ip = opts.ip ?? '127.0.0.1';
-  const id = `${opts.host ?? 'host1'}:${opts.container}:${opts.exposedPort}`;
-  const meta: Record<string, string> = {};
-  let check: Record<string, unknown> | null = null;
-  if (opts.checkHttp !== undefined) {
-    meta.check_http = opts.checkHttp;
-    meta.check_interval = opts.checkInterval ?? '1s';
-    check = { HTTP: `http://${ip}:${opts.hostPort}${opts.checkHttp}`, Interval: meta.check_interval };
-  }
-  const body: Record<string, unknown> = { ID: id, Name: opts.name, Port: opts.hostPort, Address: ip };
-  if (Object.keys(meta).length > 0) body.Meta = meta;
-  body.Check = check;
-  const res = await fetch(`${consul}/v1/agent/service/register`, { method: 'PUT', body: JSON.stringify(body) });
-  if (!res.ok) throw new Error(`register ${id}: ${res.status} ${await res.text()}`);
-  return { id, body };
+/** Registers an instance exactly as Registrator does (src/consul/registrator.ts). */
+export async function registerLikeRegistrator(consul: string, port: ContainerPort): Promise<Registration> {
+  return { id: await register(consul, port) };
 }
 
-export async function deregister(consul: string, id: string): Promise<void> {
-  const res = await fetch(`${consul}/v1/agent/service/deregister/${encodeURIComponent(id)}`, { method: 'PUT' });
-  if (!res.ok) throw new Error(`deregister ${id}: ${res.status}`);
-}
+export { deregister };
 
 export interface ApiAnswer {
   readonly status: number;
