@@ -212,7 +212,7 @@ export class HaproxyProcess {
     if (line.trim() === '') return;
     this.output.push({ seq: ++this.seq, line });
     if (this.output.length > MAX_OUTPUT_LINES) this.output.shift();
-    if (/ALERT|Loading failure|exited with code/.test(line)) this.log.warn(`haproxy: ${line}`);
+    if (!this.stopping && /ALERT|Loading failure|exited with code/.test(line)) this.log.warn(`haproxy: ${line}`);
     else this.log.debug(`haproxy: ${line}`);
   }
 
