@@ -3,18 +3,31 @@ import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { HaproxyProcess } from '../haproxy/process.js';
 import { validateConfig } from '../haproxy/validate.js';
-import { MAP_FILES, type MapName, type RenderSettings, type RenderedConfig, renderConfig, type ServiceState } from '../render/haproxy-config.js';
+import {
+  type BackendAllocation,
+  MAP_FILES,
+  type MapName,
+  type RenderedConfig,
+  type RenderSettings,
+  renderConfig,
+  type ServiceState,
+} from '../render/haproxy-config.js';
 import type { Logger } from '../util/log.js';
+import { canonicalAllocation, type RuntimeOp, runtimeAllocation, runtimeOps } from './plan.js';
+import { runRuntimeOps } from './runtime.js';
 
-export type ApplyKind = 'reload' | 'none';
+export type ApplyKind = 'reload' | 'runtime' | 'none';
 
 export interface ApplyRecord {
   readonly generation: number;
   readonly kind: ApplyKind;
   readonly trigger: string;
+  /** From the start of the apply until the change is live (runtime commands done, or new worker up). */
   readonly durationMs: number;
   readonly hash: string;
   readonly at: string;
+  /** Why a change that looked runtime-only went through a reload. */
+  readonly fallback?: string;
 }
 
 export interface ApplierPaths {
@@ -24,18 +37,31 @@ export interface ApplierPaths {
   readonly candidateDir: string;
 }
 
+export interface ApplyPreview {
+  readonly kind: ApplyKind;
+  readonly rendered: RenderedConfig;
+  readonly ops: readonly RuntimeOp[];
+}
+
 type Files = { readonly config: string; readonly maps: Readonly<Record<MapName, string>> };
 
 /**
- * Turns desired state into live HAProxy config: render, skip if byte-identical, validate the
- * candidate with `haproxy -c`, swap the files in atomically, reload and confirm. If the reload
- * fails the previous files are put back, so the file on disk always matches what serves.
+ * Turns desired state into live HAProxy config, the cheapest correct way:
+ * - nothing changed in the rendered files: nothing happens;
+ * - only servers and map entries changed (scaling, a moved instance, a new path-routed service on a
+ *   spare backend): runtime API commands, no reload, and the same change written to the files;
+ * - anything else: validate the candidate with `haproxy -c`, swap the files in atomically, reload
+ *   and confirm; if the reload fails the previous files go back, so disk always matches what serves.
  * Callers serialise applies (apply/reconciler.ts); this class assumes one at a time.
  */
 export class ConfigApplier {
-  private live: Files | undefined;
+  private live: RenderedConfig | undefined;
+  private allocation: BackendAllocation | undefined;
   private generation = 0;
   private readonly history: ApplyRecord[] = [];
+  /** Set when a runtime-written file failed its background check: the next apply reloads. */
+  private mustReload: string | undefined;
+  private backgroundCheck: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly haproxyBin: string,
@@ -43,19 +69,22 @@ export class ConfigApplier {
     private readonly settings: Omit<RenderSettings, 'mapDir'>,
     private readonly paths: ApplierPaths,
     private readonly log: Logger,
+    private readonly minSpares = 16,
   ) {}
 
-  render(services: readonly ServiceState[], mapDir = this.paths.stateDir): RenderedConfig {
-    return renderConfig({ ...this.settings, mapDir }, services);
+  render(services: readonly ServiceState[], allocation?: BackendAllocation, mapDir = this.paths.stateDir): RenderedConfig {
+    return renderConfig({ ...this.settings, mapDir }, services, allocation);
   }
 
   /** Writes and validates the first config, before HAProxy starts. */
   async init(services: readonly ServiceState[]): Promise<void> {
-    const rendered = this.render(services);
-    await this.validate(services);
+    const allocation = canonicalAllocation(services, this.minSpares);
+    await this.validate(services, allocation, this.paths.candidateDir);
+    const rendered = this.render(services, allocation);
     this.writeLive(rendered);
     this.live = rendered;
-    this.record('reload', 'start', 0, rendered);
+    this.allocation = allocation;
+    this.record({ kind: 'reload', trigger: 'start', durationMs: 0 }, rendered);
   }
 
   liveConfig(): string | undefined {
@@ -70,18 +99,58 @@ export class ConfigApplier {
     return { generation: this.generation, hash: this.live ? hashOf(this.live) : '' };
   }
 
-  /** Would applying these services change the live files? */
-  wouldChange(services: readonly ServiceState[]): boolean {
-    return this.live === undefined || hashOf(this.render(services)) !== hashOf(this.live);
+  /** What applying these services would do, without doing it (dry runs). */
+  preview(services: readonly ServiceState[]): ApplyPreview {
+    const runtime = this.runtimePlan(services);
+    if (runtime) return { kind: runtime.ops.length === 0 ? 'none' : 'runtime', rendered: runtime.rendered, ops: runtime.ops };
+    const rendered = this.render(services, canonicalAllocation(services, this.minSpares));
+    return { kind: this.live && hashOf(rendered) === hashOf(this.live) ? 'none' : 'reload', rendered, ops: [] };
   }
 
   async apply(services: readonly ServiceState[], trigger: string, force = false): Promise<ApplyRecord> {
     const started = performance.now();
-    const rendered = this.render(services);
-    if (!force && this.live !== undefined && hashOf(rendered) === hashOf(this.live)) {
-      return { generation: this.generation, kind: 'none', trigger, durationMs: 0, hash: hashOf(this.live), at: new Date().toISOString() };
+    let fallback: string | undefined = force ? undefined : this.mustReload;
+    if (!force && fallback === undefined) {
+      const plan = this.runtimePlan(services);
+      if (plan && plan.ops.length === 0) {
+        return { generation: this.generation, kind: 'none', trigger, durationMs: 0, hash: hashOf(plan.rendered), at: new Date().toISOString() };
+      }
+      if (plan) {
+        try {
+          await this.haproxy.whenUp();
+          await runRuntimeOps(this.haproxy, plan.ops, this.mapFiles());
+          this.writeLive(plan.rendered);
+          this.live = plan.rendered;
+          this.allocation = plan.allocation;
+          this.checkInBackground(services, plan.allocation);
+          const record = this.record({ kind: 'runtime', trigger, durationMs: performance.now() - started }, plan.rendered);
+          this.log.info(`applied generation ${record.generation} (${trigger}) through the runtime API in ${record.durationMs.toFixed(1)} ms (${plan.ops.length} commands)`);
+          return record;
+        } catch (err) {
+          fallback = `runtime API failed: ${(err as Error).message}`;
+          this.log.warn(`${fallback}; reloading instead`);
+        }
+      }
     }
-    await this.validate(services);
+    return this.reload(services, trigger, started, force, fallback);
+  }
+
+  private runtimePlan(services: readonly ServiceState[]): { rendered: RenderedConfig; allocation: BackendAllocation; ops: RuntimeOp[] } | undefined {
+    if (!this.live || !this.allocation) return undefined;
+    const allocation = runtimeAllocation(this.allocation, services);
+    if (!allocation) return undefined;
+    const rendered = this.render(services, allocation);
+    const ops = runtimeOps(this.live, rendered);
+    return ops ? { rendered, allocation, ops } : undefined;
+  }
+
+  private async reload(services: readonly ServiceState[], trigger: string, started: number, force: boolean, fallback: string | undefined): Promise<ApplyRecord> {
+    const allocation = canonicalAllocation(services, this.minSpares);
+    const rendered = this.render(services, allocation);
+    if (!force && fallback === undefined && this.live !== undefined && hashOf(rendered) === hashOf(this.live)) {
+      return { generation: this.generation, kind: 'none', trigger, durationMs: 0, hash: hashOf(rendered), at: new Date().toISOString() };
+    }
+    await this.validate(services, allocation, this.paths.candidateDir);
     const previous = this.live;
     this.writeLive(rendered);
     try {
@@ -92,20 +161,43 @@ export class ConfigApplier {
       throw err;
     }
     this.live = rendered;
-    const record = this.record('reload', trigger, performance.now() - started, rendered);
-    this.log.info(`applied generation ${record.generation} (${trigger}) in ${record.durationMs.toFixed(1)} ms`);
+    this.allocation = allocation;
+    this.mustReload = undefined;
+    const record = this.record({ kind: 'reload', trigger, durationMs: performance.now() - started, ...(fallback ? { fallback } : {}) }, rendered);
+    this.log.info(`applied generation ${record.generation} (${trigger}) with a reload in ${record.durationMs.toFixed(1)} ms`);
     return record;
   }
 
-  private async validate(services: readonly ServiceState[]): Promise<void> {
-    const candidate = this.render(services, this.paths.candidateDir);
-    mkdirSync(this.paths.candidateDir, { recursive: true });
-    for (const name of Object.keys(MAP_FILES) as MapName[]) {
-      writeFileSync(path.join(this.paths.candidateDir, MAP_FILES[name]), candidate.maps[name]);
-    }
-    const file = path.join(this.paths.candidateDir, 'haproxy.cfg');
+  private async validate(services: readonly ServiceState[], allocation: BackendAllocation, dir: string): Promise<void> {
+    const candidate = this.render(services, allocation, dir);
+    mkdirSync(dir, { recursive: true });
+    for (const name of Object.keys(MAP_FILES) as MapName[]) writeFileSync(path.join(dir, MAP_FILES[name]), candidate.maps[name]);
+    const file = path.join(dir, 'haproxy.cfg');
     writeFileSync(file, candidate.config);
     await validateConfig(this.haproxyBin, file);
+  }
+
+  /**
+   * A runtime apply changes only server lines and map entries of a config that passed `haproxy -c`,
+   * with values that passed our grammar, so it goes live unchecked; the written file is still
+   * checked off the critical path, and if HAProxy disagrees the next apply is a full reload.
+   */
+  private checkInBackground(services: readonly ServiceState[], allocation: BackendAllocation): void {
+    this.backgroundCheck = this.backgroundCheck
+      .then(() => this.validate(services, allocation, path.join(this.paths.candidateDir, 'runtime-check')))
+      .catch((err: unknown) => {
+        this.mustReload = `the config written after a runtime apply failed haproxy -c: ${(err as Error).message}`;
+        this.log.error(this.mustReload);
+      });
+  }
+
+  /** Waits for pending background checks (tests, shutdown). */
+  async idle(): Promise<void> {
+    await this.backgroundCheck;
+  }
+
+  private mapFiles(): Record<MapName, string> {
+    return { exact: path.join(this.paths.stateDir, MAP_FILES.exact), prefix: path.join(this.paths.stateDir, MAP_FILES.prefix) };
   }
 
   private writeLive(files: Files): void {
@@ -114,12 +206,13 @@ export class ConfigApplier {
       writeFileSync(tmp, text);
       renameSync(tmp, file);
     };
-    for (const name of Object.keys(MAP_FILES) as MapName[]) atomic(path.join(this.paths.stateDir, MAP_FILES[name]), files.maps[name]);
+    const maps = this.mapFiles();
+    for (const name of Object.keys(MAP_FILES) as MapName[]) atomic(maps[name], files.maps[name]);
     atomic(this.paths.config, files.config);
   }
 
-  private record(kind: ApplyKind, trigger: string, durationMs: number, files: Files): ApplyRecord {
-    const record = { generation: ++this.generation, kind, trigger, durationMs, hash: hashOf(files), at: new Date().toISOString() };
+  private record(r: Pick<ApplyRecord, 'kind' | 'trigger' | 'durationMs' | 'fallback'>, files: Files): ApplyRecord {
+    const record: ApplyRecord = { generation: ++this.generation, ...r, hash: hashOf(files), at: new Date().toISOString() };
     this.history.push(record);
     if (this.history.length > 50) this.history.shift();
     return record;

@@ -42,11 +42,39 @@ export interface RouteConflict {
   readonly loser: string;
 }
 
+/**
+ * Which HAProxy backend serves which backend key (the canonical `<aclName>-be<port>_<index>`).
+ * HAProxy 2.6 cannot add a backend at run time, so the config keeps empty spare backends; a
+ * service added without a reload takes one, and its backend keeps the spare's name until the next
+ * reload renames everything canonically.
+ */
+export interface BackendAllocation {
+  /** HAProxy backend name per backend key; a missing key uses the canonical name. */
+  readonly names: ReadonlyMap<string, string>;
+  /** Empty backends ready for services added at run time. */
+  readonly spares: readonly string[];
+  /** Emptied backends of services removed at run time; gone at the next reload. */
+  readonly retired: readonly string[];
+}
+
+export const CANONICAL: BackendAllocation = { names: new Map(), spares: [], retired: [] };
+
+export interface RenderedServer {
+  readonly name: string;
+  readonly address: string;
+  readonly port: number;
+  readonly check: boolean;
+}
+
 export interface RenderedConfig {
   readonly config: string;
   readonly maps: Readonly<Record<MapName, string>>;
   /** Routes claimed by several services: the first by aclName wins, like the original's ordering. */
   readonly conflicts: readonly RouteConflict[];
+  /** The servers of every backend, by HAProxy backend name (spares and retired ones empty). */
+  readonly backends: ReadonlyMap<string, readonly RenderedServer[]>;
+  /** The config without its server lines: equal skeletons differ only in what the runtime API can change. */
+  readonly skeleton: string;
 }
 
 const ROUTE_VAR = 'txn.dfp_backend';
@@ -76,8 +104,12 @@ function cmp(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
-export function renderConfig(settings: RenderSettings, services: readonly ServiceState[]): RenderedConfig {
+export function renderConfig(settings: RenderSettings, services: readonly ServiceState[], allocation: BackendAllocation = CANONICAL): RenderedConfig {
   const ordered = [...services].sort(byAclName);
+  const nameOf = (spec: ServiceSpec, dest: Destination) => {
+    const key = backendName(spec, dest);
+    return allocation.names.get(key) ?? key;
+  };
   const exact = new Map<string, Route>();
   const prefix = new Map<string, Route>();
   const patterns: Route[] = [];
@@ -92,7 +124,7 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
 
   for (const { spec } of ordered) {
     for (const dest of [...spec.destinations].sort((a, b) => a.index - b.index)) {
-      const route: Route = { backend: backendName(spec, dest), aclName: spec.aclName, dest };
+      const route: Route = { backend: nameOf(spec, dest), aclName: spec.aclName, dest };
       if (dest.pathType === 'path') {
         for (const p of dest.servicePath) claim(exact, p, route, `path ${p}`);
       } else if (dest.pathType === 'path_beg') {
@@ -152,21 +184,27 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
   }
   if (root !== undefined) lines.push(`    use_backend ${root.backend} if { path_beg / }`);
 
+  const backends = new Map<string, RenderedServer[]>();
   for (const { spec, instances } of ordered) {
-    const servers = [...instances].sort((a, b) => cmp(a.id, b.id));
-    for (const dest of [...spec.destinations].sort((a, b) => a.index - b.index)) {
-      lines.push('', `backend ${backendName(spec, dest)}`, '    mode http');
-      for (const inst of servers) {
-        lines.push(`    server ${serverName(inst)} ${serverAddress(inst)}${spec.skipCheck ? '' : ' check'}`);
-      }
-    }
+    const servers = [...instances]
+      .sort((a, b) => cmp(a.id, b.id))
+      .map((inst) => ({ name: serverName(inst), address: inst.address, port: inst.port, check: !spec.skipCheck }));
+    for (const dest of [...spec.destinations].sort((a, b) => a.index - b.index)) backends.set(nameOf(spec, dest), servers);
+  }
+  for (const name of [...allocation.spares, ...allocation.retired]) backends.set(name, []);
+  const skeleton = [...lines];
+  for (const [name, servers] of [...backends].sort((a, b) => cmp(a[0], b[0]))) {
+    lines.push('', `backend ${name}`, '    mode http');
+    skeleton.push('', `backend ${name}`, '    mode http');
+    for (const srv of servers) lines.push(`    server ${srv.name} ${serverAddress(srv)}${srv.check ? ' check' : ''}`);
   }
   lines.push('');
+  skeleton.push('');
 
   const mapText = (table: Map<string, Route>) =>
     [...table]
       .sort((a, b) => cmp(a[0], b[0]))
       .map(([key, r]) => `${key} ${r.backend}\n`)
       .join('');
-  return { config: lines.join('\n'), maps: { exact: mapText(exact), prefix: mapText(prefix) }, conflicts };
+  return { config: lines.join('\n'), maps: { exact: mapText(exact), prefix: mapText(prefix) }, conflicts, backends, skeleton: skeleton.join('\n') };
 }

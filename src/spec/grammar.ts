@@ -12,11 +12,12 @@ export const MAX_PATH = 512;
 export const MAX_ITEMS = 64;
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
-// RFC 3986 path characters, minus the quote: nothing that HAProxy's config or map parser gives a meaning.
-const LITERAL_PATH = /^[A-Za-z0-9\-._~!$&()*+;=:@/%]+$/;
-// Regular expressions: printable ASCII without whitespace, quotes, '#' or backslash (HAProxy's
+// RFC 3986 path characters minus the quote and ';': nothing that HAProxy's config, map or runtime
+// API parser gives a meaning (';' separates runtime API commands, and paths go into `add map`).
+const LITERAL_PATH = /^[A-Za-z0-9\-._~!$&()*+=:@/%]+$/;
+// Regular expressions: printable ASCII without whitespace, quotes, '#', ';' or backslash (HAProxy's
 // config escapes). Use [.] instead of \. and [0-9] instead of \d.
-const REGEX = /^[\x21\x24-\x26\x28-\x5b\x5d-\x7e]+$/;
+const REGEX = /^[\x21\x24-\x26\x28-\x3a\x3c-\x5b\x5d-\x7e]+$/;
 const PATH_LEN = /^[0-9]{1,5}(:[0-9]{1,5})?$/;
 
 export function describe(value: string): string {

@@ -36,10 +36,17 @@ export async function waitForExit(pid: number, timeoutMs: number): Promise<boole
   return !isAlive(pid);
 }
 
+/**
+ * Dead but not yet reaped. A multi-threaded process (Consul, HAProxy's worker) shows its leader
+ * as a zombie while other threads still hold its sockets, so a zombie counts as gone only once
+ * it is down to one thread.
+ */
 function isZombie(pid: number): boolean {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const state = /^State:\s+(\S)/m.exec(status)?.[1];
+    const threads = Number(/^Threads:\s+(\d+)/m.exec(status)?.[1] ?? '1');
+    return state === 'Z' && threads <= 1;
   } catch {
     return false;
   }

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -18,7 +19,16 @@ describe('the proxy process with no CONSUL_ADDRESS', () => {
   let apiPort: number;
   let httpPort: number;
 
+  const children: ChildProcess[] = [];
+
   after(async () => {
+    // A failed assertion must not leave a proxy running (the test process would wait for it).
+    for (const c of children) {
+      if (c.exitCode === null && c.signalCode === null) {
+        c.kill('SIGTERM');
+        await waitForExit(c.pid ?? 0, 20_000);
+      }
+    }
     await backend?.close();
     rmSync(stateDir, { recursive: true, force: true });
   });
@@ -29,6 +39,7 @@ describe('the proxy process with no CONSUL_ADDRESS', () => {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     track(child.pid);
+    children.push(child);
     let out = '';
     child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
@@ -41,6 +52,12 @@ describe('the proxy process with no CONSUL_ADDRESS', () => {
     const consul = /CONSUL_ADDRESS=(http:\/\/\S+)/.exec(out)?.[1];
     assert.ok(consul, `the local Consul address is printed: ${out}`);
     return { child, consul, output: () => out };
+  }
+
+  /** The exit code, once Node has seen the exit (waitForExit may see the zombie first). */
+  async function exitCode(child: ChildProcess): Promise<number | null> {
+    if (child.exitCode === null && child.signalCode === null) await once(child, 'exit');
+    return child.exitCode;
   }
 
   const pids = () => ({
@@ -69,7 +86,7 @@ describe('the proxy process with no CONSUL_ADDRESS', () => {
     assert.ok(isAlive(haproxy) && isAlive(consulPid));
     child.kill('SIGTERM');
     assert.ok(await waitForExit(child.pid ?? 0, 20_000), 'proxy exits');
-    assert.equal(child.exitCode, 0);
+    assert.equal(await exitCode(child), 0);
     assert.ok(await waitForExit(haproxy, 5000), 'HAProxy stopped');
     assert.ok(await waitForExit(consulPid, 5000), 'local Consul stopped');
   });
@@ -82,7 +99,7 @@ describe('the proxy process with no CONSUL_ADDRESS', () => {
     const { haproxy, consul: consulPid } = pids();
     child.kill('SIGINT');
     assert.ok(await waitForExit(child.pid ?? 0, 20_000));
-    assert.equal(child.exitCode, 0);
+    assert.equal(await exitCode(child), 0);
     assert.ok(await waitForExit(haproxy, 5000));
     assert.ok(await waitForExit(consulPid, 5000));
   });

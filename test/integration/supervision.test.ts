@@ -67,14 +67,15 @@ describe('HAProxy supervision', () => {
     assert.equal((await through(proxy, '/svc2')).instance, 'svc.0');
   });
 
-  it('HAProxy not answering: 5xx with the reason, the last good config stays', async () => {
+  it('HAProxy master not answering: a change that needs a reload gets a 5xx with the reason, the last good config stays', async () => {
     const { masterPid } = proxy.proxy.haproxy.status();
     assert.ok(masterPid);
     const config = await liveConfig(proxy);
     process.kill(masterPid, 'SIGSTOP');
     let res: Awaited<ReturnType<typeof callApi>>;
     try {
-      res = await callApi(proxy, 'reconfigure', { serviceName: 'svc', servicePath: '/svc,/svc2,/other' });
+      // A regex route changes the frontend: only a reload (through the stopped master) can apply it.
+      res = await callApi(proxy, 'reconfigure', { serviceName: 'svc', servicePath: '^/other', pathType: 'path_reg' });
     } finally {
       process.kill(masterPid, 'SIGCONT');
     }
@@ -84,6 +85,9 @@ describe('HAProxy supervision', () => {
     assert.equal(await liveConfig(proxy), config);
     assert.equal((await through(proxy, '/other')).status, 503);
     assert.equal((await through(proxy, '/svc2')).instance, 'svc.0');
+    // Once the master answers again, the same change goes through.
+    assert.equal((await callApi(proxy, 'reconfigure', { serviceName: 'svc', servicePath: '^/other', pathType: 'path_reg' })).status, 200);
+    assert.equal((await through(proxy, '/other')).instance, 'svc.0');
   });
 
   it('stop() leaves no HAProxy process behind', async () => {

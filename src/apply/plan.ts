@@ -1,0 +1,104 @@
+import type { BackendAllocation, MapName, RenderedConfig, RenderedServer, ServiceState } from '../render/haproxy-config.js';
+import { backendName } from '../spec/types.js';
+
+/**
+ * Pure decisions of the applier: which backend names to use, and whether a change can go out
+ * through HAProxy's runtime API (no reload) or needs a validated reload.
+ */
+
+export const SPARE_PREFIX = 'dfp-spare-';
+
+/** Every backend key the services need. */
+export function backendKeys(services: readonly ServiceState[]): string[] {
+  return services.flatMap(({ spec }) => spec.destinations.map((d) => backendName(spec, d)));
+}
+
+/**
+ * The allocation a reload uses: every backend under its canonical name, plus spares for the
+ * services that will be added before the next reload. The pool grows with the service count, so
+ * running out (and paying a reload) happens geometrically less often.
+ */
+export function canonicalAllocation(services: readonly ServiceState[], minSpares: number): BackendAllocation {
+  const keys = backendKeys(services);
+  const count = Math.max(minSpares, Math.ceil(keys.length / 4));
+  return {
+    names: new Map(keys.map((k) => [k, k])),
+    spares: Array.from({ length: count }, (_, i) => `${SPARE_PREFIX}${i + 1}`),
+    retired: [],
+  };
+}
+
+/**
+ * The allocation after a change applied at run time: known backends keep their names, new ones
+ * take spares, removed ones are retired (emptied, never reused before a reload, so stats never
+ * show one service under another's name). Undefined when the spares run out.
+ */
+export function runtimeAllocation(previous: BackendAllocation, services: readonly ServiceState[]): BackendAllocation | undefined {
+  const keys = new Set(backendKeys(services));
+  const spares = [...previous.spares];
+  const names = new Map<string, string>();
+  for (const key of keys) {
+    const known = previous.names.get(key);
+    if (known !== undefined) {
+      names.set(key, known);
+      continue;
+    }
+    const spare = spares.shift();
+    if (spare === undefined) return undefined;
+    names.set(key, spare);
+  }
+  const retired = [...previous.retired];
+  for (const [key, name] of previous.names) if (!keys.has(key)) retired.push(name);
+  return { names, spares, retired };
+}
+
+export type RuntimeOp =
+  | { readonly kind: 'add-server'; readonly backend: string; readonly server: RenderedServer }
+  | { readonly kind: 'set-addr'; readonly backend: string; readonly server: RenderedServer }
+  | { readonly kind: 'del-server'; readonly backend: string; readonly server: string }
+  | { readonly kind: 'set-map'; readonly map: MapName; readonly key: string; readonly value: string; readonly isNew: boolean }
+  | { readonly kind: 'del-map'; readonly map: MapName; readonly key: string };
+
+/**
+ * The runtime API commands that turn `before` into `after`, or undefined when something other
+ * than servers and map entries differs (then only a reload is correct).
+ */
+export function runtimeOps(before: RenderedConfig, after: RenderedConfig): RuntimeOp[] | undefined {
+  if (before.skeleton !== after.skeleton) return undefined;
+  const adds: RuntimeOp[] = [];
+  const moves: RuntimeOp[] = [];
+  const dels: RuntimeOp[] = [];
+  for (const [backend, next] of after.backends) {
+    const prev = new Map((before.backends.get(backend) ?? []).map((s) => [s.name, s]));
+    for (const srv of next) {
+      const old = prev.get(srv.name);
+      if (old === undefined) adds.push({ kind: 'add-server', backend, server: srv });
+      else if (old.check !== srv.check) return undefined;
+      else if (old.address !== srv.address || old.port !== srv.port) moves.push({ kind: 'set-addr', backend, server: srv });
+      prev.delete(srv.name);
+    }
+    for (const name of prev.keys()) dels.push({ kind: 'del-server', backend, server: name });
+  }
+  const mapOps: RuntimeOp[] = [];
+  const mapDels: RuntimeOp[] = [];
+  for (const map of ['exact', 'prefix'] as const) {
+    const prev = parseMap(before.maps[map]);
+    const next = parseMap(after.maps[map]);
+    for (const [key, value] of next) {
+      if (prev.get(key) !== value) mapOps.push({ kind: 'set-map', map, key, value, isNew: !prev.has(key) });
+    }
+    for (const key of prev.keys()) if (!next.has(key)) mapDels.push({ kind: 'del-map', map, key });
+  }
+  // Servers first, so a new route never points at a backend that is still being filled; routes
+  // go away before their servers do.
+  return [...adds, ...moves, ...mapOps, ...mapDels, ...dels];
+}
+
+export function parseMap(text: string): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const line of text.split('\n')) {
+    const [key, value] = line.split(' ');
+    if (key && value) out.set(key, value);
+  }
+  return out;
+}
