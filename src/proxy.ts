@@ -1,18 +1,23 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
+import type { DryRunResult, ProxyCore } from './api/core.js';
 import { serviceModel } from './api/model.js';
-import type { ProxyCore } from './api/core.js';
 import { ApiServer } from './api/server.js';
 import { ConfigApplier } from './apply/applier.js';
+import type { Change } from './apply/reconciler.js';
 import { Reconciler } from './apply/reconciler.js';
+import { describeOp } from './apply/runtime.js';
 import type { Settings } from './config/settings.js';
 import { ConsulAgent } from './consul/agent.js';
 import { ConsulClient } from './consul/client.js';
 import { ConsulInstanceSource } from './consul/instances.js';
+import { ConsulWatcher } from './consul/watcher.js';
 import type { InstanceSource } from './discovery/types.js';
 import { HaproxyProcess } from './haproxy/process.js';
-import { EMPTY_STATE, serviceStates, withoutService, withService } from './state/desired-state.js';
+import { MAP_FILES } from './render/haproxy-config.js';
 import { consulServiceName, type ServiceSpec } from './spec/types.js';
+import { type DesiredState, EMPTY_STATE, serviceStates, withInstances, withoutService, withService } from './state/desired-state.js';
+import { unifiedDiff } from './util/diff.js';
 import type { Logger } from './util/log.js';
 
 /** Files below STATE_DIR. Everything the proxy writes at run time lives here. */
@@ -26,6 +31,10 @@ export function statePaths(stateDir: string) {
     pidFile: path.join(stateDir, 'haproxy.pid'),
     consulDir: path.join(stateDir, 'consul'),
   };
+}
+
+function consulServices(state: DesiredState): Set<string> {
+  return new Set([...state.services.values()].map(consulServiceName));
 }
 
 /**
@@ -42,6 +51,7 @@ export class FlowProxy implements ProxyCore {
     private readonly applier: ConfigApplier,
     private readonly reconciler: Reconciler,
     private readonly instances: InstanceSource,
+    private readonly watcher: ConsulWatcher,
     readonly consul: ConsulClient,
     private readonly localConsul: ConsulAgent | undefined,
     private api: ApiServer | undefined,
@@ -81,11 +91,26 @@ export class FlowProxy implements ProxyCore {
         },
         paths,
         log.child('apply'),
+        settings.spareBackends,
       );
       await applier.init(serviceStates(EMPTY_STATE));
       await haproxy.start();
-      const reconciler = new Reconciler(applier, log.child('reconcile'));
-      const proxy = new FlowProxy(settings, log, haproxy, applier, reconciler, new ConsulInstanceSource(consul, log.child('discovery')), consul, localConsul, undefined);
+      const source = new ConsulInstanceSource(consul, log.child('discovery'), settings.consulPassingOnly);
+      // The watcher feeds the reconciler and follows the services the reconciler applied.
+      let reconciler: Reconciler | undefined;
+      const watcher = new ConsulWatcher(
+        consul,
+        source,
+        (service, list) => {
+          reconciler
+            ?.submit(`consul: ${service} has ${list.length} instance${list.length === 1 ? '' : 's'}`, (s) => withInstances(s, service, list))
+            .catch((err: unknown) => log.warn(`applying the instances of ${service} failed: ${(err as Error).message}`));
+        },
+        { waitSeconds: settings.consulWatchWait, maxWatches: settings.consulMaxWatches },
+        log.child('watch'),
+      );
+      reconciler = new Reconciler(applier, log.child('reconcile'), (state) => watcher.sync(consulServices(state)));
+      const proxy = new FlowProxy(settings, log, haproxy, applier, reconciler, source, watcher, consul, localConsul, undefined);
       const api = new ApiServer(proxy, settings.separator, log.child('api'));
       proxy.apiPort = await api.listen(settings.apiPort, settings.apiHost);
       proxy.api = api;
@@ -103,35 +128,58 @@ export class FlowProxy implements ProxyCore {
     this.ready = false;
     this.log.info('stopping');
     await this.api?.close();
+    this.watcher.stop();
     await this.reconciler.close();
+    await this.applier.idle();
     await this.haproxy.stop();
     await this.localConsul?.stop();
   }
 
   // --- ProxyCore -------------------------------------------------------------------------------
 
-  async reconfigure(spec: ServiceSpec): Promise<{ model: Record<string, unknown>; warnings: string[] }> {
+  async reconfigure(spec: ServiceSpec, dryRun = false): Promise<{ model: Record<string, unknown>; warnings: string[]; dryRun?: DryRunResult }> {
     // Read instances before touching state: if Consul cannot answer, nothing changes (503).
     const instances = await this.instances.instances(consulServiceName(spec));
-    await this.reconciler.submit(`reconfigure ${spec.serviceName}`, (s) => withService(s, spec, instances), { fromRequest: true });
-    const warnings = this.applier
-      .render(serviceStates(this.reconciler.snapshot()))
-      .conflicts.filter((c) => c.loser === spec.aclName || c.winner === spec.aclName)
-      .map((c) => `route ${c.route} is claimed by both ${c.winner} and ${c.loser}; ${c.winner} wins (ordered by aclName)`);
+    const change: Change = (s) => withService(s, spec, instances);
+    const warnings: string[] = [];
     if (instances.length === 0) warnings.push(`Consul has no healthy instance of ${consulServiceName(spec)} yet; the route answers 503 until one passes`);
+    if (dryRun) return { model: serviceModel(spec), warnings, dryRun: this.preview(change(this.reconciler.snapshot())) };
+    await this.reconciler.submit(`reconfigure ${spec.serviceName}`, change, { fromRequest: true });
+    // The watch may have reported newer instances than the ones read above: read again.
+    this.watcher.kick(consulServiceName(spec));
+    warnings.unshift(
+      ...this.applier
+        .render(serviceStates(this.reconciler.snapshot()))
+        .conflicts.filter((c) => c.loser === spec.aclName || c.winner === spec.aclName)
+        .map((c) => `route ${c.route} is claimed by both ${c.winner} and ${c.loser}; ${c.winner} wins (ordered by aclName)`),
+    );
     return { model: serviceModel(spec), warnings };
   }
 
-  async remove(serviceName: string, aclName?: string): Promise<{ removed: boolean; serviceName: string }> {
+  async remove(serviceName: string, aclName?: string, dryRun = false): Promise<{ removed: boolean; serviceName: string; dryRun?: DryRunResult }> {
     const services = this.reconciler.snapshot().services;
     const target = services.has(serviceName)
       ? serviceName
       : aclName === undefined
         ? undefined
         : [...services.values()].find((s) => s.aclName === aclName)?.serviceName;
-    if (target === undefined) return { removed: false, serviceName };
-    await this.reconciler.submit(`remove ${target}`, (s) => withoutService(s, target));
+    if (target === undefined) return { removed: false, serviceName, ...(dryRun ? { dryRun: { kind: 'none', diff: '', commands: [] } } : {}) };
+    const change: Change = (s) => withoutService(s, target);
+    if (dryRun) return { removed: false, serviceName: target, dryRun: this.preview(change(this.reconciler.snapshot())) };
+    await this.reconciler.submit(`remove ${target}`, change);
     return { removed: true, serviceName: target };
+  }
+
+  private preview(next: DesiredState): DryRunResult {
+    const plan = this.applier.preview(serviceStates(next));
+    const live = this.applier.liveFiles();
+    const maps = this.applier.mapFiles();
+    const diff = [
+      unifiedDiff(live?.config ?? '', plan.rendered.config, 'haproxy.cfg'),
+      unifiedDiff(live?.maps.exact ?? '', plan.rendered.maps.exact, MAP_FILES.exact),
+      unifiedDiff(live?.maps.prefix ?? '', plan.rendered.maps.prefix, MAP_FILES.prefix),
+    ].join('');
+    return { kind: plan.kind, diff, commands: plan.ops.map((op) => describeOp(op, maps)) };
   }
 
   async reload(recreate: boolean): Promise<void> {
@@ -170,6 +218,7 @@ export class FlowProxy implements ProxyCore {
       ConfigHash: hash,
       Haproxy: this.haproxy.status(),
       Applies: this.applier.records().slice(-20),
+      Watches: this.watcher.stats(),
       Services: [...state.services.values()].map((spec) => ({
         ServiceName: spec.serviceName,
         ConsulService: consulServiceName(spec),

@@ -1,11 +1,18 @@
 import type { ServiceSpec } from '../spec/types.js';
 
 /** What the API needs from the proxy; keeps HTTP concerns out of the pipeline and vice versa. */
+/** What a change would do: `dryRun=true` on reconfigure and remove. */
+export interface DryRunResult {
+  readonly kind: 'runtime' | 'reload' | 'none';
+  readonly diff: string;
+  readonly commands: readonly string[];
+}
+
 export interface ProxyCore {
-  /** Resolves once the service's route is live. */
-  reconfigure(spec: ServiceSpec): Promise<{ model: Record<string, unknown>; warnings: string[] }>;
+  /** Resolves once the service's route is live (or, with dryRun, says what would change). */
+  reconfigure(spec: ServiceSpec, dryRun?: boolean): Promise<{ model: Record<string, unknown>; warnings: string[]; dryRun?: DryRunResult }>;
   /** Removes by serviceName, or by aclName when no service has that name. */
-  remove(serviceName: string, aclName?: string): Promise<{ removed: boolean; serviceName: string }>;
+  remove(serviceName: string, aclName?: string, dryRun?: boolean): Promise<{ removed: boolean; serviceName: string; dryRun?: DryRunResult }>;
   reload(recreate: boolean): Promise<void>;
   liveConfig(): string;
   servicesModel(): Record<string, unknown>;

@@ -5,8 +5,8 @@ import { checkBool } from '../spec/grammar.js';
 import { Params } from '../spec/params.js';
 import { parseReconfigure, parseRemove } from '../spec/parse.js';
 import type { Logger } from '../util/log.js';
+import type { DryRunResult, ProxyCore } from './core.js';
 import { sendError, sendJson, sendText } from './respond.js';
-import type { ProxyCore } from './core.js';
 
 const BASE = '/v1/docker-flow-proxy/';
 const MAX_BODY = 64 * 1024;
@@ -67,12 +67,13 @@ export class ApiServer {
         return this.reconfigure(params, res);
       case 'remove': {
         const request = parseRemove(params);
-        const outcome = await this.core.remove(request.serviceName, request.aclName);
+        const outcome = await this.core.remove(request.serviceName, request.aclName, flag(params, 'dryRun'));
         return sendJson(res, 200, {
           Status: 'OK',
-          Message: outcome.removed ? '' : `${request.serviceName} was not configured; nothing changed`,
+          Message: outcome.dryRun ? 'dry run: nothing was changed' : outcome.removed ? '' : `${request.serviceName} was not configured; nothing changed`,
           ServiceName: outcome.serviceName,
           ...(request.distribute ? { Distribute: true } : {}),
+          ...dryRunFields(outcome.dryRun),
         });
       }
       case 'reload': {
@@ -96,23 +97,29 @@ export class ApiServer {
   private async reconfigure(params: Params, res: ServerResponse): Promise<void> {
     const request = parseReconfigure(params, { separator: this.separator });
     if (request.kind === 'remove') {
-      const outcome = await this.core.remove(request.serviceName, request.aclName);
+      const outcome = await this.core.remove(request.serviceName, request.aclName, flag(params, 'dryRun'));
       return sendJson(res, 200, {
         Status: 'OK',
         Message: outcome.removed ? 'replicas=0: service removed' : `replicas=0: ${request.serviceName} was not configured; nothing changed`,
         ServiceName: request.serviceName,
+        ...dryRunFields(outcome.dryRun),
       });
     }
-    const outcome = await this.core.reconfigure(request.spec);
+    const outcome = await this.core.reconfigure(request.spec, flag(params, 'dryRun'));
     return sendJson(res, 200, {
       Status: 'OK',
-      Message: outcome.warnings.join('; '),
+      Message: [...(outcome.dryRun ? ['dry run: nothing was changed'] : []), ...outcome.warnings].join('; '),
       ServiceName: request.spec.serviceName,
       ServicePath: request.rawServicePath,
       ...outcome.model,
       Distribute: request.distribute,
+      ...dryRunFields(outcome.dryRun),
     });
   }
+}
+
+function dryRunFields(d: DryRunResult | undefined): Record<string, unknown> {
+  return d === undefined ? {} : { DryRun: true, ApplyKind: d.kind, Diff: d.diff, Commands: d.commands };
 }
 
 function flag(params: Params, name: string): boolean {

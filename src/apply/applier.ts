@@ -91,6 +91,10 @@ export class ConfigApplier {
     return this.live?.config;
   }
 
+  liveFiles(): RenderedConfig | undefined {
+    return this.live;
+  }
+
   records(): readonly ApplyRecord[] {
     return this.history;
   }
@@ -196,7 +200,7 @@ export class ConfigApplier {
     await this.backgroundCheck;
   }
 
-  private mapFiles(): Record<MapName, string> {
+  mapFiles(): Record<MapName, string> {
     return { exact: path.join(this.paths.stateDir, MAP_FILES.exact), prefix: path.join(this.paths.stateDir, MAP_FILES.prefix) };
   }
 

@@ -35,6 +35,8 @@ export class Reconciler {
   constructor(
     private readonly applier: ConfigApplier,
     private readonly log: Logger,
+    /** Called whenever a new state went live (the watcher follows its services). */
+    private readonly onApplied: (state: DesiredState) => void = () => undefined,
   ) {}
 
   snapshot(): DesiredState {
@@ -53,6 +55,12 @@ export class Reconciler {
   async close(): Promise<void> {
     this.closed = true;
     while (this.running) await new Promise((r) => setTimeout(r, 10));
+  }
+
+  private advance(next: DesiredState): void {
+    const changed = next !== this.state;
+    this.state = next;
+    if (changed) this.onApplied(next);
   }
 
   private async pump(): Promise<void> {
@@ -85,7 +93,7 @@ export class Reconciler {
     const trigger = accepted.length === 1 ? (accepted[0]?.trigger ?? '') : `${accepted.length} changes: ${[...new Set(accepted.map((p) => p.trigger))].join(', ')}`;
     try {
       const record = await this.applier.apply(serviceStates(next), trigger, force);
-      this.state = next;
+      this.advance(next);
       for (const p of accepted) p.resolve(record);
     } catch (err) {
       if (err instanceof ConfigRejectedError && accepted.length > 1) {
@@ -101,7 +109,7 @@ export class Reconciler {
     try {
       const next = p.change(this.state);
       const record = await this.applier.apply(serviceStates(next), p.trigger, p.options.force);
-      this.state = next;
+      this.advance(next);
       p.resolve(record);
     } catch (err) {
       p.reject(attribute(err, p));

@@ -19,6 +19,22 @@ async function expect(haproxy: HaproxyProcess, cmd: string, ok: RegExp): Promise
 
 const EMPTY = /^$/;
 
+/** The first command of an op, as a dry run shows it. */
+export function describeOp(op: RuntimeOp, mapFiles: Readonly<Record<MapName, string>>): string {
+  switch (op.kind) {
+    case 'add-server':
+      return `add server ${op.backend}/${op.server.name} ${serverAddress(op.server)}${op.server.check ? ' check' : ''}`;
+    case 'set-addr':
+      return `set server ${op.backend}/${op.server.name} addr ${op.server.address} port ${op.server.port}`;
+    case 'set-map':
+      return `${op.isNew ? 'add' : 'set'} map ${mapFiles[op.map]} ${op.key} ${op.value}`;
+    case 'del-map':
+      return `del map ${mapFiles[op.map]} ${op.key}`;
+    case 'del-server':
+      return `del server ${op.backend}/${op.server}`;
+  }
+}
+
 /**
  * Runs the runtime API commands of a plan against the current worker (measured sequences from
  * the HAProxy 2.6 handbook). Any unexpected answer throws: the applier then falls back to a full,

@@ -24,6 +24,14 @@ export interface Settings {
   readonly maxconn: number;
   readonly debug: boolean;
   readonly logLevel: Level;
+  /** Route only to instances whose Consul checks pass (false: every registered instance). */
+  readonly consulPassingOnly: boolean;
+  /** Blocking-query wait of the Consul watches, seconds. */
+  readonly consulWatchWait: number;
+  /** Services followed with one blocking query each; the rest through a change detector. */
+  readonly consulMaxWatches: number;
+  /** Empty backends kept for services added without a reload (at least; grows with services). */
+  readonly spareBackends: number;
 }
 
 export interface Timeouts {
@@ -152,5 +160,9 @@ export function loadSettings(env: Env = process.env): Settings {
     maxconn: int(env, 'MAXCONN', 4000, 1, 1_000_000),
     debug: bool(env, 'DEBUG', false),
     logLevel: parseLevel(lookup(env, 'LOG_LEVEL')),
+    consulPassingOnly: bool(env, 'CONSUL_PASSING_ONLY', true),
+    consulWatchWait: int(env, 'CONSUL_WATCH_WAIT', 300, 1, 600),
+    consulMaxWatches: int(env, 'CONSUL_MAX_WATCHES', 150, 0, 100_000),
+    spareBackends: int(env, 'SPARE_BACKENDS', 16, 0, 100_000),
   };
 }

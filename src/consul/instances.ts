@@ -20,10 +20,20 @@ export class ConsulInstanceSource implements InstanceSource {
   constructor(
     private readonly consul: ConsulClient,
     private readonly log: Logger,
+    /** false: every registered instance, whatever its health (the original's behaviour). */
+    private readonly passingOnly = true,
   ) {}
 
+  /** The health endpoint for a service, with extra query parameters (blocking queries). */
+  path(service: string, query: Record<string, string> = {}): string {
+    const params = new URLSearchParams(query);
+    if (this.passingOnly) params.set('passing', '');
+    const qs = params.toString().replace(/^passing=$|(&)passing=(&|$)/, '$1passing$2');
+    return `/v1/health/service/${encodeURIComponent(service)}${qs ? `?${qs}` : ''}`;
+  }
+
   async instances(service: string): Promise<Instance[]> {
-    const res = await this.consul.request(`/v1/health/service/${encodeURIComponent(service)}?passing`);
+    const res = await this.consul.request(this.path(service));
     return this.parse(service, res.status, res.body);
   }
 
