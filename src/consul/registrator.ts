@@ -19,6 +19,8 @@ export interface ContainerPort {
   /** SERVICE_CHECK_HTTP / SERVICE_CHECK_INTERVAL. */
   readonly checkHttp?: string;
   readonly checkInterval?: string;
+  /** SERVICE_CHECK_INITIAL_STATUS, e.g. `passing` so the instance gets traffic before its first check. */
+  readonly checkInitialStatus?: string;
 }
 
 export function registratorBody(p: ContainerPort): { id: string; body: Record<string, unknown> } {
@@ -28,8 +30,14 @@ export function registratorBody(p: ContainerPort): { id: string; body: Record<st
   if (p.checkHttp !== undefined) {
     const interval = p.checkInterval ?? '10s';
     // Meta keeps every remaining SERVICE_* key, check_* included; empty Tags/Meta are omitted.
-    body.Meta = { check_http: p.checkHttp, check_interval: interval };
-    body.Check = { HTTP: `http://${ip}:${p.hostPort}${p.checkHttp}`, Interval: interval };
+    const meta: Record<string, string> = { check_http: p.checkHttp, check_interval: interval };
+    const check: Record<string, unknown> = { HTTP: `http://${ip}:${p.hostPort}${p.checkHttp}`, Interval: interval };
+    if (p.checkInitialStatus !== undefined) {
+      meta.check_initial_status = p.checkInitialStatus;
+      check.Status = p.checkInitialStatus;
+    }
+    body.Meta = meta;
+    body.Check = check;
   } else {
     body.Check = null;
   }

@@ -90,6 +90,8 @@ export async function startProxy(consulAddress: string, env: Record<string, stri
 
 export interface Backend {
   readonly name: string;
+  /** What `/health` answers: flip to false to fail the Consul check. */
+  healthy: boolean;
   readonly port: number;
   readonly server: Server;
   close(): Promise<void>;
@@ -97,7 +99,13 @@ export interface Backend {
 
 /** An HTTP backend that answers every request with its name and the path it saw. */
 export async function startBackend(name: string, host = '127.0.0.1'): Promise<Backend> {
+  const state = { healthy: true };
   const server = createServer((req, res) => {
+    if (req.url === '/health') {
+      res.writeHead(state.healthy ? 200 : 500);
+      res.end();
+      return;
+    }
     res.writeHead(200, { 'Content-Type': 'application/json' });
     res.end(JSON.stringify({ instance: name, path: req.url }));
   });
@@ -105,6 +113,12 @@ export async function startBackend(name: string, host = '127.0.0.1'): Promise<Ba
   await new Promise<void>((resolve) => server.listen(0, host, resolve));
   return {
     name,
+    get healthy() {
+      return state.healthy;
+    },
+    set healthy(v: boolean) {
+      state.healthy = v;
+    },
     port: (server.address() as AddressInfo).port,
     server,
     close: () =>
@@ -147,6 +161,16 @@ export async function callApi(p: TestProxy, endpoint: string, params: Record<str
 }
 
 /** A request through HAProxy on a fresh connection. */
+/** Which instances answer `urlPath`, over `n` fresh connections. */
+export async function spread(p: TestProxy, urlPath: string, n = 12): Promise<string[]> {
+  const seen = new Set<string>();
+  for (let i = 0; i < n; i++) {
+    const hit = await through(p, urlPath);
+    seen.add(hit.instance ?? String(hit.status));
+  }
+  return [...seen].sort();
+}
+
 export async function through(p: TestProxy, urlPath: string): Promise<{ status: number; instance: string | undefined; path: string | undefined }> {
   const res = await fetch(`${p.http}${urlPath}`, { headers: { Connection: 'close' } });
   const text = await res.text();

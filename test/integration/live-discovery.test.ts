@@ -1,0 +1,158 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import type { ConsulAgent } from '../../src/consul/agent.js';
+import {
+  type Backend,
+  callApi,
+  deregister,
+  eventually,
+  haproxyGeneration,
+  liveConfig,
+  registerLikeRegistrator,
+  spread,
+  startBackend,
+  startConsul,
+  startProxy,
+  stopConsul,
+  type TestProxy,
+  through,
+} from '../helpers/harness.js';
+
+interface Apply {
+  kind: string;
+  trigger: string;
+  durationMs: number;
+}
+
+async function applies(p: TestProxy): Promise<Apply[]> {
+  return (await callApi(p, 'status')).body.Applies as Apply[];
+}
+
+/**
+ * Scaling, crashes and failing checks reach HAProxy from Consul with no API call, and neither
+ * they nor a new path-routed service cost a reload.
+ */
+describe('live discovery and the runtime fast path', () => {
+  let consul: ConsulAgent;
+  let proxy: TestProxy;
+  const backends = new Map<string, Backend>();
+
+  before(async () => {
+    consul = await startConsul();
+    proxy = await startProxy(consul.address, { CONSUL_WATCH_WAIT: '30', SPARE_BACKENDS: '3' });
+  });
+
+  after(async () => {
+    await proxy?.stop();
+    await Promise.all([...backends.values()].map((b) => b.close()));
+    if (consul) await stopConsul(consul);
+  });
+
+  async function up(name: string, index: number, check?: { initial?: string }): Promise<Backend> {
+    const b = await startBackend(`${name}.${index}`);
+    backends.set(`${name}.${index}`, b);
+    await registerLikeRegistrator(consul.address, {
+      name,
+      container: `${name}.${index}`,
+      exposedPort: 8080,
+      hostPort: b.port,
+      ...(check ? { checkHttp: '/health', checkInterval: '1s', ...(check.initial ? { checkInitialStatus: check.initial } : {}) } : {}),
+    });
+    return b;
+  }
+
+  it('scale up and down through Consul: traffic follows, no API call, no reload', async () => {
+    await up('go-demo', 0);
+    assert.equal((await callApi(proxy, 'reconfigure', { serviceName: 'go-demo', servicePath: '/demo' })).status, 200);
+    const gen = await haproxyGeneration(proxy);
+    await up('go-demo', 1);
+    await up('go-demo', 2);
+    await eventually('traffic on all three instances', () => spread(proxy, '/demo'), (s) => s.length === 3);
+    await deregister(consul.address, 'host1:go-demo.1:8080');
+    await eventually('go-demo.1 out of rotation', () => spread(proxy, '/demo'), (s) => s.join() === 'go-demo.0,go-demo.2');
+    assert.equal(await haproxyGeneration(proxy), gen, 'HAProxy did not reload');
+    const runtime = (await applies(proxy)).filter((a) => a.trigger.startsWith('consul: go-demo'));
+    assert.ok(runtime.length >= 2 && runtime.every((a) => a.kind === 'runtime'), JSON.stringify(runtime));
+    // The runtime changes are in the files too, so a reload keeps them.
+    const servers = (await liveConfig(proxy)).split('\n').filter((l) => l.includes('server host1_go-demo'));
+    assert.equal(servers.length, 2);
+    assert.equal((await callApi(proxy, 'reload')).status, 200);
+    assert.deepEqual(await spread(proxy, '/demo'), ['go-demo.0', 'go-demo.2']);
+  });
+
+  it('every instance gone: 503, and traffic resumes when one comes back', async () => {
+    await deregister(consul.address, 'host1:go-demo.0:8080');
+    await deregister(consul.address, 'host1:go-demo.2:8080');
+    await eventually('503 with no instance', () => through(proxy, '/demo'), (r) => r.status === 503);
+    await registerLikeRegistrator(consul.address, { name: 'go-demo', container: 'go-demo.0', exposedPort: 8080, hostPort: backends.get('go-demo.0')?.port ?? 0 });
+    await eventually('traffic back on go-demo.0', () => through(proxy, '/demo'), (r) => r.instance === 'go-demo.0');
+  });
+
+  it('a failing health check takes an instance out, a passing one puts it back', async () => {
+    await up('checked', 0, { initial: 'passing' });
+    const b1 = await up('checked', 1, { initial: 'passing' });
+    assert.equal((await callApi(proxy, 'reconfigure', { serviceName: 'checked', servicePath: '/checked' })).status, 200);
+    await eventually('both instances', () => spread(proxy, '/checked'), (s) => s.length === 2);
+    b1.healthy = false;
+    await eventually('checked.1 out after its check fails', () => spread(proxy, '/checked'), (s) => s.join() === 'checked.0', 15_000);
+    b1.healthy = true;
+    await eventually('checked.1 back after its check passes', () => spread(proxy, '/checked'), (s) => s.length === 2, 15_000);
+  });
+
+  it('a new path-routed service goes live without a reload, and so does its removal', async () => {
+    await up('fresh', 0);
+    const gen = await haproxyGeneration(proxy);
+    const res = await callApi(proxy, 'reconfigure', { serviceName: 'fresh', servicePath: '/fresh,/fresh-too' });
+    assert.equal(res.status, 200);
+    assert.equal((await through(proxy, '/fresh/x')).instance, 'fresh.0');
+    assert.equal((await through(proxy, '/fresh-too')).instance, 'fresh.0');
+    assert.equal(await haproxyGeneration(proxy), gen, 'no reload for a new service');
+    const last = (await applies(proxy)).find((a) => a.trigger === 'reconfigure fresh');
+    assert.equal(last?.kind, 'runtime');
+    assert.equal((await callApi(proxy, 'remove', { serviceName: 'fresh' })).status, 200);
+    assert.equal((await through(proxy, '/fresh/x')).status, 503);
+    assert.equal(await haproxyGeneration(proxy), gen, 'no reload for a removal');
+  });
+
+  it('dry runs show the diff and the kind of apply, and change nothing', async () => {
+    const config = await liveConfig(proxy);
+    const gen = await haproxyGeneration(proxy);
+    await up('dry', 0);
+    const runtime = await callApi(proxy, 'reconfigure', { serviceName: 'dry', servicePath: '/dry', dryRun: 'true' });
+    assert.equal(runtime.status, 200);
+    assert.equal(runtime.body.DryRun, true);
+    assert.equal(runtime.body.ApplyKind, 'runtime');
+    assert.match(String(runtime.body.Diff), /^\+\/dry dfp-spare-\d+$/m);
+    assert.ok((runtime.body.Commands as string[]).some((c) => /^add server dfp-spare-\d+\/host1_dry\.0_8080_\w+ 127\.0\.0\.1:\d+ check$/.test(c)));
+    const reload = await callApi(proxy, 'reconfigure', { serviceName: 'dry', servicePath: '^/dry', pathType: 'path_reg', dryRun: 'true' });
+    assert.equal(reload.body.ApplyKind, 'reload');
+    assert.match(String(reload.body.Diff), /^\+ {4}acl url_dry_0 path_reg \^\/dry$/m);
+    const removal = await callApi(proxy, 'remove', { serviceName: 'checked', dryRun: 'true' });
+    assert.equal(removal.body.ApplyKind, 'runtime');
+    assert.match(String(removal.body.Diff), /^-\/checked /m);
+    assert.equal(await liveConfig(proxy), config);
+    assert.equal(await haproxyGeneration(proxy), gen);
+    assert.equal((await through(proxy, '/dry')).status, 503);
+    assert.equal((await through(proxy, '/checked')).status, 200);
+  });
+
+  it('when the spare backends run out, one reload grows the pool', async () => {
+    const before = (await applies(proxy)).length;
+    for (let i = 0; i < 5; i++) {
+      await up(`pool${i}`, 0);
+      assert.equal((await callApi(proxy, 'reconfigure', { serviceName: `pool${i}`, servicePath: `/pool${i}` })).status, 200);
+      assert.equal((await through(proxy, `/pool${i}`)).instance, `pool${i}.0`);
+    }
+    const kinds = (await applies(proxy)).slice(before).filter((a) => a.trigger.startsWith('reconfigure pool')).map((a) => a.kind);
+    assert.ok(kinds.includes('reload'), `a reload when spares ran out: ${kinds}`);
+    assert.ok(kinds.filter((k) => k === 'runtime').length >= 3, `mostly runtime: ${kinds}`);
+  });
+
+  it('status lists the watched services with their instance counts', async () => {
+    const status = (await callApi(proxy, 'status')).body;
+    const services = status.Services as { ServiceName: string; Instances: number }[];
+    assert.equal(services.find((s) => s.ServiceName === 'go-demo')?.Instances, 1);
+    assert.equal(services.find((s) => s.ServiceName === 'checked')?.Instances, 2);
+    assert.deepEqual(status.Watches, { blocking: services.length, detected: 0 });
+  });
+});
