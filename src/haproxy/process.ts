@@ -76,6 +76,14 @@ export class HaproxyProcess {
     return parseShowProc(await socketCommand(this.paths.masterSocket, 'show proc', { retryForMs: 2000 }));
   }
 
+  private async showProcQuickly(): Promise<ProcInfo | undefined> {
+    try {
+      return parseShowProc(await socketCommand(this.paths.masterSocket, 'show proc', { retryForMs: 0, timeoutMs: 1000 }));
+    } catch {
+      return undefined;
+    }
+  }
+
   /** A runtime API command to the current worker through the admin socket. */
   async adminCommand(command: string): Promise<string> {
     return socketCommand(this.paths.adminSocket, command, { retryForMs: 1000 });
@@ -126,11 +134,13 @@ export class HaproxyProcess {
     this.child = undefined;
     if (child?.pid !== undefined && child.exitCode === null) {
       const pid = child.pid;
+      const info = await this.showProcQuickly();
       // SIGTERM to the master stops its workers; the whole group is killed if it lingers.
       killQuietly(pid, 'SIGTERM');
       if (!(await waitForExit(pid, 5000))) killQuietly(-pid, 'SIGKILL');
       await waitForExit(pid, 2000);
       killQuietly(-pid, 'SIGKILL'); // any worker still draining
+      for (const worker of [...(info?.workers ?? []), ...(info?.oldWorkers ?? [])]) await waitForExit(worker, 2000);
     }
     rmSync(this.paths.pidFile, { force: true });
   }

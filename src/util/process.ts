@@ -27,6 +27,11 @@ export function killQuietly(pid: number, signal: NodeJS.Signals): void {
   }
 }
 
+/** Exited: no such process, or a zombie whose parent has not reaped it yet. */
+export function isGone(pid: number): boolean {
+  return !isAlive(pid) || isZombie(pid);
+}
+
 export async function waitForExit(pid: number, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {

@@ -9,7 +9,7 @@ import { type ContainerPort, deregister, register } from '../../src/consul/regis
 import { FlowProxy } from '../../src/proxy.js';
 import { createLogger, parseLevel } from '../../src/util/log.js';
 import { freePort } from '../../src/util/ports.js';
-import { isAlive, killQuietly } from '../../src/util/process.js';
+import { isGone, killQuietly } from '../../src/util/process.js';
 import { PROJECT_ROOT } from '../../src/util/project.js';
 
 /**
@@ -205,6 +205,7 @@ export async function eventually<T>(what: string, fn: () => Promise<T>, ok: (v: 
   throw new Error(`timed out waiting for ${what}; last value ${JSON.stringify(last)} ${lastErr ? String(lastErr) : ''}`);
 }
 
+/** Zombies waiting for init to reap them have exited: they hold no port, socket or memory. */
 export function assertDead(pid: number | undefined): void {
-  if (pid !== undefined && isAlive(pid)) throw new Error(`process ${pid} is still alive`);
+  if (pid !== undefined && !isGone(pid)) throw new Error(`process ${pid} is still alive`);
 }
