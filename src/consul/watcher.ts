@@ -38,6 +38,9 @@ export class ConsulWatcher {
   private readonly overflow = new Map<string, string | undefined>();
   private detector: AbortController | undefined;
   private stopped = false;
+  /** A full overflow re-read in flight, and whether another one was asked for meanwhile. */
+  private resyncing: Promise<void> | undefined;
+  private resyncAgain = false;
 
   constructor(
     private readonly consul: ConsulClient,
@@ -177,7 +180,7 @@ export class ConsulWatcher {
         const moved = next !== index;
         index = next < index ? 0 : next;
         backoff = 100;
-        if (moved) await this.resyncOverflow([...this.overflow.keys()]);
+        if (moved) this.resyncAllOverflow();
       } catch {
         if (signal.aborted) return;
         index = 0;
@@ -185,6 +188,21 @@ export class ConsulWatcher {
         backoff = Math.min(backoff * 2, 5000);
       }
     }
+  }
+
+  /** Coalesced: a burst of catalog changes costs one re-read in flight plus at most one more. */
+  private resyncAllOverflow(): void {
+    if (this.resyncing) {
+      this.resyncAgain = true;
+      return;
+    }
+    this.resyncing = (async () => {
+      do {
+        this.resyncAgain = false;
+        await this.resyncOverflow([...this.overflow.keys()]);
+      } while (this.resyncAgain && !this.stopped);
+      this.resyncing = undefined;
+    })();
   }
 
   private async resyncOverflow(names: string[]): Promise<void> {

@@ -156,3 +156,30 @@ describe('live discovery and the runtime fast path', () => {
     assert.deepEqual(status.Watches, { blocking: services.length, detected: 0 });
   });
 });
+
+describe('services past CONSUL_MAX_WATCHES follow Consul through the change detector', () => {
+  it('scaling a service with no blocking query of its own still reaches HAProxy', async () => {
+    const consul = await startConsul();
+    const proxy = await startProxy(consul.address, { CONSUL_WATCH_WAIT: '30', CONSUL_MAX_WATCHES: '1' });
+    const backends: Backend[] = [];
+    try {
+      for (const name of ['a', 'b']) {
+        const b = await startBackend(`${name}.0`);
+        backends.push(b);
+        await registerLikeRegistrator(consul.address, { name, container: `${name}.0`, exposedPort: 80, hostPort: b.port });
+        assert.equal((await callApi(proxy, 'reconfigure', { serviceName: name, servicePath: `/${name}` })).status, 200);
+      }
+      assert.deepEqual((await callApi(proxy, 'status')).body.Watches, { blocking: 1, detected: 1 });
+      const b1 = await startBackend('b.1');
+      backends.push(b1);
+      await registerLikeRegistrator(consul.address, { name: 'b', container: 'b.1', exposedPort: 80, hostPort: b1.port });
+      await eventually('b.1 gets traffic', () => spread(proxy, '/b'), (s) => s.join() === 'b.0,b.1');
+      await deregister(consul.address, 'host1:b.0:80');
+      await eventually('b.0 leaves', () => spread(proxy, '/b'), (s) => s.join() === 'b.1');
+    } finally {
+      await proxy.stop();
+      await Promise.all(backends.map((b) => b.close()));
+      await stopConsul(consul);
+    }
+  });
+});
