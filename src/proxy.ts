@@ -109,7 +109,7 @@ export class FlowProxy implements ProxyCore {
         { waitSeconds: settings.consulWatchWait, maxWatches: settings.consulMaxWatches },
         log.child('watch'),
       );
-      reconciler = new Reconciler(applier, log.child('reconcile'), (state) => watcher.sync(consulServices(state)));
+      reconciler = new Reconciler(applier, log.child('reconcile'), (state) => watcher.sync(consulServices(state)), settings.consolidateAfter * 1000);
       const proxy = new FlowProxy(settings, log, haproxy, applier, reconciler, source, watcher, consul, localConsul, undefined);
       const api = new ApiServer(proxy, settings.separator, log.child('api'));
       proxy.apiPort = await api.listen(settings.apiPort, settings.apiHost);
@@ -219,6 +219,7 @@ export class FlowProxy implements ProxyCore {
       Haproxy: this.haproxy.status(),
       Applies: this.applier.records().slice(-20),
       Watches: this.watcher.stats(),
+      Runtime: this.applier.runtimeState(),
       Services: [...state.services.values()].map((spec) => ({
         ServiceName: spec.serviceName,
         ConsulService: consulServiceName(spec),

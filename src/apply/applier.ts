@@ -62,6 +62,10 @@ export class ConfigApplier {
   /** Set when a runtime-written file failed its background check: the next apply reloads. */
   private mustReload: string | undefined;
   private backgroundCheck: Promise<void> = Promise.resolve();
+  /** Servers in maintenance that HAProxy would not delete yet (see runRuntimeOps). */
+  private readonly parked = new Set<string>();
+  /** Servers added through the runtime API since the last reload. */
+  private dynamicServers = 0;
 
   constructor(
     private readonly haproxyBin: string,
@@ -122,7 +126,8 @@ export class ConfigApplier {
       if (plan) {
         try {
           await this.haproxy.whenUp();
-          await runRuntimeOps(this.haproxy, plan.ops, this.mapFiles());
+          await runRuntimeOps(this.haproxy, plan.ops, this.mapFiles(), this.parked);
+          this.dynamicServers += plan.ops.filter((op) => op.kind === 'add-server').length;
           this.writeLive(plan.rendered);
           this.live = plan.rendered;
           this.allocation = plan.allocation;
@@ -167,6 +172,9 @@ export class ConfigApplier {
     this.live = rendered;
     this.allocation = allocation;
     this.mustReload = undefined;
+    // A reload rebuilds every server from the config: runtime-only state is gone.
+    this.parked.clear();
+    this.dynamicServers = 0;
     const record = this.record({ kind: 'reload', trigger, durationMs: performance.now() - started, ...(fallback ? { fallback } : {}) }, rendered);
     this.log.info(`applied generation ${record.generation} (${trigger}) with a reload in ${record.durationMs.toFixed(1)} ms`);
     return record;
@@ -193,6 +201,19 @@ export class ConfigApplier {
         this.mustReload = `the config written after a runtime apply failed haproxy -c: ${(err as Error).message}`;
         this.log.error(this.mustReload);
       });
+  }
+
+  /**
+   * HAProxy 2.6 does not pool server-side connections of servers added at run time (measured:
+   * ~9.6k req/s against ~35k for a config server on the same backend), and parked servers linger.
+   * A reload folds them into the config; the reconciler does it once changes have gone quiet.
+   */
+  runtimeState(): { dynamicServers: number; parkedServers: number } {
+    return { dynamicServers: this.dynamicServers, parkedServers: this.parked.size };
+  }
+
+  needsConsolidation(): boolean {
+    return this.dynamicServers > 0 || this.parked.size > 0;
   }
 
   /** Waits for pending background checks (tests, shutdown). */

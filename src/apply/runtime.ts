@@ -39,15 +39,34 @@ export function describeOp(op: RuntimeOp, mapFiles: Readonly<Record<MapName, str
  * Runs the runtime API commands of a plan against the current worker (measured sequences from
  * the HAProxy 2.6 handbook). Any unexpected answer throws: the applier then falls back to a full,
  * validated reload, which is always correct.
+ *
+ * `parked` holds servers taken out of rotation whose deletion HAProxy refused because a client's
+ * keep-alive session still holds a connection to them: they stay in maintenance (no new requests)
+ * until a later apply can delete them, the next reload drops them, or the instance comes back.
  */
-export async function runRuntimeOps(haproxy: HaproxyProcess, ops: readonly RuntimeOp[], mapFiles: Readonly<Record<MapName, string>>): Promise<void> {
+export async function runRuntimeOps(
+  haproxy: HaproxyProcess,
+  ops: readonly RuntimeOp[],
+  mapFiles: Readonly<Record<MapName, string>>,
+  parked: Set<string>,
+): Promise<void> {
+  const returning = new Set(ops.filter((op) => op.kind === 'add-server').map((op) => `${op.backend}/${op.server.name}`));
+  for (const id of [...parked]) {
+    if (!returning.has(id) && (await tryDelete(haproxy, id, 1))) parked.delete(id);
+  }
   for (const op of ops) {
     switch (op.kind) {
       case 'add-server': {
         const id = `${op.backend}/${op.server.name}`;
-        // Dynamic servers inherit no default-server settings: every keyword is explicit.
-        await expect(haproxy, command('add', 'server', id, serverAddress(op.server), ...(op.server.check ? ['check'] : [])), /New server registered/);
-        if (op.server.check) await expect(haproxy, command('enable', 'health', id), EMPTY);
+        if (parked.has(id)) {
+          await expect(haproxy, command('set', 'server', id, 'addr', op.server.address, 'port', String(op.server.port)), /changed|no need/i);
+          await expect(haproxy, command(op.server.check ? 'enable' : 'disable', 'health', id), EMPTY);
+          parked.delete(id);
+        } else {
+          // Dynamic servers inherit no default-server settings: every keyword is explicit.
+          await expect(haproxy, command('add', 'server', id, serverAddress(op.server), ...(op.server.check ? ['check'] : [])), /New server registered/);
+          if (op.server.check) await expect(haproxy, command('enable', 'health', id), EMPTY);
+        }
         await expect(haproxy, command('enable', 'server', id), EMPTY);
         break;
       }
@@ -62,19 +81,25 @@ export async function runRuntimeOps(haproxy: HaproxyProcess, ops: readonly Runti
         break;
       case 'del-server': {
         const id = `${op.backend}/${op.server}`;
-        // maint stops new requests at once; requests in flight finish. Deletion waits for them.
+        // maint stops new requests at once; requests in flight finish.
         await expect(haproxy, command('set', 'server', id, 'state', 'maint'), EMPTY);
-        const deadline = Date.now() + 5000;
-        for (;;) {
-          const reply = (await haproxy.adminCommand(command('del', 'server', id))).trim();
-          if (/Server deleted/.test(reply)) break;
-          if (!/still has connections|not in maintenance|is being/.test(reply) || Date.now() > deadline) {
-            throw new ReloadFailedError(`runtime API: "del server ${id}" answered ${JSON.stringify(reply.slice(0, 200))}`);
-          }
-          await new Promise((r) => setTimeout(r, 10));
-        }
+        if (!(await tryDelete(haproxy, id, 5))) parked.add(id);
         break;
       }
     }
   }
+}
+
+/** `del server`, retried briefly while connections drain. False when they outlast the tries. */
+async function tryDelete(haproxy: HaproxyProcess, id: string, attempts: number): Promise<boolean> {
+  for (let i = 0; i < attempts; i++) {
+    const reply = (await haproxy.adminCommand(command('del', 'server', id))).trim();
+    if (/Server deleted/.test(reply)) return true;
+    if (/No such server/i.test(reply)) return true;
+    if (!/still has connections|not in maintenance|is being|still attached|has streams|queue/i.test(reply)) {
+      throw new ReloadFailedError(`runtime API: "del server ${id}" answered ${JSON.stringify(reply.slice(0, 200))}`);
+    }
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return false;
 }

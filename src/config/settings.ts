@@ -32,6 +32,8 @@ export interface Settings {
   readonly consulMaxWatches: number;
   /** Empty backends kept for services added without a reload (at least; grows with services). */
   readonly spareBackends: number;
+  /** Seconds of quiet after runtime-API changes before one reload folds them into the config; 0 = never. */
+  readonly consolidateAfter: number;
 }
 
 export interface Timeouts {
@@ -164,5 +166,6 @@ export function loadSettings(env: Env = process.env): Settings {
     consulWatchWait: int(env, 'CONSUL_WATCH_WAIT', 300, 1, 600),
     consulMaxWatches: int(env, 'CONSUL_MAX_WATCHES', 150, 0, 100_000),
     spareBackends: int(env, 'SPARE_BACKENDS', 16, 0, 100_000),
+    consolidateAfter: int(env, 'CONSOLIDATE_AFTER', 30, 0, 86_400),
   };
 }

@@ -222,7 +222,8 @@ export class HaproxyProcess {
     if (line.trim() === '') return;
     this.output.push({ seq: ++this.seq, line });
     if (this.output.length > MAX_OUTPUT_LINES) this.output.shift();
-    if (!this.stopping && /ALERT|Loading failure|exited with code/.test(line)) this.log.warn(`haproxy: ${line}`);
+    // "Former worker ... exited with code 0" is every reload's normal end: not worth a warning.
+    if (!this.stopping && /ALERT|Loading failure|exited with code [1-9]/.test(line)) this.log.warn(`haproxy: ${line}`);
     else this.log.debug(`haproxy: ${line}`);
   }
 

@@ -106,8 +106,12 @@ export async function startBackend(name: string, host = '127.0.0.1'): Promise<Ba
       res.end();
       return;
     }
-    res.writeHead(200, { 'Content-Type': 'application/json' });
-    res.end(JSON.stringify({ instance: name, path: req.url }));
+    // A path containing "slow" answers after 1.5 s: a request still in flight during a change.
+    const delay = req.url?.includes('slow') ? 1500 : 0;
+    setTimeout(() => {
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      res.end(JSON.stringify({ instance: name, path: req.url }));
+    }, delay);
   });
   server.keepAliveTimeout = 1000;
   await new Promise<void>((resolve) => server.listen(0, host, resolve));

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import type { ConsulAgent } from '../../src/consul/agent.js';
 import {
@@ -183,3 +184,56 @@ describe('services past CONSUL_MAX_WATCHES follow Consul through the change dete
     }
   });
 });
+
+describe('runtime-only state is folded into the config', () => {
+  it('a server with a request in flight is parked in maintenance, the request completes, the server comes back without a reload, and the quiet-time reload cleans up', async () => {
+    const consul = await startConsul();
+    const proxy = await startProxy(consul.address, { CONSUL_WATCH_WAIT: '30', CONSOLIDATE_AFTER: '2' });
+    const b0 = await startBackend('park.0');
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      assert.equal((await callApi(proxy, 'reconfigure', { serviceName: 'park', servicePath: '/park' })).status, 200);
+      // Added at run time (after the route existed), so it is a dynamic server.
+      await registerLikeRegistrator(consul.address, { name: 'park', container: 'park.0', exposedPort: 80, hostPort: b0.port });
+      await eventually('park.0 serves', () => through(proxy, '/park'), (r) => r.instance === 'park.0');
+      const gen = await haproxyGeneration(proxy);
+      const inFlight = keepAliveGet(agent, `${proxy.http}/park/slow`);
+      await new Promise((r) => setTimeout(r, 200));
+      await deregister(consul.address, 'host1:park.0:80');
+      await eventually('park.0 parked', async () => (await callApi(proxy, 'status')).body.Runtime as { parkedServers: number }, (r) => r.parkedServers === 1);
+      assert.equal((await through(proxy, '/park')).status, 503, 'a parked server takes no new request');
+      assert.equal(await inFlight, 200, 'the request in flight completed');
+      await registerLikeRegistrator(consul.address, { name: 'park', container: 'park.0', exposedPort: 80, hostPort: b0.port });
+      await eventually('park.0 back', () => through(proxy, '/park'), (r) => r.instance === 'park.0');
+      assert.equal(await haproxyGeneration(proxy), gen, 'no reload so far');
+      agent.destroy();
+      // Quiet for CONSOLIDATE_AFTER: one reload turns the dynamic server into a config server.
+      const applies = await eventually(
+        'the consolidation reload',
+        async () => (await callApi(proxy, 'status')).body.Applies as { kind: string; trigger: string }[],
+        (a) => a.some((x) => x.kind === 'reload' && x.trigger.startsWith('consolidate')),
+        15_000,
+      );
+      assert.ok(applies.length > 0);
+      assert.notEqual(await haproxyGeneration(proxy), gen);
+      assert.deepEqual((await callApi(proxy, 'status')).body.Runtime, { dynamicServers: 0, parkedServers: 0 });
+      assert.equal((await through(proxy, '/park')).instance, 'park.0');
+    } finally {
+      agent.destroy();
+      await proxy.stop();
+      await b0.close();
+      await stopConsul(consul);
+    }
+  });
+});
+
+function keepAliveGet(agent: http.Agent, url: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    http
+      .get(url, { agent }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+      })
+      .on('error', reject);
+  });
+}
