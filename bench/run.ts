@@ -266,6 +266,8 @@ async function main(): Promise<void> {
     }
     note(`\n## Route cost: the 1st vs the ${populated.toLocaleString('en')}th route\n\nAim: ratio >= 0.9. wrk -t2 -c50, ${ROUTE_SECONDS} s per run, runs alternated (first, last, first, last).\n`);
     note('| services | 1st route req/s (runs) | last route req/s (runs) | last / first | errors |\n|---|---|---|---|---|');
+    // Measure routing, not server kinds: fold any runtime-added servers into the config first.
+    await fetch(`${env.api}/reload`);
     await routeCost(env, populated);
     const rss = execFileSync('ps', ['-o', 'rss=', '-p', String(env.proxy.pid)], { encoding: 'utf8' }).trim();
     note(`\nControl plane (Node) RSS with ${populated.toLocaleString('en')} services: ${(Number(rss) / 1024).toFixed(0)} MB.`);

@@ -148,9 +148,8 @@ export class FlowProxy implements ProxyCore {
     // The watch may have reported newer instances than the ones read above: read again.
     this.watcher.kick(consulServiceName(spec));
     warnings.unshift(
-      ...this.applier
-        .render(serviceStates(this.reconciler.snapshot()))
-        .conflicts.filter((c) => c.loser === spec.aclName || c.winner === spec.aclName)
+      ...(this.applier.liveFiles()?.conflicts ?? [])
+        .filter((c) => c.loser === spec.aclName || c.winner === spec.aclName)
         .map((c) => `route ${c.route} is claimed by both ${c.winner} and ${c.loser}; ${c.winner} wins (ordered by aclName)`),
     );
     return { model: serviceModel(spec), warnings };
