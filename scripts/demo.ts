@@ -66,7 +66,7 @@ async function main(): Promise<void> {
   };
   try {
     const deadline = Date.now() + 60_000;
-    while (!/API listening/.test(log)) {
+    while (!/\] ready: /.test(log)) {
       if (proxy.exitCode !== null || Date.now() > deadline) throw new Error(`the proxy did not start:\n${log}`);
       await new Promise((r) => setTimeout(r, 50));
     }

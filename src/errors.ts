@@ -14,6 +14,8 @@ export type ErrorCode =
   | 'DFP_ERR_CONSUL_UNAVAILABLE'
   | 'DFP_ERR_SETTINGS' // bad environment at start-up
   | 'DFP_ERR_SHUTTING_DOWN'
+  | 'DFP_ERR_REPLICAS_LAGGING' // wait=all timed out: some live replicas have not applied the change
+  | 'DFP_ERR_NOT_READY' // start-up restore has not finished
   | 'DFP_ERR_INTERNAL';
 
 export class DfpError extends Error {
@@ -84,14 +86,25 @@ export class HaproxyUnavailableError extends DfpError {
 }
 
 export class ConsulUnavailableError extends DfpError {
-  constructor(message: string, cause?: unknown) {
+  /** Consul answered but could not serve (5xx: no leader, rpc error): worth retrying a while. */
+  readonly transient: boolean;
+  constructor(message: string, cause?: unknown, transient = false) {
     super('DFP_ERR_CONSUL_UNAVAILABLE', message, { cause });
+    this.transient = transient;
   }
 }
 
 export class SettingsError extends DfpError {
   constructor(variable: string, message: string) {
     super('DFP_ERR_SETTINGS', `${variable}: ${message}`, { parameter: variable });
+  }
+}
+
+export class ReplicasLaggingError extends DfpError {
+  readonly laggards: readonly string[];
+  constructor(laggards: readonly string[], timeoutMs: number) {
+    super('DFP_ERR_REPLICAS_LAGGING', `applied here, but not on every live replica within ${timeoutMs} ms; lagging: ${laggards.join(', ')}`);
+    this.laggards = laggards;
   }
 }
 

@@ -1,6 +1,11 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import type { DryRunResult, ProxyCore } from './api/core.js';
+import os from 'node:os';
+import type { ChangeOptions, DryRunResult, ProxyCore } from './api/core.js';
+import { listReplicas, ReplicaPublisher, type ReplicaReport } from './consul/replicas.js';
+import { ConsulSpecStore } from './consul/spec-store.js';
+import { ConfigRejectedError, DfpError } from './errors.js';
+import { Fleet, specsHash } from './fleet.js';
 import { serviceModel } from './api/model.js';
 import { ApiServer } from './api/server.js';
 import { ConfigApplier } from './apply/applier.js';
@@ -43,6 +48,10 @@ function consulServices(state: DesiredState): Set<string> {
 export class FlowProxy implements ProxyCore {
   private ready = false;
   apiPort = 0;
+  private fleet: Fleet | undefined;
+  private publisher: ReplicaPublisher | undefined;
+  private readyPromise: Promise<void> = Promise.resolve();
+  private replicaId = '';
 
   private constructor(
     readonly settings: Settings,
@@ -53,6 +62,7 @@ export class FlowProxy implements ProxyCore {
     private readonly instances: InstanceSource,
     private readonly watcher: ConsulWatcher,
     readonly consul: ConsulClient,
+    private readonly store: ConsulSpecStore,
     private readonly localConsul: ConsulAgent | undefined,
     private api: ApiServer | undefined,
   ) {}
@@ -109,13 +119,23 @@ export class FlowProxy implements ProxyCore {
         { waitSeconds: settings.consulWatchWait, maxWatches: settings.consulMaxWatches },
         log.child('watch'),
       );
-      reconciler = new Reconciler(applier, log.child('reconcile'), (state) => watcher.sync(consulServices(state)), settings.consolidateAfter * 1000);
-      const proxy = new FlowProxy(settings, log, haproxy, applier, reconciler, source, watcher, consul, localConsul, undefined);
+      let proxy: FlowProxy | undefined;
+      reconciler = new Reconciler(
+        applier,
+        log.child('reconcile'),
+        (state) => {
+          watcher.sync(consulServices(state));
+          proxy?.publisher?.publish();
+        },
+        settings.consolidateAfter * 1000,
+      );
+      const store = new ConsulSpecStore(consul, settings.proxyInstanceName, log.child('kv'), settings.separator);
+      proxy = new FlowProxy(settings, log, haproxy, applier, reconciler, source, watcher, consul, store, localConsul, undefined);
       const api = new ApiServer(proxy, settings.separator, log.child('api'));
       proxy.apiPort = await api.listen(settings.apiPort, settings.apiHost);
       proxy.api = api;
-      proxy.ready = true;
       log.info(`API listening on ${settings.apiHost}:${proxy.apiPort}; HAProxy binds ${settings.bindPorts.join(', ')}`);
+      proxy.joinFleet();
       return proxy;
     } catch (err) {
       await haproxy?.stop();
@@ -124,10 +144,56 @@ export class FlowProxy implements ProxyCore {
     }
   }
 
+  /**
+   * Restores the shared specs from Consul KV (one apply), then follows them and publishes this
+   * replica's state. Until the restore is live, `successfulinitreload` answers 503.
+   */
+  private joinFleet(): void {
+    const replicaPrefix = `${this.settings.proxyInstanceName}/_dfp/replicas/`;
+    this.replicaId = this.settings.replicaId ?? `${os.hostname()}:${this.apiPort}`;
+    const fleet = new Fleet(this.store, this.reconciler, this.instances, replicaPrefix, this.consul, () => this.publisher?.publish(), this.log.child('fleet'), this.settings.consulWatchWait);
+    this.fleet = fleet;
+    this.publisher = new ReplicaPublisher(this.consul, replicaPrefix, this.replicaId, () => this.report(), this.log.child('replica'));
+    this.readyPromise = (async () => {
+      await fleet.restore();
+      if (!fleet.restored) return;
+      this.ready = true;
+      fleet.startWatching();
+      this.publisher?.start();
+      this.log.info(`ready: serving ${this.reconciler.snapshot().services.size} services as replica ${this.replicaId} of ${this.settings.proxyInstanceName}`);
+    })();
+  }
+
+  /** Changes wait for the start-up restore: applied before it, the restore would undo them. */
+  private assertReady(): void {
+    if (!this.ready) throw new DfpError('DFP_ERR_NOT_READY', 'the proxy is still restoring the shared state from Consul; retry shortly');
+  }
+
+  /** Resolves once the start-up restore is live (tests, the demo). */
+  whenReady(): Promise<void> {
+    return this.readyPromise;
+  }
+
+  private report(): ReplicaReport {
+    const { generation, hash } = this.applier.current();
+    return {
+      id: this.replicaId,
+      api: `http://${this.settings.apiHost}:${this.apiPort}`,
+      generation,
+      configHash: hash,
+      specsHash: specsHash(this.reconciler.snapshot().services.values()),
+      kvIndex: this.fleet?.kvIndex ?? 0,
+      ready: this.ready,
+      at: new Date().toISOString(),
+    };
+  }
+
   async stop(): Promise<void> {
     this.ready = false;
     this.log.info('stopping');
     await this.api?.close();
+    await this.fleet?.stop();
+    await this.publisher?.stop();
     this.watcher.stop();
     await this.reconciler.close();
     await this.applier.idle();
@@ -137,13 +203,21 @@ export class FlowProxy implements ProxyCore {
 
   // --- ProxyCore -------------------------------------------------------------------------------
 
-  async reconfigure(spec: ServiceSpec, dryRun = false): Promise<{ model: Record<string, unknown>; warnings: string[]; dryRun?: DryRunResult }> {
+  async reconfigure(spec: ServiceSpec, options: ChangeOptions = {}): Promise<{ model: Record<string, unknown>; warnings: string[]; dryRun?: DryRunResult }> {
     // Read instances before touching state: if Consul cannot answer, nothing changes (503).
     const instances = await this.instances.instances(consulServiceName(spec));
     const change: Change = (s) => withService(s, spec, instances);
     const warnings: string[] = [];
     if (instances.length === 0) warnings.push(`Consul has no healthy instance of ${consulServiceName(spec)} yet; the route answers 503 until one passes`);
-    if (dryRun) return { model: serviceModel(spec), warnings, dryRun: this.preview(change(this.reconciler.snapshot())) };
+    const next = change(this.reconciler.snapshot()); // refuses a taken aclName before anything is stored
+    if (options.dryRun) return { model: serviceModel(spec), warnings, dryRun: this.preview(next) };
+    this.assertReady();
+    // HAProxy's verdict before the spec reaches the shared store: a spec every replica would refuse
+    // must never be stored.
+    await this.applier.precheck(serviceStates(next)).catch((err: unknown) => {
+      throw err instanceof ConfigRejectedError ? new ConfigRejectedError(err.output, true) : err;
+    });
+    const index = await this.store.put(spec);
     await this.reconciler.submit(`reconfigure ${spec.serviceName}`, change, { fromRequest: true });
     // The watch may have reported newer instances than the ones read above: read again.
     this.watcher.kick(consulServiceName(spec));
@@ -152,20 +226,24 @@ export class FlowProxy implements ProxyCore {
         .filter((c) => c.loser === spec.aclName || c.winner === spec.aclName)
         .map((c) => `route ${c.route} is claimed by both ${c.winner} and ${c.loser}; ${c.winner} wins (ordered by aclName)`),
     );
+    if (options.waitAll) await this.fleet?.waitForAll(index, this.settings.replicaWaitTimeout * 1000);
     return { model: serviceModel(spec), warnings };
   }
 
-  async remove(serviceName: string, aclName?: string, dryRun = false): Promise<{ removed: boolean; serviceName: string; dryRun?: DryRunResult }> {
+  async remove(serviceName: string, aclName?: string, options: ChangeOptions = {}): Promise<{ removed: boolean; serviceName: string; dryRun?: DryRunResult }> {
     const services = this.reconciler.snapshot().services;
     const target = services.has(serviceName)
       ? serviceName
       : aclName === undefined
         ? undefined
         : [...services.values()].find((s) => s.aclName === aclName)?.serviceName;
-    if (target === undefined) return { removed: false, serviceName, ...(dryRun ? { dryRun: { kind: 'none', diff: '', commands: [] } } : {}) };
+    if (target === undefined) return { removed: false, serviceName, ...(options.dryRun ? { dryRun: { kind: 'none', diff: '', commands: [] } } : {}) };
     const change: Change = (s) => withoutService(s, target);
-    if (dryRun) return { removed: false, serviceName: target, dryRun: this.preview(change(this.reconciler.snapshot())) };
+    if (options.dryRun) return { removed: false, serviceName: target, dryRun: this.preview(change(this.reconciler.snapshot())) };
+    this.assertReady();
+    const index = await this.store.delete(target);
     await this.reconciler.submit(`remove ${target}`, change);
+    if (options.waitAll) await this.fleet?.waitForAll(index, this.settings.replicaWaitTimeout * 1000);
     return { removed: true, serviceName: target };
   }
 
@@ -208,17 +286,30 @@ export class FlowProxy implements ProxyCore {
     return out;
   }
 
-  status(): Record<string, unknown> {
+  async status(): Promise<Record<string, unknown>> {
     const state = this.reconciler.snapshot();
     const { generation, hash } = this.applier.current();
+    const mine = specsHash(state.services.values());
+    const replicas = this.fleet ? await listReplicas(this.consul, this.fleet.replicaPrefix).catch(() => undefined) : undefined;
     return {
       Ready: this.ready,
       Generation: generation,
       ConfigHash: hash,
       Haproxy: this.haproxy.status(),
       Applies: this.applier.records().slice(-20),
+      ApplyCounts: this.applier.totals(),
       Watches: this.watcher.stats(),
       Runtime: this.applier.runtimeState(),
+      Fleet: {
+        InstanceName: this.settings.proxyInstanceName,
+        ReplicaId: this.replicaId,
+        SpecsHash: mine,
+        KvIndex: this.fleet?.kvIndex ?? 0,
+        InvalidSpecs: this.fleet?.invalid ?? [],
+        // Unknown (null) while Consul cannot be read; otherwise every live replica and whether it agrees.
+        InAgreement: replicas === undefined ? null : replicas.every((r) => r.specsHash === mine),
+        Replicas: replicas?.map((r) => ({ ...r, Agrees: r.specsHash === mine })) ?? null,
+      },
       Services: [...state.services.values()].map((spec) => ({
         ServiceName: spec.serviceName,
         ConsulService: consulServiceName(spec),

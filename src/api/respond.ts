@@ -1,5 +1,5 @@
 import type { ServerResponse } from 'node:http';
-import { ConfigRejectedError, type DfpError, type ErrorCode } from '../errors.js';
+import { ConfigRejectedError, type DfpError, type ErrorCode, ReplicasLaggingError } from '../errors.js';
 
 /** The one place where error codes become HTTP statuses. */
 const STATUS: Record<ErrorCode, number> = {
@@ -14,6 +14,8 @@ const STATUS: Record<ErrorCode, number> = {
   DFP_ERR_CONSUL_UNAVAILABLE: 503,
   DFP_ERR_SETTINGS: 500,
   DFP_ERR_SHUTTING_DOWN: 503,
+  DFP_ERR_REPLICAS_LAGGING: 504,
+  DFP_ERR_NOT_READY: 503,
   DFP_ERR_INTERNAL: 500,
 };
 
@@ -40,5 +42,6 @@ export function sendError(res: ServerResponse, err: DfpError): void {
     Message: err.message,
     Code: err.code,
     ...(err.parameter === undefined ? {} : { Parameter: err.parameter }),
+    ...(err instanceof ReplicasLaggingError ? { Laggards: err.laggards } : {}),
   });
 }

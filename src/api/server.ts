@@ -5,7 +5,7 @@ import { checkBool } from '../spec/grammar.js';
 import { Params } from '../spec/params.js';
 import { parseReconfigure, parseRemove } from '../spec/parse.js';
 import type { Logger } from '../util/log.js';
-import type { DryRunResult, ProxyCore } from './core.js';
+import type { ChangeOptions, DryRunResult, ProxyCore } from './core.js';
 import { sendError, sendJson, sendText } from './respond.js';
 
 const BASE = '/v1/docker-flow-proxy/';
@@ -67,10 +67,16 @@ export class ApiServer {
         return this.reconfigure(params, res);
       case 'remove': {
         const request = parseRemove(params);
-        const outcome = await this.core.remove(request.serviceName, request.aclName, flag(params, 'dryRun'));
+        const outcome = await this.core.remove(request.serviceName, request.aclName, changeOptions(params, request.distribute));
         return sendJson(res, 200, {
           Status: 'OK',
-          Message: outcome.dryRun ? 'dry run: nothing was changed' : outcome.removed ? '' : `${request.serviceName} was not configured; nothing changed`,
+          Message: outcome.dryRun
+            ? 'dry run: nothing was changed'
+            : !outcome.removed
+              ? `${request.serviceName} was not configured; nothing changed`
+              : request.distribute
+                ? 'Distributed to all instances'
+                : '',
           ServiceName: outcome.serviceName,
           ...(request.distribute ? { Distribute: true } : {}),
           ...dryRunFields(outcome.dryRun),
@@ -88,7 +94,7 @@ export class ApiServer {
         if (params.get('type') === 'json') return sendJson(res, 200, this.core.servicesModel());
         return sendText(res, 200, this.core.liveConfig());
       case 'status':
-        return sendJson(res, 200, { Status: 'OK', Message: '', ...this.core.status() });
+        return sendJson(res, 200, { Status: 'OK', Message: '', ...(await this.core.status()) });
       default:
         throw new NotFoundError(`no such endpoint: ${url.pathname}`);
     }
@@ -97,7 +103,7 @@ export class ApiServer {
   private async reconfigure(params: Params, res: ServerResponse): Promise<void> {
     const request = parseReconfigure(params, { separator: this.separator });
     if (request.kind === 'remove') {
-      const outcome = await this.core.remove(request.serviceName, request.aclName, flag(params, 'dryRun'));
+      const outcome = await this.core.remove(request.serviceName, request.aclName, changeOptions(params, request.distribute));
       return sendJson(res, 200, {
         Status: 'OK',
         Message: outcome.removed ? 'replicas=0: service removed' : `replicas=0: ${request.serviceName} was not configured; nothing changed`,
@@ -105,10 +111,14 @@ export class ApiServer {
         ...dryRunFields(outcome.dryRun),
       });
     }
-    const outcome = await this.core.reconfigure(request.spec, flag(params, 'dryRun'));
+    const outcome = await this.core.reconfigure(request.spec, changeOptions(params, request.distribute));
     return sendJson(res, 200, {
       Status: 'OK',
-      Message: [...(outcome.dryRun ? ['dry run: nothing was changed'] : []), ...outcome.warnings].join('; '),
+      Message: [
+        ...(outcome.dryRun ? ['dry run: nothing was changed'] : []),
+        ...(request.distribute && !outcome.dryRun ? ['Distributed to all instances'] : []),
+        ...outcome.warnings,
+      ].join('; '),
       ServiceName: request.spec.serviceName,
       ServicePath: request.rawServicePath,
       ...outcome.model,
@@ -120,6 +130,17 @@ export class ApiServer {
 
 function dryRunFields(d: DryRunResult | undefined): Record<string, unknown> {
   return d === undefined ? {} : { DryRun: true, ApplyKind: d.kind, Diff: d.diff, Commands: d.commands };
+}
+
+/**
+ * `wait=all` answers once every live replica applied the change. `distribute=true` (the original's
+ * fan-out, which the Swarm Listener always sends) means the same here: replicas converge through
+ * Consul KV by themselves, and the caller learns when they have.
+ */
+function changeOptions(params: Params, distribute: boolean): ChangeOptions {
+  const wait = params.get('wait');
+  if (wait !== undefined && wait !== 'all' && wait !== 'local') throw new InvalidParamError('wait', 'wait must be all or local');
+  return { dryRun: flag(params, 'dryRun'), waitAll: wait === 'all' || (distribute && wait !== 'local') };
 }
 
 function flag(params: Params, name: string): boolean {

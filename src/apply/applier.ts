@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { HaproxyProcess } from '../haproxy/process.js';
 import { validateConfig } from '../haproxy/validate.js';
@@ -59,6 +59,8 @@ export class ConfigApplier {
   private allocation: BackendAllocation | undefined;
   private generation = 0;
   private readonly history: ApplyRecord[] = [];
+  /** Applies since start, by kind (the history above keeps only the last 50). */
+  private readonly counts: Record<ApplyKind, number> = { reload: 0, runtime: 0, none: 0 };
   /** Set when a runtime-written file failed its background check: the next apply reloads. */
   private mustReload: string | undefined;
   private backgroundCheck: Promise<void> = Promise.resolve();
@@ -103,8 +105,28 @@ export class ConfigApplier {
     return this.history;
   }
 
+  totals(): Readonly<Record<ApplyKind, number>> {
+    return this.counts;
+  }
+
   current(): { generation: number; hash: string } {
     return { generation: this.generation, hash: this.live ? hashOf(this.live) : '' };
+  }
+
+  private prechecks = 0;
+
+  /**
+   * Would HAProxy accept these services? Runtime-only changes need no `haproxy -c` (see apply);
+   * anything else is validated in a directory of its own, so concurrent requests do not collide.
+   */
+  async precheck(services: readonly ServiceState[]): Promise<void> {
+    if (this.runtimePlan(services)) return;
+    const dir = path.join(this.paths.candidateDir, `precheck-${++this.prechecks}`);
+    try {
+      await this.validate(services, canonicalAllocation(services, this.minSpares), dir);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   }
 
   /** What applying these services would do, without doing it (dry runs). */
@@ -121,6 +143,7 @@ export class ConfigApplier {
     if (!force && fallback === undefined) {
       const plan = this.runtimePlan(services);
       if (plan && plan.ops.length === 0) {
+        this.counts.none++;
         return { generation: this.generation, kind: 'none', trigger, durationMs: 0, hash: hashOf(plan.rendered), at: new Date().toISOString() };
       }
       if (plan) {
@@ -157,6 +180,7 @@ export class ConfigApplier {
     const allocation = canonicalAllocation(services, this.minSpares);
     const rendered = this.render(services, allocation);
     if (!force && fallback === undefined && this.live !== undefined && hashOf(rendered) === hashOf(this.live)) {
+      this.counts.none++;
       return { generation: this.generation, kind: 'none', trigger, durationMs: 0, hash: hashOf(rendered), at: new Date().toISOString() };
     }
     await this.validate(services, allocation, this.paths.candidateDir);
@@ -238,6 +262,7 @@ export class ConfigApplier {
 
   private record(r: Pick<ApplyRecord, 'kind' | 'trigger' | 'durationMs' | 'fallback'>, files: Files): ApplyRecord {
     const record: ApplyRecord = { generation: ++this.generation, ...r, hash: hashOf(files), at: new Date().toISOString() };
+    this.counts[r.kind]++;
     this.history.push(record);
     if (this.history.length > 50) this.history.shift();
     return record;

@@ -34,6 +34,10 @@ export interface Settings {
   readonly spareBackends: number;
   /** Seconds of quiet after runtime-API changes before one reload folds them into the config; 0 = never. */
   readonly consolidateAfter: number;
+  /** This replica's name in the fleet's replica list; default `<hostname>:<API port>`. */
+  readonly replicaId: string | undefined;
+  /** How long `wait=all` (and `distribute=true`) waits for every replica, seconds. */
+  readonly replicaWaitTimeout: number;
 }
 
 export interface Timeouts {
@@ -167,5 +171,7 @@ export function loadSettings(env: Env = process.env): Settings {
     consulMaxWatches: int(env, 'CONSUL_MAX_WATCHES', 150, 0, 100_000),
     spareBackends: int(env, 'SPARE_BACKENDS', 16, 0, 100_000),
     consolidateAfter: int(env, 'CONSOLIDATE_AFTER', 30, 0, 86_400),
+    replicaId: lookup(env, 'REPLICA_ID'),
+    replicaWaitTimeout: int(env, 'REPLICA_WAIT_TIMEOUT', 10, 1, 3600),
   };
 }

@@ -32,6 +32,7 @@ export class ConsulClient {
 
   async request(path: string, req: ConsulRequest = {}): Promise<ConsulResponse> {
     const failures: string[] = [];
+    let answered5xx = false;
     for (let i = 0; i < this.addresses.length; i++) {
       const at = (this.preferred + i) % this.addresses.length;
       const address = this.addresses[at] as string;
@@ -45,6 +46,7 @@ export class ConsulClient {
         });
         const body = await res.text();
         if (res.status >= 500) {
+          answered5xx = true;
           failures.push(`${address}: HTTP ${res.status} ${body.trim().slice(0, 200)}`);
           continue;
         }
@@ -56,7 +58,7 @@ export class ConsulClient {
         failures.push(`${address}: ${describeFetchError(err)}`);
       }
     }
-    throw new ConsulUnavailableError(`Consul is unavailable (${failures.join('; ')})`);
+    throw new ConsulUnavailableError(`Consul is unavailable (${failures.join('; ')})`, undefined, answered5xx);
   }
 }
 

@@ -73,6 +73,7 @@ export async function startProxy(consulAddress: string, env: Record<string, stri
   });
   const proxy = await FlowProxy.start(settings, createLogger(parseLevel(process.env.TEST_LOG_LEVEL ?? 'error')));
   track(proxy.haproxy.status().masterPid);
+  if (env.NO_WAIT_READY !== '1') await proxy.whenReady();
   return {
     proxy,
     api: `http://127.0.0.1:${proxy.apiPort}/v1/docker-flow-proxy`,

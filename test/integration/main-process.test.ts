@@ -44,7 +44,7 @@ describe('the proxy process with no CONSUL_ADDRESS', () => {
     child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
     const deadline = Date.now() + 60_000;
-    while (!/API listening/.test(out)) {
+    while (!/\] ready: /.test(out)) {
       if (child.exitCode !== null) assert.fail(`proxy exited: ${out}`);
       if (Date.now() > deadline) assert.fail(`proxy did not start: ${out}`);
       await new Promise((r) => setTimeout(r, 50));
@@ -96,6 +96,9 @@ describe('the proxy process with no CONSUL_ADDRESS', () => {
     const res = await fetch(`${consul}/v1/catalog/service/books-ms`);
     const entries = (await res.json()) as unknown[];
     assert.equal(entries.length, 1, 'the registration persisted under STATE_DIR/consul');
+    // The route came back from Consul KV, with no API call.
+    const hit = await fetch(`http://127.0.0.1:${httpPort}/api/v1/books`);
+    assert.equal(((await hit.json()) as { instance: string }).instance, 'books-ms.0');
     const { haproxy, consul: consulPid } = pids();
     child.kill('SIGINT');
     assert.ok(await waitForExit(child.pid ?? 0, 20_000));
@@ -104,7 +107,7 @@ describe('the proxy process with no CONSUL_ADDRESS', () => {
     assert.ok(await waitForExit(consulPid, 5000));
   });
 
-  it('after a SIGKILL of the proxy, the next start stops the HAProxy and Consul it left behind', async () => {
+  it('after a SIGKILL of the proxy, the next start stops the HAProxy and Consul it left behind and restores the routes', async () => {
     const first = await launch();
     const left = pids();
     first.child.kill('SIGKILL');
@@ -117,6 +120,9 @@ describe('the proxy process with no CONSUL_ADDRESS', () => {
     assert.ok(await waitForExit(left.consul, 5000), 'the orphaned Consul was stopped');
     assert.equal(/CONSUL_ADDRESS=(\S+)/.exec(second.output())?.[1], first.consul, 'the local Consul keeps its address');
     assert.equal((await fetch(`http://127.0.0.1:${apiPort}/v1/docker-flow-proxy/ping`)).status, 200);
+    assert.equal((await fetch(`http://127.0.0.1:${apiPort}/v1/docker-flow-proxy/successfulinitreload`)).status, 200);
+    const hit = await fetch(`http://127.0.0.1:${httpPort}/api/v1/books`);
+    assert.equal(((await hit.json()) as { instance: string }).instance, 'books-ms.0', 'kill -9 and restart: the route is back');
     const now = pids();
     second.child.kill('SIGTERM');
     assert.ok(await waitForExit(second.child.pid ?? 0, 20_000));

@@ -178,7 +178,8 @@ describe('validation: bad and hostile input changes nothing', () => {
 describe('Consul failures', () => {
   it('Consul unreachable: 503 naming Consul, nothing changes', async () => {
     const dead = `127.0.0.1:${await freePort()}`;
-    const proxy = await startProxy(dead);
+    // Never ready (it cannot restore the shared state), but it must answer clearly.
+    const proxy = await startProxy(dead, { NO_WAIT_READY: '1' });
     try {
       const config = await liveConfig(proxy);
       const res = await callApi(proxy, 'reconfigure', { serviceName: 'demo', servicePath: '/demo' });
@@ -186,6 +187,8 @@ describe('Consul failures', () => {
       assert.equal(res.body.Code, 'DFP_ERR_CONSUL_UNAVAILABLE');
       assert.match(String(res.body.Message), /Consul is unavailable.*ECONNREFUSED/);
       assert.equal(await liveConfig(proxy), config);
+      assert.equal((await callApi(proxy, 'successfulinitreload')).status, 503);
+      assert.equal((await callApi(proxy, 'ping')).status, 200);
     } finally {
       await proxy.stop();
     }

@@ -1,0 +1,131 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from '../util/log.js';
+import type { ConsulClient } from './client.js';
+
+/** What each replica says about itself, under `<instance>/_dfp/replicas/<id>`. */
+export interface ReplicaReport {
+  readonly id: string;
+  /** Where its API answers (for operators; not used for fan-out). */
+  readonly api: string;
+  readonly generation: number;
+  /** Hash of the live haproxy.cfg and maps (differs between hosts with different ports or paths). */
+  readonly configHash: string;
+  /** Hash of the service specs it has applied: equal on every replica that agrees. */
+  readonly specsHash: string;
+  /** The KV index of the shared specs it has applied: `wait=all` waits for every replica to reach a write's index. */
+  readonly kvIndex: number;
+  readonly ready: boolean;
+  readonly at: string;
+}
+
+interface KvEntry {
+  Key: string;
+  Value: string | null;
+}
+
+const SESSION_TTL_S = 10;
+
+/**
+ * Publishes this replica's report, tied to a Consul session with `Behavior: delete`: if the replica
+ * dies, the session expires (TTL 10 s; Consul may take up to twice that) and the report disappears,
+ * so the replica list only shows live proxies. A session lost while Consul was away is re-created.
+ */
+export class ReplicaPublisher {
+  private session: string | undefined;
+  private stopped = false;
+  private loop: Promise<void> | undefined;
+  private dirty = true;
+  private wake: (() => void) | undefined;
+
+  constructor(
+    private readonly consul: ConsulClient,
+    private readonly prefix: string,
+    private readonly id: string,
+    private readonly report: () => ReplicaReport,
+    private readonly log: Logger,
+  ) {}
+
+  get key(): string {
+    return `${this.prefix}${encodeURIComponent(this.id)}`;
+  }
+
+  start(): void {
+    this.loop = this.run();
+  }
+
+  /** Publish now (after an apply). */
+  publish(): void {
+    this.dirty = true;
+    this.wake?.();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.wake?.();
+    await this.loop;
+    if (this.session) {
+      // Destroying the session deletes the report at once (Behavior: delete).
+      await this.consul.request(`/v1/session/destroy/${this.session}`, { method: 'PUT', timeoutMs: 2000 }).catch(() => undefined);
+    }
+  }
+
+  private async run(): Promise<void> {
+    let lastRenew = 0;
+    while (!this.stopped) {
+      try {
+        if (this.session === undefined) {
+          const res = await this.consul.request('/v1/session/create', {
+            method: 'PUT',
+            body: JSON.stringify({ Name: `dfp-replica-${this.id}`, TTL: `${SESSION_TTL_S}s`, Behavior: 'delete', LockDelay: '0s' }),
+          });
+          if (res.status !== 200) throw new Error(`session create: ${res.status} ${res.body.slice(0, 200)}`);
+          this.session = (JSON.parse(res.body) as { ID: string }).ID;
+          this.dirty = true;
+          lastRenew = Date.now();
+        }
+        if (Date.now() - lastRenew > (SESSION_TTL_S * 1000) / 3) {
+          const res = await this.consul.request(`/v1/session/renew/${this.session}`, { method: 'PUT' });
+          if (res.status === 404) {
+            this.session = undefined; // expired while we could not reach Consul
+            continue;
+          }
+          lastRenew = Date.now();
+        }
+        if (this.dirty) {
+          this.dirty = false;
+          const res = await this.consul.request(`/v1/kv/${this.key}?acquire=${this.session}`, { method: 'PUT', body: JSON.stringify(this.report()) });
+          if (res.body.trim() !== 'true') {
+            this.session = undefined;
+            continue;
+          }
+        }
+      } catch (err) {
+        this.dirty = true;
+        this.log.warn(`publishing replica state: ${(err as Error).message}`);
+        await sleep(1000);
+        continue;
+      }
+      await new Promise<void>((resolve) => {
+        this.wake = resolve;
+        setTimeout(resolve, 1000).unref();
+      });
+      this.wake = undefined;
+    }
+  }
+}
+
+/** The live replicas' reports. */
+export async function listReplicas(consul: ConsulClient, prefix: string): Promise<ReplicaReport[]> {
+  const res = await consul.request(`/v1/kv/${prefix}?recurse`);
+  if (res.status === 404) return [];
+  if (res.status !== 200) return [];
+  const out: ReplicaReport[] = [];
+  for (const e of JSON.parse(res.body) as KvEntry[]) {
+    try {
+      out.push(JSON.parse(Buffer.from(e.Value ?? '', 'base64').toString('utf8')) as ReplicaReport);
+    } catch {
+      // a foreign key under our prefix
+    }
+  }
+  return out.sort((a, b) => (a.id < b.id ? -1 : 1));
+}

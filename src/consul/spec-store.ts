@@ -1,0 +1,168 @@
+import { createHash } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ConsulUnavailableError, type DfpError } from '../errors.js';
+import { specFromJson, specToJson } from '../spec/from-json.js';
+import { Params } from '../spec/params.js';
+import { parseReconfigure } from '../spec/parse.js';
+import type { ServiceSpec } from '../spec/types.js';
+import type { Logger } from '../util/log.js';
+import type { ConsulClient } from './client.js';
+
+export interface StoredSpecs {
+  readonly specs: ReadonlyMap<string, ServiceSpec>;
+  /** The KV index this snapshot was read at. */
+  readonly index: number;
+  /** Keys whose value failed validation: skipped, reported in status. */
+  readonly invalid: readonly string[];
+}
+
+interface KvEntry {
+  Key: string;
+  Value: string | null;
+  ModifyIndex: number;
+}
+
+/** How long a write keeps retrying while Consul has no leader (an election takes ~3 s). */
+const WRITE_RETRY_MS = 10_000;
+
+/**
+ * The desired state shared by every proxy with the same PROXY_INSTANCE_NAME: one JSON document per
+ * service at `<instance>/_dfp/services/<serviceName>`, written with check-and-set. (`_dfp` cannot be
+ * a service name, so it never collides with the original's `<instance>/<serviceName>/<key>` layout,
+ * which is still read on start for in-place upgrades.)
+ */
+export class ConsulSpecStore {
+  readonly prefix: string;
+
+  constructor(
+    private readonly consul: ConsulClient,
+    readonly instanceName: string,
+    private readonly log: Logger,
+    private readonly separator = ',',
+  ) {
+    this.prefix = `${instanceName}/_dfp/services/`;
+  }
+
+  private key(serviceName: string): string {
+    return `${this.prefix}${serviceName}`;
+  }
+
+  /** Writes a spec with check-and-set; returns the KV index the write landed at. */
+  async put(spec: ServiceSpec): Promise<number> {
+    const value = JSON.stringify({ v: 1, spec: JSON.parse(specToJson(spec)) });
+    return this.retrying(`storing ${spec.serviceName}`, async () => {
+      for (let attempt = 0; attempt < 20; attempt++) {
+        const current = await this.consul.request(`/v1/kv/${this.key(spec.serviceName)}`);
+        const cas = current.status === 404 ? 0 : ((JSON.parse(current.body) as KvEntry[])[0]?.ModifyIndex ?? 0);
+        const res = await this.consul.request(`/v1/kv/${this.key(spec.serviceName)}?cas=${cas}`, { method: 'PUT', body: value });
+        if (res.status !== 200) throw new ConsulUnavailableError(`Consul refused the write of ${spec.serviceName}: ${res.status} ${res.body.slice(0, 200)}`, undefined, res.status >= 500);
+        // A failed CAS is 200 "false": someone wrote in between; read again and retry.
+        if (res.body.trim() === 'true') {
+          const after = await this.consul.request(`/v1/kv/${this.key(spec.serviceName)}`);
+          return (JSON.parse(after.body) as KvEntry[])[0]?.ModifyIndex ?? after.index ?? 0;
+        }
+      }
+      throw new ConsulUnavailableError(`could not store ${spec.serviceName}: the key kept changing under concurrent writes`);
+    });
+  }
+
+  /** Deletes a spec, and the original's per-key layout of the same service. Returns the KV index. */
+  async delete(serviceName: string): Promise<number> {
+    return this.retrying(`removing ${serviceName}`, async () => {
+      const res = await this.consul.request(`/v1/kv/${this.key(serviceName)}`, { method: 'DELETE' });
+      if (res.status !== 200) throw new ConsulUnavailableError(`Consul refused to delete ${serviceName}: ${res.status}`);
+      await this.consul.request(`/v1/kv/${this.instanceName}/${serviceName}?recurse`, { method: 'DELETE' });
+      return res.index ?? 0;
+    });
+  }
+
+  /** Every stored spec (a blocking read when `index` is given). */
+  async list(index = 0, waitSeconds = 300, signal?: AbortSignal): Promise<StoredSpecs & { hash: string }> {
+    const query = index > 0 ? `&index=${index}&wait=${waitSeconds}s` : '';
+    const res = await this.consul.request(`/v1/kv/${this.prefix}?recurse${query}`, {
+      timeoutMs: index > 0 ? waitSeconds * 1062.5 + 5000 : 5000,
+      ...(signal ? { signal } : {}),
+    });
+    if (res.status !== 200 && res.status !== 404) throw new ConsulUnavailableError(`Consul answered ${res.status} reading ${this.prefix}`);
+    const entries = res.status === 404 ? [] : (JSON.parse(res.body) as KvEntry[]);
+    const specs = new Map<string, ServiceSpec>();
+    const invalid: string[] = [];
+    for (const e of entries) {
+      try {
+        const doc = JSON.parse(Buffer.from(e.Value ?? '', 'base64').toString('utf8')) as { v?: number; spec?: unknown };
+        const spec = specFromJson(doc.spec);
+        if (this.key(spec.serviceName) !== e.Key) throw new Error(`key does not match serviceName ${spec.serviceName}`);
+        specs.set(spec.serviceName, spec);
+      } catch (err) {
+        invalid.push(e.Key);
+        this.log.error(`ignoring ${e.Key}: not a valid service spec (${(err as Error).message})`);
+      }
+    }
+    const hash = createHash('sha256').update(res.status === 404 ? '' : res.body).digest('hex');
+    return { specs, index: res.index ?? 0, invalid, hash };
+  }
+
+  /**
+   * Services stored by the original Docker Flow Proxy (one key per attribute under
+   * `<instance>/<serviceName>/`), converted through the same parser as a request. Services using
+   * attributes this version does not support are skipped with a warning.
+   */
+  async legacy(): Promise<ServiceSpec[]> {
+    const res = await this.consul.request(`/v1/kv/${this.instanceName}/?recurse`);
+    if (res.status === 404) return [];
+    if (res.status !== 200) throw new ConsulUnavailableError(`Consul answered ${res.status} reading ${this.instanceName}/`);
+    const byService = new Map<string, Map<string, string>>();
+    for (const e of JSON.parse(res.body) as KvEntry[]) {
+      const rest = e.Key.slice(this.instanceName.length + 1).split('/');
+      if (rest.length !== 2 || rest[0] === '_dfp' || rest[0] === 'service' || !rest[0] || !rest[1]) continue;
+      const attrs = byService.get(rest[0]) ?? new Map<string, string>();
+      attrs.set(rest[1], Buffer.from(e.Value ?? '', 'base64').toString('utf8'));
+      byService.set(rest[0], attrs);
+    }
+    const out: ServiceSpec[] = [];
+    for (const [name, attrs] of byService) {
+      if (!attrs.has('path')) continue;
+      const pairs: [string, string][] = [
+        ['serviceName', name],
+        ['servicePath', attrs.get('path') ?? ''],
+        ['pathType', attrs.get('pathtype') ?? ''],
+        ['serviceColor', attrs.get('color') ?? ''],
+        ['skipCheck', attrs.get('skipcheck') ?? ''],
+        ['port', attrs.get('port') ?? ''],
+        ['serviceDomain', attrs.get('domain') ?? ''],
+        ['consulTemplateFePath', attrs.get('consultemplatefepath') ?? ''],
+        ['consulTemplateBePath', attrs.get('consultemplatebepath') ?? ''],
+        ['outboundHostname', attrs.get('hostname') ?? ''],
+      ];
+      try {
+        const parsed = parseReconfigure(new Params(pairs), { separator: this.separator });
+        if (parsed.kind === 'upsert') out.push(parsed.spec);
+      } catch (err) {
+        this.log.warn(`not restoring legacy service ${name} from ${this.instanceName}/${name}/: ${(err as DfpError).message}`);
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Writes wait out a leader election (Consul answers 5xx for ~3 s) but not an outage: when no
+   * agent can be reached at all they give up after a second, so callers get their 503 quickly.
+   */
+  private async retrying<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    const started = Date.now();
+    let delay = 100;
+    for (;;) {
+      try {
+        return await fn();
+      } catch (err) {
+        const budget = err instanceof ConsulUnavailableError && err.transient ? WRITE_RETRY_MS : 1000;
+        if (!(err instanceof ConsulUnavailableError) || Date.now() + delay > started + budget) {
+          throw err instanceof ConsulUnavailableError ? new ConsulUnavailableError(`${what}: ${err.message}; nothing was changed`) : err;
+        }
+        this.log.warn(`${what}: ${err.message}; retrying`);
+        await sleep(delay * (0.5 + Math.random()));
+        delay = Math.min(delay * 2, 2000);
+      }
+    }
+  }
+}

@@ -1,0 +1,189 @@
+import { createHash } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Reconciler } from './apply/reconciler.js';
+import { ConfigRejectedError, ReplicasLaggingError } from './errors.js';
+import { listReplicas, type ReplicaReport } from './consul/replicas.js';
+import type { ConsulSpecStore } from './consul/spec-store.js';
+import type { InstanceSource } from './discovery/types.js';
+import { specToJson } from './spec/from-json.js';
+import { consulServiceName, type ServiceSpec } from './spec/types.js';
+import { type DesiredState, withoutService, withService } from './state/desired-state.js';
+import type { Logger } from './util/log.js';
+
+/** Hash of a set of specs, independent of order and of anything host-specific. */
+export function specsHash(specs: Iterable<ServiceSpec>): string {
+  const h = createHash('sha256');
+  for (const json of [...specs].map(specToJson).sort()) h.update(json).update('\n');
+  return h.digest('hex').slice(0, 16);
+}
+
+/**
+ * The proxy as one replica of a fleet sharing PROXY_INSTANCE_NAME: restores the shared specs on
+ * start, follows the KV prefix so a change made on any replica reaches this one, and knows which
+ * KV index it has applied (published by the ReplicaPublisher, read by `wait=all`).
+ */
+export class Fleet {
+  /** The KV index of the shared specs whose content is live here. */
+  kvIndex = 0;
+  restored = false;
+  invalid: readonly string[] = [];
+  private stopped = false;
+  private readonly ctrl = new AbortController();
+  private watching: Promise<void> | undefined;
+
+  constructor(
+    private readonly store: ConsulSpecStore,
+    private readonly reconciler: Reconciler,
+    private readonly instances: InstanceSource,
+    readonly replicaPrefix: string,
+    private readonly consulForReplicas: Parameters<typeof listReplicas>[0],
+    private readonly onApplied: () => void,
+    private readonly log: Logger,
+    private readonly waitSeconds: number,
+  ) {}
+
+  /**
+   * Loads every stored spec (and the original's legacy layout, migrated) and applies them in one
+   * go. Retries until Consul answers; the proxy is not ready before.
+   */
+  async restore(): Promise<void> {
+    let delay = 200;
+    while (!this.stopped) {
+      try {
+        const stored = await this.store.list();
+        const specs = new Map(stored.specs);
+        for (const spec of await this.store.legacy()) {
+          if (specs.has(spec.serviceName)) continue;
+          this.log.info(`migrating ${spec.serviceName} from the original's KV layout`);
+          await this.store.put(spec);
+          specs.set(spec.serviceName, spec);
+        }
+        await this.applySpecs(specs, 'start-up restore', true);
+        this.kvIndex = stored.index;
+        this.invalid = stored.invalid;
+        this.restored = true;
+        this.log.info(`restored ${specs.size} service${specs.size === 1 ? '' : 's'} from Consul KV`);
+        this.onApplied();
+        return;
+      } catch (err) {
+        this.log.warn(`start-up restore: ${(err as Error).message}; retrying`);
+        await sleep(delay);
+        delay = Math.min(delay * 2, 5000);
+      }
+    }
+  }
+
+  startWatching(): void {
+    this.watching = this.watch();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.ctrl.abort();
+    await this.watching;
+  }
+
+  /** Waits until every live replica has applied the shared specs up to `index`. */
+  async waitForAll(index: number, timeoutMs: number): Promise<ReplicaReport[]> {
+    const deadline = Date.now() + timeoutMs;
+    let laggards: string[] = [];
+    for (;;) {
+      const replicas = await listReplicas(this.consulForReplicas, this.replicaPrefix);
+      laggards = replicas.filter((r) => r.kvIndex < index).map((r) => r.id);
+      if (laggards.length === 0 && replicas.length > 0) return replicas;
+      if (Date.now() > deadline) throw new ReplicasLaggingError(laggards, timeoutMs);
+      await sleep(20);
+    }
+  }
+
+  /**
+   * Follows the shared specs. If Consul comes back without its data (its index went backwards and
+   * specs this replica serves are gone, e.g. a dev agent or a rebuilt cluster), the replica writes
+   * its specs back instead of dropping every route: losing Consul's data must not take traffic down.
+   */
+  private async watch(): Promise<void> {
+    let index = this.kvIndex;
+    let highest = this.kvIndex;
+    let lastHash = '';
+    let backoff = 100;
+    while (!this.stopped) {
+      try {
+        const stored = await this.store.list(index, this.waitSeconds, this.ctrl.signal);
+        backoff = 100;
+        if (stored.index < highest) {
+          const current = [...this.reconciler.snapshot().services.values()];
+          const lost = current.filter((spec) => !stored.specs.has(spec.serviceName));
+          if (lost.length > 0 && stored.specs.size === 0) {
+            this.log.warn(`Consul came back without the shared specs (index ${highest} -> ${stored.index}); writing back ${lost.length} from this replica`);
+            for (const spec of lost) await this.store.put(spec);
+          }
+          highest = 0;
+          index = 0;
+          lastHash = '';
+          continue;
+        }
+        highest = stored.index;
+        index = stored.index;
+        if (stored.hash === lastHash) {
+          this.kvIndex = stored.index;
+          continue;
+        }
+        lastHash = stored.hash;
+        this.invalid = stored.invalid;
+        await this.applySpecs(stored.specs, 'kv', false);
+        this.kvIndex = stored.index;
+        this.onApplied();
+      } catch (err) {
+        if (this.stopped) return;
+        index = 0;
+        this.log.warn(`following shared specs: ${(err as Error).message}; retrying in about ${backoff} ms`);
+        await sleep(backoff * (0.5 + Math.random()));
+        backoff = Math.min(backoff * 2, 5000);
+      }
+    }
+  }
+
+  /** Brings the local desired state to exactly these specs: one batch, one apply. */
+  private async applySpecs(specs: ReadonlyMap<string, ServiceSpec>, trigger: string, replaceAll: boolean): Promise<void> {
+    const current = this.reconciler.snapshot();
+    const changed = [...specs.values()].filter((s) => {
+      const have = current.services.get(s.serviceName);
+      return have === undefined || specToJson(have) !== specToJson(s);
+    });
+    const removed = [...current.services.keys()].filter((name) => !specs.has(name));
+    if (changed.length === 0 && removed.length === 0 && !replaceAll) return;
+    // Instances for new or changed specs; a failed read starts the service empty (503) and the
+    // instance watch fills it in, rather than blocking every other service.
+    const queue = [...changed];
+    const fresh = new Map<string, Awaited<ReturnType<InstanceSource['instances']>>>();
+    await Promise.all(
+      Array.from({ length: 16 }, async () => {
+        for (let s = queue.shift(); s !== undefined; s = queue.shift()) {
+          fresh.set(s.serviceName, await this.instances.instances(consulServiceName(s)).catch(() => []));
+        }
+      }),
+    );
+    const label = `${trigger}: ${changed.length} changed, ${removed.length} removed`;
+    const upsert = (state: DesiredState, spec: ServiceSpec) => {
+      try {
+        return withService(state, spec, fresh.get(spec.serviceName) ?? []);
+      } catch (err) {
+        this.log.error(`shared spec ${spec.serviceName} cannot be applied here: ${(err as Error).message}`);
+        return state;
+      }
+    };
+    try {
+      await this.reconciler.submit(label, (state: DesiredState) => changed.reduce(upsert, removed.reduce(withoutService, state)));
+    } catch (err) {
+      if (!(err instanceof ConfigRejectedError)) throw err;
+      // One bad spec must not hold back the others: apply them one by one, skipping what HAProxy refuses.
+      this.log.error(`HAProxy refused the shared specs as a whole (${err.message}); applying them one by one`);
+      await this.reconciler.submit(`${label} (removals)`, (state) => removed.reduce(withoutService, state));
+      for (const spec of changed) {
+        await this.reconciler.submit(`${trigger}: ${spec.serviceName}`, (state) => upsert(state, spec)).catch((e: unknown) => {
+          this.log.error(`shared spec ${spec.serviceName} refused by HAProxy: ${(e as Error).message}`);
+        });
+      }
+    }
+  }
+}
