@@ -91,6 +91,65 @@ async function startAll(backends: ChildProcess): Promise<Env> {
   return { consul, api, http: `http://127.0.0.1:${httpPort}`, proxy, stateDir, backendPorts: ports };
 }
 
+/** Three more proxies of one fleet (their own PROXY_INSTANCE_NAME) on the same Consul. */
+async function fleetBench(env: Env): Promise<void> {
+  const procs: { proc: ChildProcess; api: string; http: string }[] = [];
+  try {
+    for (let i = 0; i < 3; i++) {
+      const apiPort = await freePort();
+      const httpPort = await freePort();
+      const proc = spawn(process.execPath, [path.join(PROJECT_ROOT, 'dist/src/main.js')], {
+        env: {
+          ...process.env,
+          CONSUL_ADDRESS: env.consul.address,
+          PROXY_INSTANCE_NAME: 'bench-fleet',
+          STATE_DIR: path.join(env.stateDir, `fleet${i}`),
+          PORT: String(apiPort),
+          IP: '127.0.0.1',
+          DEFAULT_PORTS: String(httpPort),
+          LOG_LEVEL: 'warn',
+        },
+        stdio: ['ignore', 'inherit', 'inherit'],
+      });
+      procs.push({ proc, api: `http://127.0.0.1:${apiPort}/v1/docker-flow-proxy`, http: `http://127.0.0.1:${httpPort}` });
+    }
+    for (const p of procs) {
+      for (let i = 0; ; i++) {
+        try {
+          if ((await fetch(`${p.api}/successfulinitreload`)).ok) break;
+        } catch {
+          // starting
+        }
+        if (i > 600) throw new Error('fleet proxy did not start');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+    const samples: number[] = [];
+    const waited: number[] = [];
+    for (let k = 0; k < LIVE_SAMPLES * 2; k++) {
+      const name = `fleet-${k}`;
+      await register(env.consul.address, { name, container: `${name}.0`, exposedPort: 80, hostPort: env.backendPorts[0] ?? 0 });
+      await new Promise((r) => setTimeout(r, 100));
+      const target = procs[k % 3];
+      if (!target) continue;
+      const t0 = performance.now();
+      const res = await fetch(`${target.api}/reconfigure?serviceName=${name}&servicePath=/${name}/`);
+      if (res.status !== 200) throw new Error(`fleet reconfigure: ${res.status}`);
+      await Promise.all(procs.map((p) => firstOk(`${p.http}/${name}/`)));
+      samples.push(performance.now() - t0);
+      const t1 = performance.now();
+      const all = await fetch(`${target.api}/reconfigure?serviceName=${name}&servicePath=/${name}/,/${name}-b/&wait=all`);
+      if (all.status !== 200) throw new Error(`fleet reconfigure wait=all: ${all.status}`);
+      waited.push(performance.now() - t1);
+    }
+    note(`| change sent to one of 3 proxies, until its route answers 200 on all 3 | ${ms(pct(samples, 50))} | ${ms(pct(samples, 99))} |`);
+    note(`| the same with \`wait=all\`: until the API call returns (all 3 report the change applied) | ${ms(pct(waited, 50))} | ${ms(pct(waited, 99))} |`);
+  } finally {
+    for (const p of procs) p.proc.kill('SIGTERM');
+    for (const p of procs) await waitForExit(p.proc.pid ?? 0, 30_000);
+  }
+}
+
 async function reconfigure(env: Env, params: Record<string, string>): Promise<void> {
   const res = await fetch(`${env.api}/reconfigure?${new URLSearchParams(params)}`);
   if (res.status !== 200) throw new Error(`reconfigure ${JSON.stringify(params)}: ${res.status} ${await res.text()}`);
@@ -264,6 +323,9 @@ async function main(): Promise<void> {
         note('| clients | duration | requests | reconfigures + scale events | socket errors | non-2xx | req/s | reloads |\n|---|---|---|---|---|---|---|---|');
         await churnUnderLoad(env, false);
         await churnUnderLoad(env, true);
+        note('\n## Fleet: a change on one of three proxies until it is live on all three\n\nAim: p99 <= 150 ms. Three proxies of one fleet (own PROXY_INSTANCE_NAME) on the same Consul; each change goes to a different one in turn.\n');
+        note('| what | p50 | p99 |\n|---|---|---|');
+        await fleetBench(env);
         note('\n## New service live, continued\n\n| services already routed | p50 | p99 | how it was applied |\n|---|---|---|---|');
       }
     }

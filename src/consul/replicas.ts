@@ -105,6 +105,7 @@ export class ReplicaPublisher {
         await sleep(1000);
         continue;
       }
+      if (this.dirty || this.stopped) continue; // published again while the last write was in flight
       await new Promise<void>((resolve) => {
         this.wake = resolve;
         setTimeout(resolve, 1000).unref();
