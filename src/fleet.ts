@@ -115,7 +115,7 @@ export class Fleet {
           const lost = current.filter((spec) => !stored.specs.has(spec.serviceName));
           if (lost.length > 0 && stored.specs.size === 0) {
             this.log.warn(`Consul came back without the shared specs (index ${highest} -> ${stored.index}); writing back ${lost.length} from this replica`);
-            for (const spec of lost) await this.store.put(spec);
+            for (const spec of lost) await this.store.put(spec, true);
           }
           highest = 0;
           index = 0;

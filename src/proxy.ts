@@ -217,7 +217,7 @@ export class FlowProxy implements ProxyCore {
     await this.applier.precheck(serviceStates(next)).catch((err: unknown) => {
       throw err instanceof ConfigRejectedError ? new ConfigRejectedError(err.output, true) : err;
     });
-    const index = await this.store.put(spec);
+    const landedAt = await this.store.put(spec, !this.reconciler.snapshot().services.has(spec.serviceName));
     await this.reconciler.submit(`reconfigure ${spec.serviceName}`, change, { fromRequest: true });
     // The watch may have reported newer instances than the ones read above: read again.
     this.watcher.kick(consulServiceName(spec));
@@ -226,7 +226,7 @@ export class FlowProxy implements ProxyCore {
         .filter((c) => c.loser === spec.aclName || c.winner === spec.aclName)
         .map((c) => `route ${c.route} is claimed by both ${c.winner} and ${c.loser}; ${c.winner} wins (ordered by aclName)`),
     );
-    if (options.waitAll) await this.fleet?.waitForAll(index, this.settings.replicaWaitTimeout * 1000);
+    if (options.waitAll) await this.fleet?.waitForAll(await landedAt(), this.settings.replicaWaitTimeout * 1000);
     return { model: serviceModel(spec), warnings };
   }
 

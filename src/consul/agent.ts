@@ -22,6 +22,8 @@ export interface AgentOptions {
   readonly bindIp?: string;
   /** Ports to use; random free ones when absent. */
   readonly ports?: AgentPorts;
+  /** `server` mode in a cluster: how many servers to expect and whom to join (`ip:serfLanPort`). */
+  readonly cluster?: { readonly expect: number; readonly join: readonly string[]; readonly node: string };
   readonly log?: Logger;
 }
 
@@ -54,7 +56,8 @@ export class ConsulAgent {
     mkdirSync(options.dataDir, { recursive: true });
     await killLeftover(options.dataDir);
     let lastError: unknown;
-    for (let attempt = 0; attempt < 5; attempt++) {
+    // A cluster member's ports are part of its peers' join addresses: no retry on other ports.
+    for (let attempt = 0; attempt < (options.cluster ? 1 : 5); attempt++) {
       const ports = options.ports && attempt === 0 ? options.ports : await randomPorts();
       const agent = new ConsulAgent(options, ports);
       try {
@@ -107,7 +110,23 @@ export class ConsulAgent {
     const args =
       options.mode === 'dev'
         ? ['agent', '-dev', '-node', `dev-${ports.http}`, ...common, '-serf-wan-port', '-1', ...hcl]
-        : ['agent', '-server', '-bootstrap-expect', '1', '-node', 'dfp-local', '-data-dir', path.join(options.dataDir, 'data'), ...common, '-serf-wan-port', `${ports.serfWan}`, '-hcl', 'performance { raft_multiplier = 1 }', ...hcl];
+        : [
+            'agent',
+            '-server',
+            '-bootstrap-expect',
+            String(options.cluster?.expect ?? 1),
+            '-node',
+            options.cluster?.node ?? 'dfp-local',
+            '-data-dir',
+            path.join(options.dataDir, 'data'),
+            ...common,
+            '-serf-wan-port',
+            `${ports.serfWan}`,
+            ...(options.cluster ? ['-retry-interval', '1s', ...options.cluster.join.flatMap((j) => ['-retry-join', j])] : []),
+            '-hcl',
+            'performance { raft_multiplier = 1 }',
+            ...hcl,
+          ];
     const logFile = openSync(path.join(options.dataDir, 'consul.log'), 'a');
     const child = spawn(options.bin, args, { detached: true, stdio: ['ignore', logFile, logFile] });
     this.child = child;

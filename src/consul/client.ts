@@ -62,6 +62,27 @@ export class ConsulClient {
   }
 }
 
+/**
+ * Retries while Consul answers 5xx (a leader election takes ~3 s with raft_multiplier 1), for up
+ * to `budgetMs`; an unreachable Consul gets one more second, so callers get their 503 quickly.
+ */
+export async function retryTransient<T>(fn: () => Promise<T>, budgetMs = 10_000, onRetry?: (err: ConsulUnavailableError) => void): Promise<T> {
+  const started = Date.now();
+  let delay = 100;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (!(err instanceof ConsulUnavailableError)) throw err;
+      const budget = err.transient ? budgetMs : 1000;
+      if (Date.now() + delay > started + budget) throw err;
+      onRetry?.(err);
+      await new Promise((r) => setTimeout(r, delay * (0.5 + Math.random())));
+      delay = Math.min(delay * 2, 2000);
+    }
+  }
+}
+
 function describeFetchError(err: unknown): string {
   const e = err as Error & { cause?: { code?: string; message?: string } };
   if (e.name === 'TimeoutError') return 'timed out';

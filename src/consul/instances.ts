@@ -2,7 +2,7 @@ import { isIP } from 'node:net';
 import type { Instance, InstanceSource } from '../discovery/types.js';
 import { ConsulUnavailableError } from '../errors.js';
 import type { Logger } from '../util/log.js';
-import type { ConsulClient } from './client.js';
+import { type ConsulClient, retryTransient } from './client.js';
 
 interface HealthEntry {
   Node?: { Node?: string; Address?: string };
@@ -28,12 +28,14 @@ export class ConsulInstanceSource implements InstanceSource {
   path(service: string, query: Record<string, string> = {}): string {
     const params = new URLSearchParams(query);
     if (this.passingOnly) params.set('passing', '');
-    const qs = params.toString().replace(/^passing=$|(&)passing=(&|$)/, '$1passing$2');
+    // Any server may answer: instance lists stay readable during a leader election.
+    params.set('stale', '');
+    const qs = params.toString().replace(/(^|&)(passing|stale)=(?=&|$)/g, '$1$2');
     return `/v1/health/service/${encodeURIComponent(service)}${qs ? `?${qs}` : ''}`;
   }
 
   async instances(service: string): Promise<Instance[]> {
-    const res = await this.consul.request(this.path(service));
+    const res = await retryTransient(() => this.consul.request(this.path(service)));
     return this.parse(service, res.status, res.body);
   }
 

@@ -1,12 +1,11 @@
 import { createHash } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { ConsulUnavailableError, type DfpError } from '../errors.js';
 import { specFromJson, specToJson } from '../spec/from-json.js';
 import { Params } from '../spec/params.js';
 import { parseReconfigure } from '../spec/parse.js';
 import type { ServiceSpec } from '../spec/types.js';
 import type { Logger } from '../util/log.js';
-import type { ConsulClient } from './client.js';
+import { type ConsulClient, retryTransient } from './client.js';
 
 export interface StoredSpecs {
   readonly specs: ReadonlyMap<string, ServiceSpec>;
@@ -47,23 +46,32 @@ export class ConsulSpecStore {
     return `${this.prefix}${serviceName}`;
   }
 
-  /** Writes a spec with check-and-set; returns the KV index the write landed at. */
-  async put(spec: ServiceSpec): Promise<number> {
+  /**
+   * Writes a spec with check-and-set. A new service is tried as create-only (`cas=0`) first, which
+   * saves a read; a failed CAS (200 `false`, not 409) means someone wrote in between: read, retry.
+   * Returns a function that tells the KV index the write landed at (one more read, only for `wait=all`).
+   */
+  async put(spec: ServiceSpec, knownNew = false): Promise<() => Promise<number>> {
     const value = JSON.stringify({ v: 1, spec: JSON.parse(specToJson(spec)) });
-    return this.retrying(`storing ${spec.serviceName}`, async () => {
+    const url = `/v1/kv/${this.key(spec.serviceName)}`;
+    await this.retrying(`storing ${spec.serviceName}`, async () => {
+      let cas: number | undefined = knownNew ? 0 : undefined;
       for (let attempt = 0; attempt < 20; attempt++) {
-        const current = await this.consul.request(`/v1/kv/${this.key(spec.serviceName)}`);
-        const cas = current.status === 404 ? 0 : ((JSON.parse(current.body) as KvEntry[])[0]?.ModifyIndex ?? 0);
-        const res = await this.consul.request(`/v1/kv/${this.key(spec.serviceName)}?cas=${cas}`, { method: 'PUT', body: value });
-        if (res.status !== 200) throw new ConsulUnavailableError(`Consul refused the write of ${spec.serviceName}: ${res.status} ${res.body.slice(0, 200)}`, undefined, res.status >= 500);
-        // A failed CAS is 200 "false": someone wrote in between; read again and retry.
-        if (res.body.trim() === 'true') {
-          const after = await this.consul.request(`/v1/kv/${this.key(spec.serviceName)}`);
-          return (JSON.parse(after.body) as KvEntry[])[0]?.ModifyIndex ?? after.index ?? 0;
+        if (cas === undefined) {
+          const current = await this.consul.request(url);
+          cas = current.status === 404 ? 0 : ((JSON.parse(current.body) as KvEntry[])[0]?.ModifyIndex ?? 0);
         }
+        const res = await this.consul.request(`${url}?cas=${cas}`, { method: 'PUT', body: value });
+        if (res.status !== 200) throw new ConsulUnavailableError(`Consul refused the write of ${spec.serviceName}: ${res.status} ${res.body.slice(0, 200)}`, undefined, res.status >= 500);
+        if (res.body.trim() === 'true') return;
+        cas = undefined;
       }
       throw new ConsulUnavailableError(`could not store ${spec.serviceName}: the key kept changing under concurrent writes`);
     });
+    return async () => {
+      const after = await this.consul.request(url);
+      return after.status === 200 ? ((JSON.parse(after.body) as KvEntry[])[0]?.ModifyIndex ?? after.index ?? 0) : (after.index ?? 0);
+    };
   }
 
   /** Deletes a spec, and the original's per-key layout of the same service. Returns the KV index. */
@@ -144,25 +152,11 @@ export class ConsulSpecStore {
     return out;
   }
 
-  /**
-   * Writes wait out a leader election (Consul answers 5xx for ~3 s) but not an outage: when no
-   * agent can be reached at all they give up after a second, so callers get their 503 quickly.
-   */
   private async retrying<T>(what: string, fn: () => Promise<T>): Promise<T> {
-    const started = Date.now();
-    let delay = 100;
-    for (;;) {
-      try {
-        return await fn();
-      } catch (err) {
-        const budget = err instanceof ConsulUnavailableError && err.transient ? WRITE_RETRY_MS : 1000;
-        if (!(err instanceof ConsulUnavailableError) || Date.now() + delay > started + budget) {
-          throw err instanceof ConsulUnavailableError ? new ConsulUnavailableError(`${what}: ${err.message}; nothing was changed`) : err;
-        }
-        this.log.warn(`${what}: ${err.message}; retrying`);
-        await sleep(delay * (0.5 + Math.random()));
-        delay = Math.min(delay * 2, 2000);
-      }
+    try {
+      return await retryTransient(fn, WRITE_RETRY_MS, (err) => this.log.warn(`${what}: ${err.message}; retrying`));
+    } catch (err) {
+      throw err instanceof ConsulUnavailableError ? new ConsulUnavailableError(`${what}: ${err.message}; nothing was changed`, undefined, err.transient) : err;
     }
   }
 }
