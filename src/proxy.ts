@@ -213,10 +213,13 @@ export class FlowProxy implements ProxyCore {
     if (options.dryRun) return { model: serviceModel(spec), warnings, dryRun: this.preview(next) };
     this.assertReady();
     // HAProxy's verdict before the spec reaches the shared store: a spec every replica would refuse
-    // must never be stored.
-    await this.applier.precheck(serviceStates(next)).catch((err: unknown) => {
-      throw err instanceof ConfigRejectedError ? new ConfigRejectedError(err.output, true) : err;
-    });
+    // must never be stored. Only pattern path types (regexes...) carry values HAProxy can refuse
+    // once our grammar has accepted them, so only they pay for a `haproxy -c` here.
+    if (spec.destinations.some((d) => d.pathType !== 'path_beg' && d.pathType !== 'path')) {
+      await this.applier.precheck(serviceStates(next)).catch((err: unknown) => {
+        throw err instanceof ConfigRejectedError ? new ConfigRejectedError(err.output, true) : err;
+      });
+    }
     const landedAt = await this.store.put(spec, !this.reconciler.snapshot().services.has(spec.serviceName));
     await this.reconciler.submit(`reconfigure ${spec.serviceName}`, change, { fromRequest: true });
     // The watch may have reported newer instances than the ones read above: read again.

@@ -81,10 +81,18 @@ const ROUTE_VAR = 'txn.dfp_backend';
 
 /** Stable server name from the registry ID: readable, unique, safe for HAProxy. */
 export function serverName(instance: Pick<Instance, 'id'>): string {
-  const readable = instance.id.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 40);
-  const hash = createHash('sha256').update(instance.id).digest('hex').slice(0, 8);
-  return `${readable}_${hash}`;
+  let name = serverNames.get(instance.id);
+  if (name === undefined) {
+    const readable = instance.id.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 40);
+    name = `${readable}_${createHash('sha256').update(instance.id).digest('hex').slice(0, 8)}`;
+    if (serverNames.size > 100_000) serverNames.clear();
+    serverNames.set(instance.id, name);
+  }
+  return name;
 }
+
+/** Memo of serverName (a pure function of the ID): rendering 10,000 services hashes no ID twice. */
+const serverNames = new Map<string, string>();
 
 export function serverAddress(instance: Pick<Instance, 'address' | 'port'>): string {
   return instance.address.includes(':') ? `ipv6@${instance.address}:${instance.port}` : `${instance.address}:${instance.port}`;
