@@ -208,7 +208,8 @@ async function newServiceLive(env: Env, size: number): Promise<void> {
     await firstOk(`${env.http}/${name}/x`);
     samples.push(performance.now() - t0);
     const last = (await status(env)).Applies.filter((a) => a.trigger === `reconfigure ${name}`).at(-1);
-    kinds.set(last?.kind ?? '?', (kinds.get(last?.kind ?? '?') ?? 0) + 1);
+    const kind = last?.kind ?? 'batched';
+    kinds.set(kind, (kinds.get(kind) ?? 0) + 1);
   }
   note(`| ${size.toLocaleString('en')} | ${ms(pct(samples, 50))} | ${ms(pct(samples, 99))} | ${[...kinds].map(([k, n]) => `${n}× ${k}`).join(', ')} |`);
 }

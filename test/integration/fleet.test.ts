@@ -211,3 +211,32 @@ describe('Consul outage', () => {
     }
   });
 });
+
+describe('upgrading in place from the original Docker Flow Proxy', () => {
+  it("services stored in the original's per-attribute KV layout are restored and migrated", async () => {
+    const consul = await startConsul();
+    const backend = await startBackend('go-demo.0');
+    const put = (key: string, value: string) => fetch(`${consul.address}/v1/kv/docker-flow/${key}`, { method: 'PUT', body: value });
+    await put('go-demo/path', '/demo,/demo2');
+    await put('go-demo/pathtype', 'path_beg');
+    await put('go-demo/skipcheck', 'false');
+    await put('service/go-demo', 'swarm');
+    // Domains are not supported yet: that service is skipped with a warning, not half-restored.
+    await put('web/path', '/');
+    await put('web/domain', 'example.com');
+    await registerLikeRegistrator(consul.address, { name: 'go-demo', container: 'go-demo.0', exposedPort: 8080, hostPort: backend.port });
+    const p = await startProxy(consul.address, { CONSUL_WATCH_WAIT: '30' });
+    try {
+      assert.equal((await through(p, '/demo2/x')).instance, 'go-demo.0');
+      assert.deepEqual(Object.keys(JSON.parse((await callApi(p, 'config', { type: 'json' })).text) as object), ['go-demo']);
+      const migrated = await fetch(`${consul.address}/v1/kv/docker-flow/_dfp/services/go-demo`);
+      assert.equal(migrated.status, 200, 'written in the new layout');
+      assert.equal((await callApi(p, 'remove', { serviceName: 'go-demo' })).status, 200);
+      assert.equal((await fetch(`${consul.address}/v1/kv/docker-flow/go-demo/path`)).status, 404, 'remove deletes the legacy keys too');
+    } finally {
+      await p.stop();
+      await backend.close();
+      await stopConsul(consul);
+    }
+  });
+});
