@@ -1,5 +1,6 @@
 import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
+import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -61,6 +62,8 @@ async function main(): Promise<void> {
   const cleanup = async () => {
     proxy.kill('SIGTERM');
     await waitForExit(proxy.pid ?? 0, 20_000);
+    // waitForExit may see the exited process before Node reports its exit code.
+    if (proxy.exitCode === null && proxy.signalCode === null) await once(proxy, 'exit');
     for (const s of servers) s.close();
     rmSync(stateDir, { recursive: true, force: true });
   };

@@ -2,7 +2,7 @@ import { isIP } from 'node:net';
 import type { Instance, InstanceSource } from '../discovery/types.js';
 import { ConsulUnavailableError } from '../errors.js';
 import type { Logger } from '../util/log.js';
-import { type ConsulClient, retryTransient } from './client.js';
+import { type ConsulClient, type ConsulResponse, retryTransient } from './client.js';
 
 interface HealthEntry {
   Node?: { Node?: string; Address?: string };
@@ -25,17 +25,28 @@ export class ConsulInstanceSource implements InstanceSource {
   ) {}
 
   /** The health endpoint for a service, with extra query parameters (blocking queries). */
-  path(service: string, query: Record<string, string> = {}): string {
+  path(service: string, query: Record<string, string> = {}, stale = false): string {
     const params = new URLSearchParams(query);
     if (this.passingOnly) params.set('passing', '');
-    // Any server may answer: instance lists stay readable during a leader election.
-    params.set('stale', '');
+    // stale: any server may answer, so instance lists stay readable during a leader election; but a
+    // follower can lag, so it is only the fallback (watches simply keep the last known list).
+    if (stale) params.set('stale', '');
     const qs = params.toString().replace(/(^|&)(passing|stale)=(?=&|$)/g, '$1$2');
     return `/v1/health/service/${encodeURIComponent(service)}${qs ? `?${qs}` : ''}`;
   }
 
+  /**
+   * A consistent read (what a reconfigure right after a registration must see); while the cluster
+   * has no leader it falls back to a stale read from any server rather than failing.
+   */
   async instances(service: string): Promise<Instance[]> {
-    const res = await retryTransient(() => this.consul.request(this.path(service)));
+    let res: ConsulResponse;
+    try {
+      res = await this.consul.request(this.path(service));
+    } catch (err) {
+      if (!(err instanceof ConsulUnavailableError) || !err.transient) throw err;
+      res = await retryTransient(() => this.consul.request(this.path(service, {}, true)));
+    }
     return this.parse(service, res.status, res.body);
   }
 
