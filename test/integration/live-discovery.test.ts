@@ -158,6 +158,24 @@ describe('live discovery and the runtime fast path', () => {
   });
 });
 
+describe('CONSUL_PASSING_ONLY=false routes to every registered instance, as the original did', () => {
+  it('an instance whose Consul check is critical still gets traffic (HAProxy\'s own check decides)', async () => {
+    const consul = await startConsul();
+    const proxy = await startProxy(consul.address, { CONSUL_WATCH_WAIT: '30', CONSUL_PASSING_ONLY: 'false' });
+    const b = await startBackend('any.0');
+    try {
+      b.healthy = false;
+      await registerLikeRegistrator(consul.address, { name: 'any', container: 'any.0', exposedPort: 80, hostPort: b.port, checkHttp: '/health', checkInterval: '1s', checkInitialStatus: 'critical' });
+      assert.equal((await callApi(proxy, 'reconfigure', { serviceName: 'any', servicePath: '/any' })).status, 200);
+      assert.equal((await through(proxy, '/any')).instance, 'any.0');
+    } finally {
+      await proxy.stop();
+      await b.close();
+      await stopConsul(consul);
+    }
+  });
+});
+
 describe('services past CONSUL_MAX_WATCHES follow Consul through the change detector', () => {
   it('scaling a service with no blocking query of its own still reaches HAProxy', async () => {
     const consul = await startConsul();

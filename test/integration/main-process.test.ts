@@ -109,6 +109,10 @@ describe('the proxy process with no CONSUL_ADDRESS', () => {
 
   it('after a SIGKILL of the proxy, the next start stops the HAProxy and Consul it left behind and restores the routes', async () => {
     const first = await launch();
+    // Every parameter must survive the kill, not just the route.
+    const q = 'serviceName=books-ms&aclName=00-books&skipCheck=true&servicePath.1=/api/v1/books&servicePath.2=/books/health&pathType.2=path&port.2=8081';
+    assert.equal((await fetch(`http://127.0.0.1:${apiPort}/v1/docker-flow-proxy/reconfigure?${q}`)).status, 200);
+    const modelBefore = await (await fetch(`http://127.0.0.1:${apiPort}/v1/docker-flow-proxy/config?type=json`)).text();
     const left = pids();
     first.child.kill('SIGKILL');
     await waitForExit(first.child.pid ?? 0, 5000);
@@ -121,8 +125,9 @@ describe('the proxy process with no CONSUL_ADDRESS', () => {
     assert.equal(/CONSUL_ADDRESS=(\S+)/.exec(second.output())?.[1], first.consul, 'the local Consul keeps its address');
     assert.equal((await fetch(`http://127.0.0.1:${apiPort}/v1/docker-flow-proxy/ping`)).status, 200);
     assert.equal((await fetch(`http://127.0.0.1:${apiPort}/v1/docker-flow-proxy/successfulinitreload`)).status, 200);
-    const hit = await fetch(`http://127.0.0.1:${httpPort}/api/v1/books`);
-    assert.equal(((await hit.json()) as { instance: string }).instance, 'books-ms.0', 'kill -9 and restart: the route is back');
+    const hit = await fetch(`http://127.0.0.1:${httpPort}/books/health`);
+    assert.equal(((await hit.json()) as { instance: string }).instance, 'books-ms.0', 'kill -9 and restart: the routes are back');
+    assert.equal(await (await fetch(`http://127.0.0.1:${apiPort}/v1/docker-flow-proxy/config?type=json`)).text(), modelBefore, 'with every parameter');
     const now = pids();
     second.child.kill('SIGTERM');
     assert.ok(await waitForExit(second.child.pid ?? 0, 20_000));
