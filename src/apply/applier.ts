@@ -249,7 +249,11 @@ export class ConfigApplier {
   }
 
   needsConsolidation(): boolean {
-    return this.dynamicServers > 0 || this.parked.size > 0;
+    if (this.dynamicServers > 0 || this.parked.size > 0) return true;
+    // Spare names in use or retired backends: a reload renames them canonically, so replicas with
+    // the same settings end up with byte-identical configs whatever order they saw changes in.
+    const a = this.allocation;
+    return a !== undefined && (a.retired.length > 0 || [...a.names].some(([key, name]) => key !== name));
   }
 
   /** Waits for pending background checks (tests, shutdown). */

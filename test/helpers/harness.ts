@@ -214,3 +214,34 @@ export async function eventually<T>(what: string, fn: () => Promise<T>, ok: (v: 
 export function assertDead(pid: number | undefined): void {
   if (pid !== undefined && !isGone(pid)) throw new Error(`process ${pid} is still alive`);
 }
+
+export interface RoutedStack {
+  readonly consul: ConsulAgent;
+  proxy: TestProxy;
+  readonly backend: Backend;
+  stop(): Promise<void>;
+}
+
+/**
+ * The common fixture: a Consul dev agent, a proxy, and one service `name` with one instance
+ * (`<name>.0`, registered like Registrator) routed at `servicePath`.
+ */
+export async function startRoutedStack(name: string, servicePath: string, env: Record<string, string> = {}): Promise<RoutedStack> {
+  const consul = await startConsul();
+  const proxy = await startProxy(consul.address, env);
+  const backend = await startBackend(`${name}.0`);
+  await registerLikeRegistrator(consul.address, { name, container: `${name}.0`, exposedPort: 8080, hostPort: backend.port });
+  const res = await callApi(proxy, 'reconfigure', { serviceName: name, servicePath });
+  if (res.status !== 200) throw new Error(`fixture reconfigure failed: ${res.text}`);
+  const stack: RoutedStack = {
+    consul,
+    proxy,
+    backend,
+    async stop() {
+      await stack.proxy?.stop();
+      await backend.close();
+      await stopConsul(consul);
+    },
+  };
+  return stack;
+}

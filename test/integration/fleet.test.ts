@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ConsulAgent } from '../../src/consul/agent.js';
 import {
@@ -236,6 +238,37 @@ describe('upgrading in place from the original Docker Flow Proxy', () => {
     } finally {
       await p.stop();
       await backend.close();
+      await stopConsul(consul);
+    }
+  });
+});
+
+describe('replicas with the same settings converge to byte-identical configs', () => {
+  it('after the quiet period, whatever order the replicas saw changes in', async () => {
+    const consul = await startConsul();
+    const stateA = tempDir();
+    const stateB = tempDir();
+    // Same ports are impossible on one host, so compare the configs with ports and paths masked.
+    const env = { CONSUL_WATCH_WAIT: '30', CONSOLIDATE_AFTER: '1' };
+    const a = await startProxy(consul.address, { ...env, STATE_DIR: stateA });
+    const b = await startProxy(consul.address, { ...env, STATE_DIR: stateB });
+    try {
+      // No instances: no server is added at run time, so only the spare backends ask for the
+      // consolidation reload.
+      for (const [i, p] of [a, b, a].entries()) {
+        assert.equal((await callApi(p, 'reconfigure', { serviceName: `s${i}`, servicePath: `/s${i}` })).status, 200);
+      }
+      assert.equal((await callApi(b, 'reconfigure', { serviceName: 'svc', servicePath: '/svc', wait: 'all' })).status, 200);
+      // The config plus the route map, which says which backend each path goes to.
+      const masked = async (p: TestProxy) =>
+        `${(await callApi(p, 'config')).text}\n${readFileSync(path.join(p.stateDir, 'routes-prefix.map'), 'utf8')}`.replaceAll(p.stateDir, 'STATE').replace(/bind \*:\d+/g, 'bind *:PORT');
+      const onSpare = /backend dfp-spare-\d+\n {4}mode http\n {4}server|^\/\S+ dfp-spare-/m;
+      const [x] = await eventually('identical configs, every service on its canonical backend', async () => [await masked(a), await masked(b)], ([x, y]) => x === y && !onSpare.test(x ?? ''), 15_000);
+      assert.match(x ?? '', /^\/svc svc-be_0$/m);
+      assert.match(x ?? '', /^\/s0 s0-be_0$/m);
+    } finally {
+      await a.stop();
+      await b.stop();
       await stopConsul(consul);
     }
   });

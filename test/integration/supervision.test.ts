@@ -1,41 +1,21 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import type { ConsulAgent } from '../../src/consul/agent.js';
 import { waitForExit } from '../../src/util/process.js';
-import {
-  assertDead,
-  type Backend,
-  callApi,
-  eventually,
-  liveConfig,
-  registerLikeRegistrator,
-  startBackend,
-  startConsul,
-  startProxy,
-  stopConsul,
-  type TestProxy,
-  through,
-  track,
-} from '../helpers/harness.js';
+import { assertDead, callApi, eventually, liveConfig, type RoutedStack, startRoutedStack, type TestProxy, through, track } from '../helpers/harness.js';
 
 /** HAProxy is supervised: a dead worker or master comes back with the last good config. */
 describe('HAProxy supervision', () => {
-  let consul: ConsulAgent;
+  let stack: RoutedStack;
   let proxy: TestProxy;
-  let backend: Backend;
 
   before(async () => {
-    consul = await startConsul();
-    proxy = await startProxy(consul.address);
-    backend = await startBackend('svc.0');
-    await registerLikeRegistrator(consul.address, { name: 'svc', container: 'svc.0', exposedPort: 80, hostPort: backend.port });
-    assert.equal((await callApi(proxy, 'reconfigure', { serviceName: 'svc', servicePath: '/svc' })).status, 200);
+    stack = await startRoutedStack('svc', '/svc');
+    proxy = stack.proxy;
   });
 
   after(async () => {
-    await proxy?.stop();
-    await backend?.close();
-    if (consul) await stopConsul(consul);
+    stack.proxy = proxy;
+    await stack?.stop();
   });
 
   async function servesAgain(previousMaster: number): Promise<void> {

@@ -1,42 +1,24 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import type { ConsulAgent } from '../../src/consul/agent.js';
 import { freePort } from '../../src/util/ports.js';
-import {
-  type Backend,
-  callApi,
-  haproxyGeneration,
-  liveConfig,
-  registerLikeRegistrator,
-  startBackend,
-  startConsul,
-  startProxy,
-  stopConsul,
-  type TestProxy,
-  through,
-} from '../helpers/harness.js';
+import { callApi, haproxyGeneration, liveConfig, registerLikeRegistrator, type RoutedStack, startBackend, startConsul, startProxy, startRoutedStack, stopConsul, type TestProxy, through } from '../helpers/harness.js';
 
 /**
  * Bad input gets a 4xx naming the parameter and changes nothing: the live config stays
  * byte-identical and HAProxy does not reload. Hostile values never reach haproxy.cfg.
  */
 describe('validation: bad and hostile input changes nothing', () => {
-  let consul: ConsulAgent;
+  let stack: RoutedStack;
   let proxy: TestProxy;
-  let backend: Backend;
 
   before(async () => {
-    consul = await startConsul();
-    proxy = await startProxy(consul.address);
-    backend = await startBackend('demo.0');
-    await registerLikeRegistrator(consul.address, { name: 'demo', container: 'demo.0', exposedPort: 8080, hostPort: backend.port });
-    assert.equal((await callApi(proxy, 'reconfigure', { serviceName: 'demo', servicePath: '/demo' })).status, 200);
+    stack = await startRoutedStack('demo', '/demo');
+    proxy = stack.proxy;
   });
 
   after(async () => {
-    await proxy?.stop();
-    await backend?.close();
-    if (consul) await stopConsul(consul);
+    stack.proxy = proxy;
+    await stack?.stop();
   });
 
   async function expectRejected(query: string, status: number, parameter: string | undefined, code?: string): Promise<Record<string, unknown>> {
