@@ -72,7 +72,7 @@ async function startAll(backends: ChildProcess): Promise<Env> {
       DEFAULT_PORTS: String(httpPort),
       LOG_LEVEL: 'warn',
       MAXCONN: '4000',
-      CONSUL_MAX_WATCHES: '2000',
+      CONSUL_MAX_WATCHES: '20000',
     },
     stdio: ['ignore', 'inherit', 'inherit'],
   });

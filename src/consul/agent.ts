@@ -106,7 +106,7 @@ export class ConsulAgent {
     const common = ['-bind', ip, '-client', ip, '-http-port', `${ports.http}`, '-server-port', `${ports.server}`, '-serf-lan-port', `${ports.serfLan}`, '-dns-port', '-1', '-grpc-port', '-1', '-log-level', 'warn'];
     // Each pending blocking query holds a connection; the default cap of 200 per client is too low
     // for a proxy that watches many services.
-    const hcl = ['-hcl', 'limits { http_max_conns_per_client = 4096 }'];
+    const hcl = ['-hcl', 'limits { http_max_conns_per_client = 16384 }'];
     const args =
       options.mode === 'dev'
         ? ['agent', '-dev', '-node', `dev-${ports.http}`, ...common, '-serf-wan-port', '-1', ...hcl]
