@@ -40,6 +40,8 @@ export class Fleet {
     private readonly onApplied: () => void,
     private readonly log: Logger,
     private readonly waitSeconds: number,
+    /** Re-read a service's instances now (the instance watch may hold newer ones). */
+    private readonly kick: (consulService: string) => void = () => undefined,
   ) {}
 
   /**
@@ -113,9 +115,10 @@ export class Fleet {
         if (stored.index < highest) {
           const current = [...this.reconciler.snapshot().services.values()];
           const lost = current.filter((spec) => !stored.specs.has(spec.serviceName));
-          if (lost.length > 0 && stored.specs.size === 0) {
-            this.log.warn(`Consul came back without the shared specs (index ${highest} -> ${stored.index}); writing back ${lost.length} from this replica`);
-            for (const spec of lost) await this.store.put(spec, true);
+          if (lost.length > 0) {
+            // Create-only: a spec another replica already wrote back (or wrote anew) wins.
+            this.log.warn(`Consul lost its state (index ${highest} -> ${stored.index}); writing back ${lost.length} missing spec(s) from this replica`);
+            for (const spec of lost) await this.store.create(spec);
           }
           highest = 0;
           index = 0;
@@ -128,9 +131,10 @@ export class Fleet {
           this.kvIndex = stored.index;
           continue;
         }
-        lastHash = stored.hash;
         this.invalid = stored.invalid;
         await this.applySpecs(stored.specs, 'kv', false);
+        // Only once applied: a failed apply is retried from the same body, never reported as done.
+        lastHash = stored.hash;
         this.kvIndex = stored.index;
         this.onApplied();
       } catch (err) {
@@ -159,14 +163,17 @@ export class Fleet {
     await Promise.all(
       Array.from({ length: 16 }, async () => {
         for (let s = queue.shift(); s !== undefined; s = queue.shift()) {
-          fresh.set(s.serviceName, await this.instances.instances(consulServiceName(s)).catch(() => []));
+          const list = await this.instances.instances(consulServiceName(s)).catch(() => undefined);
+          if (list !== undefined) fresh.set(s.serviceName, list);
         }
       }),
     );
     const label = `${trigger}: ${changed.length} changed, ${removed.length} removed`;
+    // A failed read keeps the instances already known (never "no instances"); the watch, kicked
+    // below, reads again.
     const upsert = (state: DesiredState, spec: ServiceSpec) => {
       try {
-        return withService(state, spec, fresh.get(spec.serviceName) ?? []);
+        return withService(state, spec, fresh.get(spec.serviceName) ?? state.instances.get(consulServiceName(spec)) ?? []);
       } catch (err) {
         this.log.error(`shared spec ${spec.serviceName} cannot be applied here: ${(err as Error).message}`);
         return state;
@@ -174,6 +181,7 @@ export class Fleet {
     };
     try {
       await this.reconciler.submit(label, (state: DesiredState) => changed.reduce(upsert, removed.reduce(withoutService, state)));
+      for (const spec of changed) this.kick(consulServiceName(spec));
     } catch (err) {
       if (!(err instanceof ConfigRejectedError)) throw err;
       // One bad spec must not hold back the others: apply them one by one, skipping what HAProxy refuses.

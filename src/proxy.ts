@@ -114,7 +114,11 @@ export class FlowProxy implements ProxyCore {
         (service, list) => {
           reconciler
             ?.submit(`consul: ${service} has ${list.length} instance${list.length === 1 ? '' : 's'}`, (s) => withInstances(s, service, list))
-            .catch((err: unknown) => log.warn(`applying the instances of ${service} failed: ${(err as Error).message}`));
+            .catch((err: unknown) => {
+              // Not lost: read the service again shortly (the watch would otherwise wait for its next change).
+              log.warn(`applying the instances of ${service} failed: ${(err as Error).message}; reading them again in 1 s`);
+              setTimeout(() => watcher.kick(service), 1000).unref();
+            });
         },
         { waitSeconds: settings.consulWatchWait, maxWatches: settings.consulMaxWatches },
         log.child('watch'),
@@ -151,7 +155,17 @@ export class FlowProxy implements ProxyCore {
   private joinFleet(): void {
     const replicaPrefix = `${this.settings.proxyInstanceName}/_dfp/replicas/`;
     this.replicaId = this.settings.replicaId ?? `${os.hostname()}:${this.apiPort}`;
-    const fleet = new Fleet(this.store, this.reconciler, this.instances, replicaPrefix, this.consul, () => this.publisher?.publish(), this.log.child('fleet'), this.settings.consulWatchWait);
+    const fleet = new Fleet(
+      this.store,
+      this.reconciler,
+      this.instances,
+      replicaPrefix,
+      this.consul,
+      () => this.publisher?.publish(),
+      this.log.child('fleet'),
+      this.settings.consulWatchWait,
+      (service) => this.watcher.kick(service),
+    );
     this.fleet = fleet;
     this.publisher = new ReplicaPublisher(this.consul, replicaPrefix, this.replicaId, () => this.report(), this.log.child('replica'));
     this.readyPromise = (async () => {
@@ -220,8 +234,17 @@ export class FlowProxy implements ProxyCore {
         throw err instanceof ConfigRejectedError ? new ConfigRejectedError(err.output, true) : err;
       });
     }
-    const landedAt = await this.store.put(spec, !this.reconciler.snapshot().services.has(spec.serviceName));
-    await this.reconciler.submit(`reconfigure ${spec.serviceName}`, change, { fromRequest: true });
+    const previous = this.reconciler.snapshot().services.get(spec.serviceName);
+    const landedAt = await this.store.put(spec, previous === undefined);
+    try {
+      await this.reconciler.submit(`reconfigure ${spec.serviceName}`, change, { fromRequest: true });
+    } catch (err) {
+      // Not applied here: take it back out of the shared store, so no replica applies it either.
+      await (previous ? this.store.put(previous) : this.store.delete(spec.serviceName)).catch((e: unknown) =>
+        this.log.error(`could not roll back the stored spec of ${spec.serviceName}: ${(e as Error).message}`),
+      );
+      throw err;
+    }
     // The watch may have reported newer instances than the ones read above: read again.
     this.watcher.kick(consulServiceName(spec));
     warnings.unshift(

@@ -161,6 +161,8 @@ export class ConfigApplier {
           return record;
         } catch (err) {
           fallback = `runtime API failed: ${(err as Error).message}`;
+          // Commands already sent are live: until a reload succeeds, the next apply must reload.
+          this.mustReload = fallback;
           this.log.warn(`${fallback}; reloading instead`);
         }
       }

@@ -60,14 +60,20 @@ export class ConsulInstanceSource implements InstanceSource {
       throw new ConsulUnavailableError(`Consul sent an unreadable answer for service ${service}: ${(err as Error).message}`);
     }
     const out: Instance[] = [];
+    const seen = new Set<string>();
+    const ids = entries.map((e) => e.Service?.ID ?? '');
     for (const e of entries) {
-      const id = e.Service?.ID ?? '';
+      // Service IDs are unique per agent only: the same ID on two nodes gets the node appended.
+      const rawId = e.Service?.ID ?? '';
+      const id = ids.indexOf(rawId) !== ids.lastIndexOf(rawId) ? `${rawId}@${e.Node?.Node ?? ''}` : rawId;
       const address = e.Service?.Address || e.Node?.Address || '';
       const port = e.Service?.Port ?? 0;
       if (!SAFE_ID.test(id) || isIP(address) === 0 || !Number.isInteger(port) || port < 1 || port > 65535) {
         this.log.warn(`skipping instance ${JSON.stringify(id)} of ${service}: needs an IP address and a port 1-65535 (got ${JSON.stringify(address)}:${port})`);
         continue;
       }
+      if (seen.has(id)) continue;
+      seen.add(id);
       out.push({ id, address, port });
     }
     return out;

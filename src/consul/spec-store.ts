@@ -74,13 +74,23 @@ export class ConsulSpecStore {
     };
   }
 
+  /** Create-only (`cas=0`): false when the key exists already. */
+  async create(spec: ServiceSpec): Promise<boolean> {
+    const value = JSON.stringify({ v: 1, spec: JSON.parse(specToJson(spec)) });
+    const res = await this.consul.request(`/v1/kv/${this.key(spec.serviceName)}?cas=0`, { method: 'PUT', body: value });
+    return res.status === 200 && res.body.trim() === 'true';
+  }
+
   /** Deletes a spec, and the original's per-key layout of the same service. Returns the KV index. */
   async delete(serviceName: string): Promise<number> {
     return this.retrying(`removing ${serviceName}`, async () => {
       const res = await this.consul.request(`/v1/kv/${this.key(serviceName)}`, { method: 'DELETE' });
       if (res.status !== 200) throw new ConsulUnavailableError(`Consul refused to delete ${serviceName}: ${res.status}`);
-      await this.consul.request(`/v1/kv/${this.instanceName}/${serviceName}?recurse`, { method: 'DELETE' });
-      return res.index ?? 0;
+      // The trailing '/' matters: without it the prefix would match `foo-v2/…` when removing `foo`.
+      await this.consul.request(`/v1/kv/${this.instanceName}/${serviceName}/?recurse`, { method: 'DELETE' });
+      // A KV DELETE answers without X-Consul-Index; the prefix's index includes the delete.
+      const after = await this.consul.request(`/v1/kv/${this.prefix}?keys`);
+      return after.index ?? 0;
     });
   }
 

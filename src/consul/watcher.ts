@@ -117,6 +117,8 @@ export class ConsulWatcher {
       try {
         const query: Record<string, string> = index > 0 ? { index: String(index), wait: `${wait}s` } : {};
         res = await this.consul.request(this.source.path(name, query), { signal, timeoutMs: wait * 1000 * 1.0625 + 5000 });
+        // 403 (ACL), 429 (per-client connection limit): no index, so no blocking; back off instead.
+        if (res.status !== 200) throw new Error(`Consul answered ${res.status}: ${res.body.slice(0, 200)}`);
       } catch (err) {
         if (w.ctrl.signal.aborted) return;
         if (w.kick.signal.aborted) continue;
@@ -176,6 +178,7 @@ export class ConsulWatcher {
           signal,
           timeoutMs: wait * 1000 * 1.0625 + 5000,
         });
+        if (res.status !== 200) throw new Error(`Consul answered ${res.status}`);
         const next = res.index ?? 0;
         const moved = next !== index;
         index = next < index ? 0 : next;

@@ -187,7 +187,8 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
   ];
   for (const route of patterns) {
     const acl = `url_${route.aclName}${route.dest.port ?? ''}_${route.dest.index}`;
-    lines.push(`    acl ${acl} ${route.dest.pathType} ${route.dest.servicePath.join(' ')}`);
+    // `--` ends HAProxy's ACL flags: no pattern can be taken for one.
+    lines.push(`    acl ${acl} ${route.dest.pathType} -- ${route.dest.servicePath.join(' ')}`);
     lines.push(`    use_backend ${route.backend} if ${acl}`);
   }
   if (root !== undefined) lines.push(`    use_backend ${root.backend} if { path_beg / }`);

@@ -37,6 +37,8 @@ export function checkName(parameter: string, value: string): string {
 
 export function checkPath(parameter: string, value: string, pathType: PathType): string {
   if (value.length > MAX_PATH) throw new InvalidParamError(parameter, `${parameter} is longer than ${MAX_PATH} characters`);
+  // A leading '-' would be read by HAProxy as an ACL flag (`-f <file>` loads a file).
+  if (value.startsWith('-')) throw new InvalidParamError(parameter, `${parameter} may not start with '-'; got ${describe(value)}`);
   switch (pathType) {
     case 'path_reg':
       if (!REGEX.test(value)) {

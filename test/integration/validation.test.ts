@@ -85,9 +85,11 @@ describe('validation: bad and hostile input changes nothing', () => {
   });
 
   it('regex path types: HAProxy-level characters are refused before HAProxy sees them', async () => {
-    for (const value of ['^/a b', '^/a#', '^/a\\d', "^/a'"]) {
+    for (const value of ['^/a b', '^/a#', '^/a\\d', "^/a'", '-f', '-m']) {
       await expectRejected(new URLSearchParams({ serviceName: 'demo', servicePath: value, pathType: 'path_reg' }).toString(), 400, 'servicePath');
     }
+    // A leading '-' would be an ACL flag (`-f /etc/shadow` reads a file at `haproxy -c`).
+    await expectRejected('serviceName=demo&pathType=path_end&servicePath=-f,/etc/shadow', 400, 'servicePath');
   });
 
   it('the original contract cases (AC-02)', async () => {

@@ -1,6 +1,9 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { loadSettings } from '../../src/config/settings.js';
+import type { ConsulClient } from '../../src/consul/client.js';
+import { ConsulInstanceSource } from '../../src/consul/instances.js';
+import { createLogger } from '../../src/util/log.js';
 import { DfpError } from '../../src/errors.js';
 import { parseShowProc } from '../../src/haproxy/socket.js';
 import { EMPTY_STATE, serviceStates, withInstances, withoutService, withService } from '../../src/state/desired-state.js';
@@ -19,6 +22,19 @@ describe('show proc parsing', () => {
       '',
     ].join('\n');
     assert.deepEqual(parseShowProc(text), { masterPid: 3012, reloads: 3, failed: 1, workers: [3050], oldWorkers: [3049] });
+  });
+});
+
+describe('Consul instances', () => {
+  const source = new ConsulInstanceSource({} as ConsulClient, createLogger('error'));
+  const entry = (node: string, id: string, address: string, port: number) => ({ Node: { Node: node, Address: address }, Service: { ID: id, Service: 'web', Address: '', Port: port } });
+  it('the same service ID on two nodes gives two instances with distinct IDs', () => {
+    const list = source.parse('web', 200, JSON.stringify([entry('n1', 'web', '10.0.0.1', 80), entry('n2', 'web', '10.0.0.2', 80)]));
+    assert.deepEqual(list.map((i) => i.id), ['web@n1', 'web@n2']);
+  });
+  it('instances without an IP address or with a bad port are skipped', () => {
+    const list = source.parse('web', 200, JSON.stringify([entry('n1', 'a', 'host.example', 80), entry('n1', 'b', '10.0.0.1', 0), entry('n1', 'c', '10.0.0.1', 81)]));
+    assert.deepEqual(list, [{ id: 'c', address: '10.0.0.1', port: 81 }]);
   });
 });
 
