@@ -133,6 +133,12 @@ export class FlowProxy implements ProxyCore {
         },
         settings.consolidateAfter * 1000,
       );
+      // HAProxy restarted from the last validated files: apply the desired state again (a reload).
+      applier.afterRecovery = () => {
+        reconciler
+          ?.submit('re-apply after HAProxy restarted from the last good config', (s) => s, { force: true })
+          .catch((err: unknown) => log.error(`re-applying after recovery failed: ${(err as Error).message}`));
+      };
       const store = new ConsulSpecStore(consul, settings.proxyInstanceName, log.child('kv'), settings.separator);
       proxy = new FlowProxy(settings, log, haproxy, applier, reconciler, source, watcher, consul, store, localConsul, undefined);
       const api = new ApiServer(proxy, settings.separator, log.child('api'));

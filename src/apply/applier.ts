@@ -70,6 +70,9 @@ export class ConfigApplier {
   /** Servers added through the runtime API since the last reload. */
   private dynamicServers = 0;
 
+  /** The newest files `haproxy -c` accepted, to fall back on when HAProxy cannot load the live ones. */
+  private lastGood: Files | undefined;
+
   constructor(
     private readonly haproxyBin: string,
     private readonly haproxy: HaproxyProcess,
@@ -77,7 +80,25 @@ export class ConfigApplier {
     private readonly paths: ApplierPaths,
     private readonly log: Logger,
     private readonly minSpares = 16,
-  ) {}
+  ) {
+    haproxy.onRestartFailure(() => this.restoreLastGood());
+  }
+
+  /**
+   * HAProxy died and will not start from the live files (a runtime-written file its background
+   * check had not judged yet, or a file damaged on disk): put the last validated files back, and
+   * make the next apply a full reload so the in-memory state and HAProxy meet again.
+   */
+  private restoreLastGood(): void {
+    if (!this.lastGood) return;
+    this.log.warn('restoring the last config that passed haproxy -c');
+    this.writeLive(this.lastGood);
+    this.mustReload = 'HAProxy was restarted from the last validated config';
+    this.afterRecovery();
+  }
+
+  /** Set by the owner: bring HAProxy back to the desired state once it runs the last good config. */
+  afterRecovery: () => void = () => undefined;
 
   render(services: readonly ServiceState[], allocation?: BackendAllocation, mapDir = this.paths.stateDir): RenderedConfig {
     return renderConfig({ ...this.settings, mapDir }, services, allocation);
@@ -90,6 +111,7 @@ export class ConfigApplier {
     const rendered = this.render(services, allocation);
     this.writeLive(rendered);
     this.live = rendered;
+    this.lastGood = rendered;
     this.allocation = allocation;
     this.record({ kind: 'reload', trigger: 'start', durationMs: 0 }, rendered);
   }
@@ -197,6 +219,7 @@ export class ConfigApplier {
       throw err;
     }
     this.live = rendered;
+    this.lastGood = rendered;
     this.allocation = allocation;
     this.mustReload = undefined;
     // A reload rebuilds every server from the config: runtime-only state is gone.
@@ -232,6 +255,8 @@ export class ConfigApplier {
         const { services: s, allocation: a } = this.pendingCheck;
         try {
           await this.validate(s, a, path.join(this.paths.candidateDir, 'runtime-check'));
+          // Still the live state? Then the files on disk are known good.
+          if (this.pendingCheck?.services === s && this.live) this.lastGood = this.live;
         } catch (err) {
           this.mustReload = `the config written after a runtime apply failed haproxy -c: ${(err as Error).message}`;
           this.log.error(this.mustReload);

@@ -39,11 +39,18 @@ export class HaproxyProcess {
   private readonly output: { seq: number; line: string }[] = [];
   private seq = 0;
 
+  /** Puts the last config known to be good back on disk; called when a restart fails to load. */
+  private recover: (() => void) | undefined;
+
   constructor(
     private readonly bin: string,
     private readonly paths: HaproxyPaths,
     private readonly log: Logger,
   ) {}
+
+  onRestartFailure(recover: () => void): void {
+    this.recover = recover;
+  }
 
   status(): HaproxyStatus {
     const serving = this.serving !== undefined && this.serving === this.child && this.serving.exitCode === null;
@@ -244,7 +251,12 @@ export class HaproxyProcess {
         await this.spawnAndWait();
         return;
       } catch (err) {
-        this.log.error(`HAProxy restart failed: ${(err as Error).message}; retrying in ${delay} ms`);
+        this.log.error(`HAProxy restart failed: ${(err as Error).message}; retrying in ${delay} ms with the last good config`);
+        try {
+          this.recover?.();
+        } catch (e) {
+          this.log.error(`restoring the last good config failed: ${(e as Error).message}`);
+        }
         await sleep(delay);
         delay = Math.min(delay * 2, 5000);
       }

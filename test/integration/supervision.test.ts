@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { waitForExit } from '../../src/util/process.js';
 import { assertDead, callApi, eventually, liveConfig, type RoutedStack, startRoutedStack, type TestProxy, through, track } from '../helpers/harness.js';
@@ -77,5 +79,32 @@ describe('HAProxy supervision', () => {
     assertDead(masterPid);
     for (const w of workers) assertDead(w);
     proxy = undefined as unknown as TestProxy;
+  });
+});
+
+describe('HAProxy restarts from the last validated config', () => {
+  it('when the live file on disk is damaged and HAProxy dies, it comes back from the last good config', async () => {
+    const stack = await startRoutedStack('svc', '/svc');
+    try {
+      const { proxy } = stack;
+      const { masterPid } = proxy.proxy.haproxy.status();
+      assert.ok(masterPid);
+      writeFileSync(path.join(proxy.stateDir, 'haproxy.cfg'), 'global\n    this is not a config\n');
+      process.kill(masterPid, 'SIGKILL');
+      await eventually('HAProxy back on the last good config', () => through(proxy, '/svc'), (r) => r.instance === 'svc.0', 20_000);
+      track(proxy.proxy.haproxy.status().masterPid);
+      assert.doesNotMatch(readFileSync(path.join(proxy.stateDir, 'haproxy.cfg'), 'utf8'), /this is not a config/);
+      // The desired state was applied again with a validated reload, and changes keep working.
+      await eventually(
+        'the re-apply after recovery',
+        async () => (await callApi(proxy, 'status')).body.Applies as { kind: string; trigger: string }[],
+        (applies) => applies.some((a) => a.kind === 'reload' && a.trigger.startsWith('re-apply after HAProxy restarted')),
+      );
+      const res = await callApi(proxy, 'reconfigure', { serviceName: 'svc', servicePath: '/svc,/after' });
+      assert.equal(res.status, 200, res.text);
+      assert.equal((await through(proxy, '/after')).instance, 'svc.0');
+    } finally {
+      await stack.stop();
+    }
   });
 });
