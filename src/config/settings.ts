@@ -1,6 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { SettingsError } from '../errors.js';
+import { parseBool } from '../spec/grammar.js';
 import { type Level, parseLevel } from '../util/log.js';
 import { PROJECT_ROOT } from '../util/project.js';
 
@@ -76,14 +77,11 @@ function int(env: Env, name: string, fallback: number, min: number, max: number)
   return n;
 }
 
-const TRUE = new Set(['1', 't', 'T', 'TRUE', 'true', 'True']);
-const FALSE = new Set(['0', 'f', 'F', 'FALSE', 'false', 'False']);
-
 function bool(env: Env, name: string, fallback: boolean): boolean {
   const raw = lookup(env, name);
   if (raw === undefined) return fallback;
-  if (TRUE.has(raw)) return true;
-  if (FALSE.has(raw)) return false;
+  const parsed = parseBool(raw);
+  if (parsed !== undefined) return parsed;
   throw new SettingsError(name, `must be true or false, got ${JSON.stringify(raw)}`);
 }
 

@@ -7,6 +7,11 @@ import type { ServiceSpec } from '../spec/types.js';
 import type { Logger } from '../util/log.js';
 import { type ConsulClient, retryTransient } from './client.js';
 
+/** The stored document: versioned, so the layout can change without misreading old values. */
+function storedDocument(spec: ServiceSpec): string {
+  return JSON.stringify({ v: 1, spec: JSON.parse(specToJson(spec)) });
+}
+
 export interface StoredSpecs {
   readonly specs: ReadonlyMap<string, ServiceSpec>;
   /** The KV index this snapshot was read at. */
@@ -52,7 +57,7 @@ export class ConsulSpecStore {
    * Returns a function that tells the KV index the write landed at (one more read, only for `wait=all`).
    */
   async put(spec: ServiceSpec, knownNew = false): Promise<() => Promise<number>> {
-    const value = JSON.stringify({ v: 1, spec: JSON.parse(specToJson(spec)) });
+    const value = storedDocument(spec);
     const url = `/v1/kv/${this.key(spec.serviceName)}`;
     await this.retrying(`storing ${spec.serviceName}`, async () => {
       let cas: number | undefined = knownNew ? 0 : undefined;
@@ -76,7 +81,7 @@ export class ConsulSpecStore {
 
   /** Create-only (`cas=0`): false when the key exists already. */
   async create(spec: ServiceSpec): Promise<boolean> {
-    const value = JSON.stringify({ v: 1, spec: JSON.parse(specToJson(spec)) });
+    const value = storedDocument(spec);
     const res = await this.consul.request(`/v1/kv/${this.key(spec.serviceName)}?cas=0`, { method: 'PUT', body: value });
     return res.status === 200 && res.body.trim() === 'true';
   }

@@ -75,9 +75,14 @@ export function checkInt(parameter: string, value: string, min: number, max: num
 const TRUE = new Set(['1', 't', 'T', 'TRUE', 'true', 'True']);
 const FALSE = new Set(['0', 'f', 'F', 'FALSE', 'false', 'False']);
 
+/** Go's ParseBool spellings, as the original accepted (requests and env alike); else undefined. */
+export function parseBool(value: string): boolean | undefined {
+  return TRUE.has(value) ? true : FALSE.has(value) ? false : undefined;
+}
+
 export function checkBool(parameter: string, value: string): boolean {
-  if (TRUE.has(value)) return true;
-  if (FALSE.has(value)) return false;
+  const parsed = parseBool(value);
+  if (parsed !== undefined) return parsed;
   throw new InvalidParamError(parameter, `${parameter} must be true or false; got ${describe(value)}`);
 }
 

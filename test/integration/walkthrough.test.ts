@@ -106,6 +106,22 @@ describe('walkthrough: reconfigure, scale, remove', () => {
     assert.equal((await through(proxy, '/anything')).status, 503);
   });
 
+  it('reload, reload?recreate=true and the self-test endpoints', async () => {
+    const before = (await callApi(proxy, 'status')).body.ApplyCounts as { reload: number };
+    assert.equal((await callApi(proxy, 'reload')).status, 200);
+    assert.equal((await callApi(proxy, 'reload', { recreate: 'true' })).status, 200);
+    const after = (await callApi(proxy, 'status')).body;
+    assert.equal((after.ApplyCounts as { reload: number }).reload, before.reload + 2, 'an explicit reload always reloads');
+    assert.ok((after.Applies as { trigger: string }[]).some((a) => a.trigger === 'reload recreate'));
+    assert.match((await through(proxy, '/api/v1/users/7')).instance ?? '', /^users-ms\./, 'routes survive both');
+    const listener = await callApi(proxy, 'reload', { fromListener: 'true' });
+    assert.equal(listener.status, 400);
+    assert.equal(listener.body.Parameter, 'fromListener');
+    for (const [p, m] of [['/v1/test', 'Test v1'], ['/v2/test', 'Test v2']]) {
+      assert.deepEqual(await (await fetch(`${proxy.api.replace('/v1/docker-flow-proxy', '')}${p}`)).json(), { Status: 'OK', Message: m });
+    }
+  });
+
   it('config?type=json lists the services by name', async () => {
     const res = await callApi(proxy, 'config', { type: 'json' });
     assert.equal(res.status, 200);

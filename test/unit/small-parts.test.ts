@@ -1,4 +1,7 @@
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { describe, it } from 'node:test';
 import { loadSettings } from '../../src/config/settings.js';
 import type { ConsulClient } from '../../src/consul/client.js';
@@ -50,6 +53,16 @@ describe('settings from the environment', () => {
   });
   it('CONSUL_ADDRESS is a comma list, http:// added when missing', () => {
     assert.deepEqual(loadSettings({ ...base, CONSUL_ADDRESS: 'a:8500, http://b:8500/' }).consulAddresses, ['http://a:8500', 'http://b:8500']);
+  });
+  it('a Docker secret dfp_<name> in SECRETS_DIR overrides the variable', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'dfp-secrets-'));
+    try {
+      writeFileSync(path.join(dir, 'dfp_timeout_client'), '45\n');
+      const s = loadSettings({ ...base, SECRETS_DIR: dir, TIMEOUT_CLIENT: '30' });
+      assert.equal(s.timeouts.client, 45);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
   it('bad values stop start-up naming the variable', () => {
     for (const [k, v] of [
