@@ -1,24 +1,78 @@
 #!/usr/bin/env bash
 # One idempotent setup used by `npm start`, `npm test`, `npm run demo` and CI.
 # Installs: npm dependencies, HAProxy (Debian package), Consul 1.8.7 (project-local, .tools/bin).
-# A second run changes nothing and takes well under a second.
+# A second run changes nothing, calls neither apt-get, npm nor the network, and takes well under a second.
+#
+#   scripts/setup.sh           install what is missing
+#   scripts/setup.sh --check   only check; exit 0 when everything is in place, 3 when setup would
+#                              install something (names it on stderr), never installs
+#
+# Every check captures a tool's output first and then matches it. Under `set -o pipefail` a pipeline
+# such as `tool | head -1 | grep -q x` fails by chance: the reader exits early, the writer gets
+# SIGPIPE, and the pipeline's status is 141 although the match succeeded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+check_only=false
+case "${1:-}" in
+  --check) check_only=true ;;
+  "") ;;
+  *) printf 'setup: unknown argument %s (use --check or nothing)\n' "$1" >&2; exit 2 ;;
+esac
+
 say() { printf 'setup: %s\n' "$*" >&2; }
+missing=()
+
+# first_line TEXT: the text up to its first newline.
+first_line() { printf '%s' "${1%%$'\n'*}"; }
+
+# --- checks (pure: run a tool once, capture, match) ---------------------------
+stamp=node_modules/.dfp-lock-stamp
+npm_ok() { [[ -f $stamp ]] && cmp -s package-lock.json "$stamp"; }
+
+haproxy_bin=${HAPROXY_BIN:-haproxy}
+haproxy_version_re='HAProxy version (2\.([6-9]|[1-9][0-9])|[3-9]\.)'
+haproxy_ok() {
+  local out
+  out=$("$haproxy_bin" -v 2>/dev/null) || return 1
+  [[ $(first_line "$out") =~ $haproxy_version_re ]]
+}
+
+consul_version=1.8.7
+consul_deb=consul_1.8.7+dfsg1-2+b3_amd64.deb
+consul_sha=e4e888bba104daba1d9161f49bfc52649a7e4efd45b1a7ead5bc54f2cb9c89d9
+tools=.tools/bin
+# consul_reports BIN EXPECTED_FIRST_LINE_PREFIX
+consul_reports() {
+  local out
+  [[ -x $1 ]] || return 1
+  out=$("$1" version 2>/dev/null) || return 1
+  [[ $(first_line "$out") == "$2"* ]]
+}
+consul_ok() {
+  if [[ -n ${CONSUL_BIN:-} ]]; then consul_reports "$CONSUL_BIN" "Consul v"; else consul_reports "$tools/consul" "Consul v$consul_version"; fi
+}
+
+if $check_only; then
+  npm_ok || missing+=("npm dependencies (package-lock.json changed or node_modules missing)")
+  haproxy_ok || missing+=("HAProxy >= 2.6 ($haproxy_bin)")
+  consul_ok || missing+=("Consul ${CONSUL_BIN:-$tools/consul v$consul_version}")
+  if ((${#missing[@]})); then
+    for m in "${missing[@]}"; do say "missing: $m"; done
+    exit 3
+  fi
+  exit 0
+fi
 
 # --- npm dependencies -------------------------------------------------------
 # Reinstall only when package-lock.json changed since the last install.
-stamp=node_modules/.dfp-lock-stamp
-if [[ ! -f $stamp ]] || ! cmp -s package-lock.json "$stamp"; then
+if ! npm_ok; then
   say "installing npm dependencies (npm ci)"
   npm ci --no-audit --no-fund --loglevel=error >&2
   cp package-lock.json "$stamp"
 fi
 
 # --- HAProxy ----------------------------------------------------------------
-haproxy_bin=${HAPROXY_BIN:-haproxy}
-haproxy_ok() { "$haproxy_bin" -v 2>/dev/null | grep -Eq 'HAProxy version 2\.([6-9]|[1-9][0-9])|HAProxy version [3-9]\.'; }
 if ! haproxy_ok; then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     say "installing HAProxy from Debian (apt-get install haproxy)"
@@ -37,13 +91,8 @@ fi
 # We never start it, and we do not touch it either: the operator decides.
 
 # --- Consul 1.8.7, project-local ---------------------------------------------
-consul_version=1.8.7
-consul_deb=consul_1.8.7+dfsg1-2+b3_amd64.deb
-consul_sha=e4e888bba104daba1d9161f49bfc52649a7e4efd45b1a7ead5bc54f2cb9c89d9
-tools=.tools/bin
-consul_ok() { [[ -x $tools/consul ]] && "$tools/consul" version 2>/dev/null | head -1 | grep -qx "Consul v$consul_version"; }
 if [[ -n ${CONSUL_BIN:-} ]]; then
-  "$CONSUL_BIN" version | head -1 | grep -q "Consul v" || { say "CONSUL_BIN=$CONSUL_BIN is not a Consul binary"; exit 1; }
+  consul_ok || { say "CONSUL_BIN=$CONSUL_BIN is not a Consul binary"; exit 1; }
 elif ! consul_ok; then
   mkdir -p "$tools"
   tmp=$(mktemp -d)
@@ -69,9 +118,12 @@ elif ! consul_ok; then
       -o Acquire::Languages=none)
     apt-get "${opts[@]}" update >&2
     (cd "$tmp/dl" && apt-get "${opts[@]}" download "consul=1.8.7+dfsg1-2+b3" >&2)
-    got=$(ls "$tmp"/dl/consul_*.deb)
+    debs=("$tmp"/dl/consul_*.deb)
+    got=${debs[0]}
   fi
-  dpkg-deb --fsys-tarfile "$got" | tar -x -C "$tmp" ./usr/bin/consul
+  # Unpack to a file first: no reader in this step exits before its writer is done.
+  dpkg-deb --fsys-tarfile "$got" > "$tmp/consul.tar"
+  tar -x -C "$tmp" -f "$tmp/consul.tar" ./usr/bin/consul
   install -m 0755 "$tmp/usr/bin/consul" "$tools/consul.tmp.$$"
   mv -f "$tools/consul.tmp.$$" "$tools/consul"
   consul_ok || { say "installed Consul does not report v$consul_version"; exit 1; }
