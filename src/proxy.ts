@@ -6,7 +6,6 @@ import { listReplicas, ReplicaPublisher, type ReplicaReport } from './consul/rep
 import { ConsulSpecStore } from './consul/spec-store.js';
 import { ConfigRejectedError, DfpError } from './errors.js';
 import { Fleet, specsHash } from './fleet.js';
-import { serviceModel } from './api/model.js';
 import { ApiServer } from './api/server.js';
 import { ConfigApplier } from './apply/applier.js';
 import type { Change } from './apply/reconciler.js';
@@ -19,17 +18,42 @@ import { ConsulInstanceSource } from './consul/instances.js';
 import { ConsulWatcher } from './consul/watcher.js';
 import type { InstanceSource } from './discovery/types.js';
 import { HaproxyProcess } from './haproxy/process.js';
-import { MAP_FILES } from './render/haproxy-config.js';
+import { MAP_FILES, MAP_NAMES, type RenderSettings } from './render/haproxy-config.js';
 import { consulServiceName, type ServiceSpec } from './spec/types.js';
 import { type DesiredState, EMPTY_STATE, serviceStates, withInstances, withoutService, withService } from './state/desired-state.js';
 import { unifiedDiff } from './util/diff.js';
 import type { Logger } from './util/log.js';
+
+/** What the renderer needs from the settings (everything but the map directory, which the applier picks). */
+export function renderSettings(settings: Settings, adminSocket: string): Omit<RenderSettings, 'mapDir'> {
+  const h = settings.http;
+  return {
+    listeners: settings.listeners,
+    timeouts: settings.timeouts,
+    connectionMode: settings.connectionMode,
+    maxconn: settings.maxconn,
+    debug: settings.debug,
+    adminSocket,
+    serviceDomainAlgo: h.serviceDomainAlgo,
+    httpsOnly: h.httpsOnly,
+    users: h.users,
+    usersPassEncrypted: h.usersPassEncrypted,
+    userSecrets: h.userSecrets,
+    crtList: undefined,
+    enableH2: h.enableH2,
+    caFile: h.caFile,
+    extraGlobal: h.extraGlobal,
+    extraFrontend: h.extraFrontend,
+    compression: h.compression,
+  };
+}
 
 /** Files below STATE_DIR. Everything the proxy writes at run time lives here. */
 export function statePaths(stateDir: string) {
   return {
     stateDir,
     config: path.join(stateDir, 'haproxy.cfg'),
+    secrets: path.join(stateDir, 'userlists.cfg'),
     candidateDir: path.join(stateDir, 'candidate'),
     masterSocket: path.join(stateDir, 'haproxy-master.sock'),
     adminSocket: path.join(stateDir, 'haproxy-admin.sock'),
@@ -91,14 +115,7 @@ export class FlowProxy implements ProxyCore {
       const applier = new ConfigApplier(
         settings.haproxyBin,
         haproxy,
-        {
-          bindPorts: settings.bindPorts,
-          timeouts: settings.timeouts,
-          connectionMode: settings.connectionMode,
-          maxconn: settings.maxconn,
-          debug: settings.debug,
-          adminSocket: paths.adminSocket,
-        },
+        renderSettings(settings, paths.adminSocket),
         paths,
         log.child('apply'),
         settings.spareBackends,
@@ -141,10 +158,21 @@ export class FlowProxy implements ProxyCore {
       };
       const store = new ConsulSpecStore(consul, settings.proxyInstanceName, log.child('kv'), settings.separator);
       proxy = new FlowProxy(settings, log, haproxy, applier, reconciler, source, watcher, consul, store, localConsul, undefined);
-      const api = new ApiServer(proxy, settings.separator, log.child('api'));
+      const h = settings.http;
+      const api = new ApiServer(
+        proxy,
+        {
+          separator: settings.separator,
+          // F16: a user without a password must get one from its usersSecret file or USERS.
+          passwordKnown: (user, secret) =>
+            [...(secret ? (h.userSecrets.get(secret) ?? []) : []), ...h.users].some((u) => u.startsWith(`${user}:`)),
+        },
+        log.child('api'),
+        settings.filterProxyInstanceName ? settings.proxyInstanceName : undefined,
+      );
       proxy.apiPort = await api.listen(settings.apiPort, settings.apiHost);
       proxy.api = api;
-      log.info(`API listening on ${settings.apiHost}:${proxy.apiPort}; HAProxy binds ${settings.bindPorts.join(', ')}`);
+      log.info(`API listening on ${settings.apiHost}:${proxy.apiPort}; HAProxy binds ${settings.listeners.map((l) => `${l.port}${l.ssl ? ':ssl' : ''}`).join(', ')}`);
       proxy.joinFleet();
       return proxy;
     } catch (err) {
@@ -223,23 +251,21 @@ export class FlowProxy implements ProxyCore {
 
   // --- ProxyCore -------------------------------------------------------------------------------
 
-  async reconfigure(spec: ServiceSpec, options: ChangeOptions = {}): Promise<{ model: Record<string, unknown>; warnings: string[]; dryRun?: DryRunResult }> {
+  async reconfigure(spec: ServiceSpec, options: Partial<ChangeOptions> = {}): Promise<{ warnings: string[]; dryRun?: DryRunResult }> {
     // Read instances before touching state: if Consul cannot answer, nothing changes (503).
     const instances = await this.instances.instances(consulServiceName(spec));
     const change: Change = (s) => withService(s, spec, instances);
     const warnings: string[] = [];
     if (instances.length === 0) warnings.push(`Consul has no healthy instance of ${consulServiceName(spec)} yet; the route answers 503 until one passes`);
     const next = change(this.reconciler.snapshot()); // refuses a taken aclName before anything is stored
-    if (options.dryRun) return { model: serviceModel(spec), warnings, dryRun: this.preview(next) };
+    if (options.dryRun) return { warnings, dryRun: this.preview(next) };
     this.assertReady();
     // HAProxy's verdict before the spec reaches the shared store: a spec every replica would refuse
-    // must never be stored. Only pattern path types (regexes...) carry values HAProxy can refuse
-    // once our grammar has accepted them, so only they pay for a `haproxy -c` here.
-    if (spec.destinations.some((d) => d.pathType !== 'path_beg' && d.pathType !== 'path')) {
-      await this.applier.precheck(serviceStates(next)).catch((err: unknown) => {
-        throw err instanceof ConfigRejectedError ? new ConfigRejectedError(err.output, true) : err;
-      });
-    }
+    // must never be stored. A change that goes out through the runtime API (map entries, servers)
+    // carries no value HAProxy can refuse once our grammar accepted it, so only others pay for it.
+    await this.applier.precheck(serviceStates(next)).catch((err: unknown) => {
+      throw err instanceof ConfigRejectedError ? new ConfigRejectedError(err.output, true) : err;
+    });
     const previous = this.reconciler.snapshot().services.get(spec.serviceName);
     const landedAt = await this.store.put(spec, previous === undefined);
     try {
@@ -259,10 +285,10 @@ export class FlowProxy implements ProxyCore {
         .map((c) => `route ${c.route} is claimed by both ${c.winner} and ${c.loser}; ${c.winner} wins (ordered by aclName)`),
     );
     if (options.waitAll) await this.fleet?.waitForAll(await landedAt(), this.settings.replicaWaitTimeout * 1000);
-    return { model: serviceModel(spec), warnings };
+    return { warnings };
   }
 
-  async remove(serviceName: string, aclName?: string, options: ChangeOptions = {}): Promise<{ removed: boolean; serviceName: string; dryRun?: DryRunResult }> {
+  async remove(serviceName: string, aclName?: string, options: Partial<ChangeOptions> = {}): Promise<{ removed: boolean; serviceName: string; dryRun?: DryRunResult }> {
     const services = this.reconciler.snapshot().services;
     const target = services.has(serviceName)
       ? serviceName
@@ -283,10 +309,11 @@ export class FlowProxy implements ProxyCore {
     const plan = this.applier.preview(serviceStates(next));
     const live = this.applier.liveFiles();
     const maps = this.applier.mapFiles();
+    // userlists.cfg is never shown: its passwords stay on this machine.
     const diff = [
       unifiedDiff(live?.config ?? '', plan.rendered.config, 'haproxy.cfg'),
-      unifiedDiff(live?.maps.exact ?? '', plan.rendered.maps.exact, MAP_FILES.exact),
-      unifiedDiff(live?.maps.prefix ?? '', plan.rendered.maps.prefix, MAP_FILES.prefix),
+      ...MAP_NAMES.map((m) => unifiedDiff(live?.maps[m] ?? '', plan.rendered.maps[m], MAP_FILES[m])),
+      live?.secrets !== plan.rendered.secrets ? '--- userlists.cfg\n+++ userlists.cfg\n(changed; basic-auth users are not shown)\n' : '',
     ].join('');
     return { kind: plan.kind, diff, commands: plan.ops.map((op) => describeOp(op, maps)) };
   }
@@ -310,12 +337,8 @@ export class FlowProxy implements ProxyCore {
     return this.applier.liveConfig() ?? '';
   }
 
-  servicesModel(): Record<string, unknown> {
-    const out: Record<string, unknown> = {};
-    for (const spec of [...this.reconciler.snapshot().services.values()].sort((a, b) => (a.serviceName < b.serviceName ? -1 : 1))) {
-      out[spec.serviceName] = serviceModel(spec);
-    }
-    return out;
+  services(): ServiceSpec[] {
+    return [...this.reconciler.snapshot().services.values()].sort((a, b) => (a.serviceName < b.serviceName ? -1 : 1));
   }
 
   async status(): Promise<Record<string, unknown>> {

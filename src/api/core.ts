@@ -8,20 +8,17 @@ export interface DryRunResult {
   readonly commands: readonly string[];
 }
 
-export interface ChangeOptions {
-  readonly dryRun?: boolean;
-  /** Answer only once every live replica has applied the change (`wait=all`, `distribute=true`). */
-  readonly waitAll?: boolean;
-}
+export type ChangeOptions = Pick<import('../spec/parse.js').ChangeOptions, 'dryRun' | 'waitAll'>;
 
 export interface ProxyCore {
   /** Resolves once the service's route is live (or, with dryRun, says what would change). */
-  reconfigure(spec: ServiceSpec, options?: ChangeOptions): Promise<{ model: Record<string, unknown>; warnings: string[]; dryRun?: DryRunResult }>;
+  reconfigure(spec: ServiceSpec, options?: Partial<ChangeOptions>, cert?: { readonly name: string; readonly pem: string }): Promise<{ warnings: string[]; dryRun?: DryRunResult }>;
   /** Removes by serviceName, or by aclName when no service has that name. */
-  remove(serviceName: string, aclName?: string, options?: ChangeOptions): Promise<{ removed: boolean; serviceName: string; dryRun?: DryRunResult }>;
+  remove(serviceName: string, aclName?: string, options?: Partial<ChangeOptions>): Promise<{ removed: boolean; serviceName: string; dryRun?: DryRunResult }>;
   reload(recreate: boolean): Promise<void>;
   liveConfig(): string;
-  servicesModel(): Record<string, unknown>;
+  /** Every configured service, by serviceName. */
+  services(): ServiceSpec[];
   status(): Promise<Record<string, unknown>>;
   isReady(): boolean;
 }

@@ -1,11 +1,12 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { asDfpError, InvalidParamError, NotFoundError } from '../errors.js';
-import { checkBool } from '../spec/grammar.js';
 import { Params } from '../spec/params.js';
-import { parseReconfigure, parseRemove } from '../spec/parse.js';
+import { type ChangeOptions, flag, type ParseOptions, parseChangeOptions, parseReconfigure, parseRemove } from '../spec/parse.js';
 import type { Logger } from '../util/log.js';
-import type { ChangeOptions, DryRunResult, ProxyCore } from './core.js';
+import type { DryRunResult, ProxyCore } from './core.js';
+export type { ChangeOptions };
+import { serviceModel } from './model.js';
 import { sendError, sendJson, sendText } from './respond.js';
 
 const BASE = '/v1/docker-flow-proxy/';
@@ -17,8 +18,10 @@ export class ApiServer {
 
   constructor(
     private readonly core: ProxyCore,
-    private readonly separator: string,
+    private readonly parseOptions: ParseOptions,
     private readonly log: Logger,
+    /** FILTER_PROXY_INSTANCE_NAME: the instance name requests must carry, when filtering. */
+    private readonly instanceFilter: string | undefined = undefined,
   ) {
     this.server = createServer((req, res) => {
       this.handle(req, res).catch((err: unknown) => {
@@ -67,18 +70,19 @@ export class ApiServer {
         return this.reconfigure(params, res);
       case 'remove': {
         const request = parseRemove(params);
-        const outcome = await this.core.remove(request.serviceName, request.aclName, changeOptions(params, request.distribute));
+        const options = parseChangeOptions(params);
+        const outcome = await this.core.remove(request.serviceName, request.aclName, options);
         return sendJson(res, 200, {
           Status: 'OK',
           Message: outcome.dryRun
             ? 'dry run: nothing was changed'
             : !outcome.removed
               ? `${request.serviceName} was not configured; nothing changed`
-              : request.distribute
+              : options.distribute
                 ? 'Distributed to all instances'
                 : '',
           ServiceName: outcome.serviceName,
-          ...(request.distribute ? { Distribute: true } : {}),
+          ...(options.distribute ? { Distribute: true } : {}),
           ...dryRunFields(outcome.dryRun),
         });
       }
@@ -91,7 +95,7 @@ export class ApiServer {
         return sendJson(res, 200, { Status: 'OK', Message: '' });
       }
       case 'config':
-        if (params.get('type') === 'json') return sendJson(res, 200, this.core.servicesModel());
+        if (params.get('type') === 'json') return sendJson(res, 200, Object.fromEntries(this.core.services().map((s) => [s.serviceName, serviceModel(s)])));
         return sendText(res, 200, this.core.liveConfig());
       case 'status':
         return sendJson(res, 200, { Status: 'OK', Message: '', ...(await this.core.status()) });
@@ -101,9 +105,18 @@ export class ApiServer {
   }
 
   private async reconfigure(params: Params, res: ServerResponse): Promise<void> {
-    const request = parseReconfigure(params, { separator: this.separator });
+    const options = parseChangeOptions(params);
+    const request = parseReconfigure(params, this.parseOptions);
+    if (this.instanceFilter !== undefined && options.proxyInstanceName !== this.instanceFilter) {
+      // 200, so the Swarm Listener stops retrying; the message says why nothing happened (F17).
+      return sendJson(res, 200, {
+        Status: 'OK',
+        Message: `ignored: proxyInstanceName ${JSON.stringify(options.proxyInstanceName ?? '')} is not ${this.instanceFilter} (FILTER_PROXY_INSTANCE_NAME)`,
+        ServiceName: request.kind === 'upsert' ? request.spec.serviceName : request.serviceName,
+      });
+    }
     if (request.kind === 'remove') {
-      const outcome = await this.core.remove(request.serviceName, request.aclName, changeOptions(params, request.distribute));
+      const outcome = await this.core.remove(request.serviceName, request.aclName, options);
       return sendJson(res, 200, {
         Status: 'OK',
         Message: outcome.removed ? 'replicas=0: service removed' : `replicas=0: ${request.serviceName} was not configured; nothing changed`,
@@ -111,18 +124,18 @@ export class ApiServer {
         ...dryRunFields(outcome.dryRun),
       });
     }
-    const outcome = await this.core.reconfigure(request.spec, changeOptions(params, request.distribute));
+    const outcome = await this.core.reconfigure(request.spec, options, request.serviceCert);
     return sendJson(res, 200, {
       Status: 'OK',
       Message: [
         ...(outcome.dryRun ? ['dry run: nothing was changed'] : []),
-        ...(request.distribute && !outcome.dryRun ? ['Distributed to all instances'] : []),
+        ...(options.distribute && !outcome.dryRun ? ['Distributed to all instances'] : []),
         ...outcome.warnings,
       ].join('; '),
       ServiceName: request.spec.serviceName,
       ServicePath: request.rawServicePath,
-      ...outcome.model,
-      Distribute: request.distribute,
+      ...serviceModel(request.spec),
+      Distribute: options.distribute,
       ...dryRunFields(outcome.dryRun),
     });
   }
@@ -130,22 +143,6 @@ export class ApiServer {
 
 function dryRunFields(d: DryRunResult | undefined): Record<string, unknown> {
   return d === undefined ? {} : { DryRun: true, ApplyKind: d.kind, Diff: d.diff, Commands: d.commands };
-}
-
-/**
- * `wait=all` answers once every live replica applied the change. `distribute=true` (the original's
- * fan-out, which the Swarm Listener always sends) means the same here: replicas converge through
- * Consul KV by themselves, and the caller learns when they have.
- */
-function changeOptions(params: Params, distribute: boolean): ChangeOptions {
-  const wait = params.get('wait');
-  if (wait !== undefined && wait !== 'all' && wait !== 'local') throw new InvalidParamError('wait', 'wait must be all or local');
-  return { dryRun: flag(params, 'dryRun'), waitAll: wait === 'all' || (distribute && wait !== 'local') };
-}
-
-function flag(params: Params, name: string): boolean {
-  const raw = params.get(name);
-  return raw === undefined ? false : checkBool(name, raw);
 }
 
 async function formBody(req: IncomingMessage): Promise<[string, string][]> {

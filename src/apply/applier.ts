@@ -3,15 +3,8 @@ import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { HaproxyProcess } from '../haproxy/process.js';
 import { validateConfig } from '../haproxy/validate.js';
-import {
-  type BackendAllocation,
-  MAP_FILES,
-  type MapName,
-  type RenderedConfig,
-  type RenderSettings,
-  renderConfig,
-  type ServiceState,
-} from '../render/haproxy-config.js';
+import { type BackendAllocation, MAP_FILES, MAP_NAMES, type MapName, type RenderedConfig, type RenderSettings, renderConfig } from '../render/haproxy-config.js';
+import type { ServiceState } from '../state/service-state.js';
 import type { Logger } from '../util/log.js';
 import { canonicalAllocation, type RuntimeOp, runtimeAllocation, runtimeOps } from './plan.js';
 import { runRuntimeOps } from './runtime.js';
@@ -33,6 +26,8 @@ export interface ApplyRecord {
 export interface ApplierPaths {
   readonly stateDir: string;
   readonly config: string;
+  /** The basic-auth userlists, loaded by HAProxy beside the config and never shown (mode 600). */
+  readonly secrets: string;
   /** Where candidates are written and checked by `haproxy -c` before anything live changes. */
   readonly candidateDir: string;
 }
@@ -43,7 +38,7 @@ export interface ApplyPreview {
   readonly ops: readonly RuntimeOp[];
 }
 
-type Files = { readonly config: string; readonly maps: Readonly<Record<MapName, string>> };
+type Files = { readonly config: string; readonly maps: Readonly<Record<MapName, string>>; readonly secrets: string };
 
 /**
  * Turns desired state into live HAProxy config, the cheapest correct way:
@@ -233,10 +228,12 @@ export class ConfigApplier {
   private async validate(services: readonly ServiceState[], allocation: BackendAllocation, dir: string): Promise<void> {
     const candidate = this.render(services, allocation, dir);
     mkdirSync(dir, { recursive: true });
-    for (const name of Object.keys(MAP_FILES) as MapName[]) writeFileSync(path.join(dir, MAP_FILES[name]), candidate.maps[name]);
+    for (const name of MAP_NAMES) writeFileSync(path.join(dir, MAP_FILES[name]), candidate.maps[name]);
     const file = path.join(dir, 'haproxy.cfg');
+    const secrets = path.join(dir, path.basename(this.paths.secrets));
     writeFileSync(file, candidate.config);
-    await validateConfig(this.haproxyBin, file);
+    writeFileSync(secrets, candidate.secrets, { mode: 0o600 });
+    await validateConfig(this.haproxyBin, [file, secrets]);
   }
 
   /**
@@ -289,17 +286,18 @@ export class ConfigApplier {
   }
 
   mapFiles(): Record<MapName, string> {
-    return { exact: path.join(this.paths.stateDir, MAP_FILES.exact), prefix: path.join(this.paths.stateDir, MAP_FILES.prefix) };
+    return Object.fromEntries(MAP_NAMES.map((m) => [m, path.join(this.paths.stateDir, MAP_FILES[m])])) as Record<MapName, string>;
   }
 
   private writeLive(files: Files): void {
-    const atomic = (file: string, text: string) => {
+    const atomic = (file: string, text: string, mode = 0o644) => {
       const tmp = `${file}.tmp`;
-      writeFileSync(tmp, text);
+      writeFileSync(tmp, text, { mode });
       renameSync(tmp, file);
     };
     const maps = this.mapFiles();
-    for (const name of Object.keys(MAP_FILES) as MapName[]) atomic(maps[name], files.maps[name]);
+    for (const name of MAP_NAMES) atomic(maps[name], files.maps[name]);
+    atomic(this.paths.secrets, files.secrets, 0o600);
     atomic(this.paths.config, files.config);
   }
 
@@ -314,7 +312,8 @@ export class ConfigApplier {
 
 export function hashOf(files: Files): string {
   const h = createHash('sha256').update(files.config);
-  for (const name of Object.keys(MAP_FILES) as MapName[]) h.update(`\0${name}\0`).update(files.maps[name]);
+  for (const name of MAP_NAMES) h.update(`\0${name}\0`).update(files.maps[name]);
+  h.update('\0secrets\0').update(files.secrets);
   return h.digest('hex').slice(0, 16);
 }
 

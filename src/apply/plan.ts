@@ -1,4 +1,5 @@
-import type { BackendAllocation, MapName, RenderedConfig, RenderedServer, ServiceState } from '../render/haproxy-config.js';
+import { type BackendAllocation, MAP_NAMES, type MapName, type RenderedConfig, type RenderedServer } from '../render/haproxy-config.js';
+import type { ServiceState } from '../state/service-state.js';
 import { backendName } from '../spec/types.js';
 
 /**
@@ -53,7 +54,7 @@ export function runtimeAllocation(previous: BackendAllocation, services: readonl
 }
 
 export type RuntimeOp =
-  | { readonly kind: 'add-server'; readonly backend: string; readonly server: RenderedServer }
+  | { readonly kind: 'add-server'; readonly backend: string; readonly server: RenderedServer; readonly options: string }
   | { readonly kind: 'set-addr'; readonly backend: string; readonly server: RenderedServer }
   | { readonly kind: 'del-server'; readonly backend: string; readonly server: string }
   | { readonly kind: 'set-map'; readonly map: MapName; readonly key: string; readonly value: string; readonly isNew: boolean }
@@ -64,16 +65,20 @@ export type RuntimeOp =
  * than servers and map entries differs (then only a reload is correct).
  */
 export function runtimeOps(before: RenderedConfig, after: RenderedConfig): RuntimeOp[] | undefined {
-  if (before.skeleton !== after.skeleton) return undefined;
+  if (before.skeleton !== after.skeleton || before.secrets !== after.secrets) return undefined;
   const adds: RuntimeOp[] = [];
   const moves: RuntimeOp[] = [];
   const dels: RuntimeOp[] = [];
-  for (const [backend, next] of after.backends) {
-    const prev = new Map((before.backends.get(backend) ?? []).map((s) => [s.name, s]));
-    for (const srv of next) {
+  for (const [backend, b] of after.backends) {
+    const before_ = before.backends.get(backend);
+    const prev = new Map((before_?.servers ?? []).map((s) => [s.name, s]));
+    for (const srv of b.servers) {
       const old = prev.get(srv.name);
-      if (old === undefined) adds.push({ kind: 'add-server', backend, server: srv });
-      else if (old.check !== srv.check) return undefined;
+      if (old === undefined) {
+        // HAProxy 2.6 cannot put a cookie on a server added at run time: sticky backends reload.
+        if (b.sticky) return undefined;
+        adds.push({ kind: 'add-server', backend, server: srv, options: b.serverOptions(srv) });
+      } else if (old.check !== srv.check) return undefined;
       else if (old.address !== srv.address || old.port !== srv.port) moves.push({ kind: 'set-addr', backend, server: srv });
       prev.delete(srv.name);
     }
@@ -81,7 +86,7 @@ export function runtimeOps(before: RenderedConfig, after: RenderedConfig): Runti
   }
   const mapOps: RuntimeOp[] = [];
   const mapDels: RuntimeOp[] = [];
-  for (const map of ['exact', 'prefix'] as const) {
+  for (const map of MAP_NAMES) {
     const prev = parseMap(before.maps[map]);
     const next = parseMap(after.maps[map]);
     for (const [key, value] of next) {
@@ -97,8 +102,8 @@ export function runtimeOps(before: RenderedConfig, after: RenderedConfig): Runti
 export function parseMap(text: string): Map<string, string> {
   const out = new Map<string, string>();
   for (const line of text.split('\n')) {
-    const [key, value] = line.split(' ');
-    if (key && value) out.set(key, value);
+    const i = line.indexOf(' ');
+    if (i > 0) out.set(line.slice(0, i), line.slice(i + 1));
   }
   return out;
 }

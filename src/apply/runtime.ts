@@ -23,7 +23,7 @@ const EMPTY = /^$/;
 export function describeOp(op: RuntimeOp, mapFiles: Readonly<Record<MapName, string>>): string {
   switch (op.kind) {
     case 'add-server':
-      return `add server ${op.backend}/${op.server.name} ${serverAddress(op.server)}${op.server.check ? ' check' : ''}`;
+      return `add server ${op.backend}/${op.server.name} ${serverAddress(op.server)}${op.options}`;
     case 'set-addr':
       return `set server ${op.backend}/${op.server.name} addr ${op.server.address} port ${op.server.port}`;
     case 'set-map':
@@ -64,7 +64,7 @@ export async function runRuntimeOps(
           parked.delete(id);
         } else {
           // Dynamic servers inherit no default-server settings: every keyword is explicit.
-          await expect(haproxy, command('add', 'server', id, serverAddress(op.server), ...(op.server.check ? ['check'] : [])), /New server registered/);
+          await expect(haproxy, command('add', 'server', id, serverAddress(op.server), ...op.options.split(' ').filter((w) => w !== '')), /New server registered/);
           if (op.server.check) await expect(haproxy, command('enable', 'health', id), EMPTY);
         }
         await expect(haproxy, command('enable', 'server', id), EMPTY);

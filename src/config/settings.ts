@@ -1,7 +1,9 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { SettingsError } from '../errors.js';
-import { parseBool } from '../spec/grammar.js';
+import type { Listener } from '../render/haproxy-config.js';
+import { checkMime, checkUser, parseBool } from '../spec/grammar.js';
+import { COMPRESSION_ALGOS, CONNECTION_MODES, type ConnectionMode, DOMAIN_ALGOS, type DomainAlgo } from '../spec/types.js';
 import { type Level, parseLevel } from '../util/log.js';
 import { PROJECT_ROOT } from '../util/project.js';
 
@@ -10,7 +12,9 @@ export interface Settings {
   /** API listen address and port (`IP`, `PORT`). */
   readonly apiHost: string;
   readonly apiPort: number;
-  /** HAProxy binds of `frontend services` (`DEFAULT_PORTS` + `BIND_PORTS`). */
+  /** HAProxy binds of `frontend services` (`DEFAULT_PORTS` + `BIND_PORTS`); `:ssl` ones terminate TLS. */
+  readonly listeners: readonly Listener[];
+  /** Plain-HTTP ports of the listeners, in order (the first is where the walkthrough's curl goes). */
   readonly bindPorts: readonly number[];
   /** Everything written at run time lives below this directory (`STATE_DIR`). */
   readonly stateDir: string;
@@ -39,6 +43,27 @@ export interface Settings {
   readonly replicaId: string | undefined;
   /** How long `wait=all` (and `distribute=true`) waits for every replica, seconds. */
   readonly replicaWaitTimeout: number;
+  readonly http: HttpSettings;
+  readonly secretsDir: string;
+  /** FILTER_PROXY_INSTANCE_NAME: only accept reconfigures whose proxyInstanceName is PROXY_INSTANCE_NAME. */
+  readonly filterProxyInstanceName: boolean;
+}
+
+export interface HttpSettings {
+  readonly serviceDomainAlgo: DomainAlgo;
+  readonly httpsOnly: boolean;
+  readonly users: readonly string[];
+  readonly usersPassEncrypted: boolean;
+  readonly userSecrets: ReadonlyMap<string, readonly string[]>;
+  /** Certificates loaded at start-up and kept by the proxy (`CERTS_DIR`, default STATE_DIR/certs). */
+  readonly certsDir: string;
+  readonly enableH2: boolean;
+  readonly caFile: string | undefined;
+  readonly extraGlobal: readonly string[];
+  readonly extraFrontend: readonly string[];
+  readonly compression: { readonly algo: readonly string[]; readonly type: readonly string[] };
+  /** PREFERRED_CERTIFICATE: globs of certificate names listed first in the crt-list (the default for unknown names). */
+  readonly preferredCertificates: readonly string[];
 }
 
 export interface Timeouts {
@@ -51,8 +76,6 @@ export interface Timeouts {
   httpKeepAlive: number;
 }
 
-export const CONNECTION_MODES = ['http-keep-alive', 'http-server-close', 'httpclose'] as const;
-export type ConnectionMode = (typeof CONNECTION_MODES)[number];
 
 type Env = Record<string, string | undefined>;
 
@@ -85,19 +108,63 @@ function bool(env: Env, name: string, fallback: boolean): boolean {
   throw new SettingsError(name, `must be true or false, got ${JSON.stringify(raw)}`);
 }
 
-function ports(env: Env, name: string, fallback: string): number[] {
+/** `80`, `443:ssl`, `80 accept-proxy`: a port, an optional `:ssl`, optional extra bind keywords. */
+function listeners(env: Env, name: string, fallback: string): Listener[] {
   const raw = lookup(env, name) ?? fallback;
   if (raw.trim() === '') return [];
   return raw.split(',').map((item) => {
-    const p = item.trim();
-    if (/^[0-9]+:ssl$/.test(p)) {
-      throw new SettingsError(name, `TLS binds (${p}) are not supported yet; list plain ports only, e.g. 80`);
+    const m = /^\s*([0-9]{1,5})(:ssl)?(?:\s+([A-Za-z0-9 ._:/@=-]+))?\s*$/.exec(item);
+    const port = Number(m?.[1]);
+    if (!m || port < 1 || port > 65535) {
+      throw new SettingsError(name, `each item must be a port 1-65535, optionally with :ssl and bind keywords (e.g. 80, 443:ssl, 80 accept-proxy); got ${JSON.stringify(item.trim())}`);
     }
-    if (!/^[0-9]+$/.test(p) || Number(p) < 1 || Number(p) > 65535) {
-      throw new SettingsError(name, `each item must be a port between 1 and 65535, got ${JSON.stringify(p)}`);
-    }
-    return Number(p);
+    return { port, ssl: m[2] !== undefined, options: (m[3] ?? '').trim().replace(/\s+/g, ' ') };
   });
+}
+
+function list(env: Env, name: string, item: (s: string) => string, separator = ','): string[] {
+  const raw = lookup(env, name);
+  if (raw === undefined) return [];
+  return raw
+    .split(separator)
+    .map((s) => s.trim())
+    .filter((s) => s !== '')
+    .map((s) => {
+      try {
+        return item(s);
+      } catch (err) {
+        throw new SettingsError(name, (err as Error).message);
+      }
+    });
+}
+
+function oneOf<T extends string>(env: Env, name: string, values: readonly T[], fallback: T): T {
+  const raw = lookup(env, name) ?? fallback;
+  if (!(values as readonly string[]).includes(raw)) throw new SettingsError(name, `must be one of ${values.join(', ')}, got ${JSON.stringify(raw)}`);
+  return raw as T;
+}
+
+/** Users files `dfp_users_<name>` in the secrets directory: `name:password` per line or comma. */
+function userSecrets(secretsDir: string): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  if (!existsSync(secretsDir)) return out;
+  for (const file of readdirSync(secretsDir)) {
+    const m = /^dfp_users_([A-Za-z0-9][A-Za-z0-9_.-]*)$/.exec(file);
+    if (!m?.[1]) continue;
+    const items = readFileSync(path.join(secretsDir, file), 'utf8')
+      .split(/[\n,]/)
+      .map((s) => s.trim())
+      .filter((s) => s !== '');
+    for (const u of items) {
+      try {
+        checkUser(file, u);
+      } catch {
+        throw new SettingsError(file, `${path.join(secretsDir, file)}: every line must be name:password`);
+      }
+    }
+    out.set(m[1], items);
+  }
+  return out;
 }
 
 export function normaliseConsulAddress(raw: string): string {
@@ -129,11 +196,11 @@ export function loadSettings(env: Env = process.env): Settings {
   if (separator.length !== 1 || /[\sA-Za-z0-9]/.test(separator)) {
     throw new SettingsError('SEPARATOR', 'must be a single punctuation character');
   }
-  const connectionMode = lookup(env, 'CONNECTION_MODE') ?? 'http-keep-alive';
-  if (!(CONNECTION_MODES as readonly string[]).includes(connectionMode)) {
-    throw new SettingsError('CONNECTION_MODE', `must be one of ${CONNECTION_MODES.join(', ')}`);
-  }
-  const bindPorts = [...new Set([...ports(env, 'DEFAULT_PORTS', '80'), ...ports(env, 'BIND_PORTS', '')])];
+  const connectionMode = oneOf(env, 'CONNECTION_MODE', CONNECTION_MODES, 'http-keep-alive');
+  const all = [...listeners(env, 'DEFAULT_PORTS', '80,443:ssl'), ...listeners(env, 'BIND_PORTS', '')];
+  const seen = new Set<number>();
+  const binds = all.filter((l) => !seen.has(l.port) && seen.add(l.port));
+  const secretsDir = env.SECRETS_DIR ?? '/run/secrets';
   const apiHost = lookup(env, 'IP') ?? '0.0.0.0';
   const stateDir = path.resolve(lookup(env, 'STATE_DIR') ?? './data');
   // The path is written into haproxy.cfg and names UNIX sockets (max 108 bytes).
@@ -144,7 +211,8 @@ export function loadSettings(env: Env = process.env): Settings {
   return {
     apiHost,
     apiPort: int(env, 'PORT', 8080, 0, 65535),
-    bindPorts,
+    listeners: binds,
+    bindPorts: binds.filter((l) => !l.ssl).map((l) => l.port),
     stateDir,
     consulAddresses,
     proxyInstanceName: instance,
@@ -159,6 +227,30 @@ export function loadSettings(env: Env = process.env): Settings {
       httpKeepAlive: int(env, 'TIMEOUT_HTTP_KEEP_ALIVE', 15, 0, day),
     },
     connectionMode: connectionMode as ConnectionMode,
+    secretsDir,
+    filterProxyInstanceName: bool(env, 'FILTER_PROXY_INSTANCE_NAME', false),
+    http: {
+      serviceDomainAlgo: oneOf(env, 'SERVICE_DOMAIN_ALGO', DOMAIN_ALGOS, 'hdr_beg(host)') as DomainAlgo,
+      httpsOnly: bool(env, 'HTTPS_ONLY', false),
+      users: list(env, 'USERS', (u) => {
+        checkUser('USERS', u);
+        if (!u.includes(':')) throw new Error(`USERS items need a password: ${u}`);
+        return u;
+      }),
+      usersPassEncrypted: bool(env, 'USERS_PASS_ENCRYPTED', false),
+      userSecrets: userSecrets(secretsDir),
+      certsDir: filePath(env, 'CERTS_DIR') ?? path.join(stateDir, 'certs'),
+      enableH2: bool(env, 'ENABLE_H2', true),
+      caFile: filePath(env, 'CA_FILE'),
+      // Operator input, raw HAProxy lines; each comma starts a new line (the original's rule).
+      extraGlobal: list(env, 'EXTRA_GLOBAL', (l) => rawLine('EXTRA_GLOBAL', l)),
+      extraFrontend: list(env, 'EXTRA_FRONTEND', (l) => rawLine('EXTRA_FRONTEND', l)),
+      compression: {
+        algo: list(env, 'COMPRESSION_ALGO', (a) => oneOfValue(a, COMPRESSION_ALGOS), ' '),
+        type: list(env, 'COMPRESSION_TYPE', (t) => checkMime('COMPRESSION_TYPE', t), ' '),
+      },
+      preferredCertificates: list(env, 'PREFERRED_CERTIFICATE', (g) => g),
+    },
     haproxyBin: lookup(env, 'HAPROXY_BIN') ?? 'haproxy',
     consulBin: lookup(env, 'CONSUL_BIN') ?? path.join(PROJECT_ROOT, '.tools/bin/consul'),
     maxconn: int(env, 'MAXCONN', 4000, 1, 1_000_000),
@@ -172,4 +264,23 @@ export function loadSettings(env: Env = process.env): Settings {
     replicaId: lookup(env, 'REPLICA_ID'),
     replicaWaitTimeout: int(env, 'REPLICA_WAIT_TIMEOUT', 10, 1, 3600),
   };
+}
+
+function rawLine(name: string, line: string): string {
+  if (/[\r\n\0]/.test(line)) throw new Error(`${name}: lines may not contain line breaks`);
+  return line;
+}
+
+function oneOfValue<T extends string>(value: string, values: readonly T[]): T {
+  if (!(values as readonly string[]).includes(value)) throw new Error(`must be one of ${values.join(', ')}, got ${JSON.stringify(value)}`);
+  return value as T;
+}
+
+/** A file path that goes into haproxy.cfg: absolute after resolving, and no character HAProxy's parser reads. */
+function filePath(env: Env, name: string): string | undefined {
+  const raw = lookup(env, name);
+  if (raw === undefined) return undefined;
+  const resolved = path.resolve(raw);
+  if (!/^[A-Za-z0-9/_.+-]+$/.test(resolved)) throw new SettingsError(name, `must be a path using letters, digits and / _ . + - (got ${JSON.stringify(raw)})`);
+  return resolved;
 }

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { ConsulUnavailableError, type DfpError } from '../errors.js';
 import { specFromJson, specToJson } from '../spec/from-json.js';
+import { legacyParams } from '../spec/fields.js';
 import { Params } from '../spec/params.js';
 import { parseReconfigure } from '../spec/parse.js';
 import type { ServiceSpec } from '../spec/types.js';
@@ -113,7 +114,7 @@ export class ConsulSpecStore {
     for (const e of entries) {
       try {
         const doc = JSON.parse(Buffer.from(e.Value ?? '', 'base64').toString('utf8')) as { v?: number; spec?: unknown };
-        const spec = specFromJson(doc.spec);
+        const spec = specFromJson(doc.spec, this.separator);
         if (this.key(spec.serviceName) !== e.Key) throw new Error(`key does not match serviceName ${spec.serviceName}`);
         specs.set(spec.serviceName, spec);
       } catch (err) {
@@ -145,18 +146,7 @@ export class ConsulSpecStore {
     const out: ServiceSpec[] = [];
     for (const [name, attrs] of byService) {
       if (!attrs.has('path')) continue;
-      const pairs: [string, string][] = [
-        ['serviceName', name],
-        ['servicePath', attrs.get('path') ?? ''],
-        ['pathType', attrs.get('pathtype') ?? ''],
-        ['serviceColor', attrs.get('color') ?? ''],
-        ['skipCheck', attrs.get('skipcheck') ?? ''],
-        ['port', attrs.get('port') ?? ''],
-        ['serviceDomain', attrs.get('domain') ?? ''],
-        ['consulTemplateFePath', attrs.get('consultemplatefepath') ?? ''],
-        ['consulTemplateBePath', attrs.get('consultemplatebepath') ?? ''],
-        ['outboundHostname', attrs.get('hostname') ?? ''],
-      ];
+      const pairs = legacyParams(name, attrs);
       try {
         const parsed = parseReconfigure(new Params(pairs), { separator: this.separator });
         if (parsed.kind === 'upsert') out.push(parsed.spec);

@@ -8,6 +8,8 @@ import { type ProcInfo, parseShowProc, socketCommand } from './socket.js';
 
 export interface HaproxyPaths {
   readonly config: string;
+  /** Loaded after the config: the userlists (secret). */
+  readonly secrets: string;
   readonly masterSocket: string;
   readonly adminSocket: string;
   /** Where we record the master PID, to clean up after a proxy that died without stopping it. */
@@ -175,7 +177,7 @@ export class HaproxyProcess {
   private async spawnAndWait(): Promise<void> {
     for (const sock of [this.paths.masterSocket, this.paths.adminSocket]) rmSync(sock, { force: true });
     const mark = this.seq;
-    const child = spawn(this.bin, ['-W', '-S', `${this.paths.masterSocket},mode,600`, '-f', this.paths.config], {
+    const child = spawn(this.bin, ['-W', '-S', `${this.paths.masterSocket},mode,600`, '-f', this.paths.config, '-f', this.paths.secrets], {
       // Own process group: stop() can reach draining workers, and a Ctrl-C in the terminal goes
       // to the proxy, which stops HAProxy in order.
       detached: true,

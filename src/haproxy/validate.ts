@@ -1,10 +1,10 @@
 import { execFile } from 'node:child_process';
 import { ConfigRejectedError, HaproxyUnavailableError } from '../errors.js';
 
-/** `haproxy -c -f <file>`: HAProxy's own verdict on a config before it may go live. */
-export function validateConfig(haproxyBin: string, file: string, timeoutMs = 60_000): Promise<void> {
+/** `haproxy -c -f <file>...`: HAProxy's own verdict on a config before it may go live. */
+export function validateConfig(haproxyBin: string, files: readonly string[], timeoutMs = 60_000): Promise<void> {
   return new Promise((resolve, reject) => {
-    execFile(haproxyBin, ['-c', '-f', file], { timeout: timeoutMs, maxBuffer: 4 << 20 }, (err, stdout, stderr) => {
+    execFile(haproxyBin, ['-c', ...files.flatMap((f) => ['-f', f])], { timeout: timeoutMs, maxBuffer: 4 << 20 }, (err, stdout, stderr) => {
       if (!err) return resolve();
       const e = err as NodeJS.ErrnoException & { code?: string | number };
       if (typeof e.code === 'string') return reject(new HaproxyUnavailableError(`cannot run ${haproxyBin}: ${e.message}`, err));

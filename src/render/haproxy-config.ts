@@ -1,21 +1,32 @@
-import { createHash } from 'node:crypto';
-import type { ConnectionMode, Timeouts } from '../config/settings.js';
-import type { Instance } from '../discovery/types.js';
-import { backendName, type Destination, type ServiceSpec } from '../spec/types.js';
+import type { Timeouts } from '../config/settings.js';
+import { backendName, type ConnectionMode, type Destination, type DomainAlgo, REDIRECT_CODES, type ServiceSpec } from '../spec/types.js';
+import type { ServiceState } from '../state/service-state.js';
+import { type Backend, type BackendContext, buildBackend, quote, type RenderedServer, renderBackend, serversOf } from './backend.js';
+import { type AclRoute, buildRoutes, byAclName, MAP_FILES, MAP_NAMES, type MapName, mapText, type RouteConflict, WILDCARD_DEPTH } from './routes.js';
+
+export { MAP_FILES, MAP_NAMES, type MapName, type RouteConflict } from './routes.js';
+export { type RenderedServer, serverAddress, serverName } from './backend.js';
 
 /**
  * The renderer: a pure function from settings + desired state + instances to HAProxy's files.
  * No I/O, no clock, no randomness: the same input gives byte-identical output, which is what
  * makes "skip the apply when nothing changed" and golden-file tests possible.
  *
- * Routing design (why maps): `path_beg` and exact `path` routes live in two map files looked up
- * once per request (`map_beg` is a prefix tree, so the longest prefix wins and the cost does not
- * grow with the number of services). Other path types (regex, suffix, ...) cannot be indexed and
- * are rendered as an ACL chain after the maps. A `/` prefix is the catch-all and goes last.
+ * Files: `haproxy.cfg`, the map files of the route table (render/routes.ts), and `userlists.cfg`,
+ * which holds the basic-auth users. HAProxy loads both config files; only `haproxy.cfg` is ever
+ * shown (config endpoint, dry-run diffs), so no password leaves the machine through the API.
  */
 
+/** One HAProxy listener: a port, plain or TLS-terminating, with the operator's extra bind words. */
+export interface Listener {
+  readonly port: number;
+  readonly ssl: boolean;
+  /** Extra bind keywords from DEFAULT_PORTS (`80 accept-proxy`). Operator input, checked by `haproxy -c`. */
+  readonly options: string;
+}
+
 export interface RenderSettings {
-  readonly bindPorts: readonly number[];
+  readonly listeners: readonly Listener[];
   readonly timeouts: Readonly<Timeouts>;
   readonly connectionMode: ConnectionMode;
   readonly maxconn: number;
@@ -24,22 +35,22 @@ export interface RenderSettings {
   readonly adminSocket: string;
   /** Directory the config refers to for its map files. */
   readonly mapDir: string;
-}
-
-export interface ServiceState {
-  readonly spec: ServiceSpec;
-  /** Instances of the spec's Consul service; empty means the backend answers 503. */
-  readonly instances: readonly Instance[];
-}
-
-export const MAP_FILES = { exact: 'routes-exact.map', prefix: 'routes-prefix.map' } as const;
-export type MapName = keyof typeof MAP_FILES;
-
-export interface RouteConflict {
-  /** The path (or `pathType path`) claimed more than once. */
-  readonly route: string;
-  readonly winner: string;
-  readonly loser: string;
+  readonly serviceDomainAlgo: DomainAlgo;
+  /** HTTPS_ONLY: every destination redirects plain HTTP. */
+  readonly httpsOnly: boolean;
+  /** USERS: `name:password` items protecting every service without users of its own. */
+  readonly users: readonly string[];
+  readonly usersPassEncrypted: boolean;
+  /** Users files (`dfp_users_<name>` in SECRETS_DIR) by name, for usersSecret. */
+  readonly userSecrets: ReadonlyMap<string, readonly string[]>;
+  /** The crt-list TLS listeners load; TLS listeners are bound only when it is set (some certificate exists). */
+  readonly crtList: string | undefined;
+  readonly enableH2: boolean;
+  /** CA_FILE: client certificates are requested and verified against it (verifyClientSsl). */
+  readonly caFile: string | undefined;
+  readonly extraGlobal: readonly string[];
+  readonly extraFrontend: readonly string[];
+  readonly compression: { readonly algo: readonly string[]; readonly type: readonly string[] };
 }
 
 /**
@@ -59,94 +70,100 @@ export interface BackendAllocation {
 
 export const CANONICAL: BackendAllocation = { names: new Map(), spares: [], retired: [] };
 
-export interface RenderedServer {
-  readonly name: string;
-  readonly address: string;
-  readonly port: number;
-  readonly check: boolean;
-}
-
 export interface RenderedConfig {
   readonly config: string;
   readonly maps: Readonly<Record<MapName, string>>;
+  /** `userlists.cfg`: the basic-auth users. Never shown. */
+  readonly secrets: string;
   /** Routes claimed by several services: the first by aclName wins, like the original's ordering. */
   readonly conflicts: readonly RouteConflict[];
-  /** The servers of every backend, by HAProxy backend name (spares and retired ones empty). */
-  readonly backends: ReadonlyMap<string, readonly RenderedServer[]>;
+  /** Every backend by HAProxy name (spares and retired ones empty). */
+  readonly backends: ReadonlyMap<string, Backend>;
   /** The config without its server lines: equal skeletons differ only in what the runtime API can change. */
   readonly skeleton: string;
 }
 
-const ROUTE_VAR = 'txn.dfp_backend';
+const V = {
+  host: 'txn.dfp_host',
+  path: 'txn.dfp_path',
+  vhost: 'txn.dfp_vhost',
+  key: 'txn.dfp_key',
+  backend: 'txn.dfp_backend',
+  exclude: 'txn.dfp_xkey',
+  flags: 'txn.dfp_flags',
+  redirect: 'txn.dfp_redirect',
+} as const;
+const NOT_ROUTED = `!{ var(${V.backend}) -m found }`;
 
-/** Stable server name from the registry ID: readable, unique, safe for HAProxy. */
-export function serverName(instance: Pick<Instance, 'id'>): string {
-  let name = serverNames.get(instance.id);
-  if (name === undefined) {
-    const readable = instance.id.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 40);
-    name = `${readable}_${createHash('sha256').update(instance.id).digest('hex').slice(0, 8)}`;
-    if (serverNames.size > 100_000) serverNames.clear();
-    serverNames.set(instance.id, name);
-  }
-  return name;
+export const GLOBAL_USERLIST = 'dfp-default-users';
+export const HTTPS_REDIRECT_DEFAULT = 302;
+
+/** Per-route flags kept in a map, so they change without a reload: `,https302,denyhttp,`. */
+export function routeFlags(settings: Pick<RenderSettings, 'httpsOnly' | 'caFile'>, spec: ServiceSpec, dest: Destination): string {
+  const flags: string[] = [];
+  if (dest.httpsOnly || settings.httpsOnly) flags.push(`https${dest.httpsRedirectCode ?? HTTPS_REDIRECT_DEFAULT}`);
+  if (dest.denyHttp) flags.push('denyhttp');
+  if (spec.redirectWhenHttpProto) flags.push('xfphttp');
+  if (spec.redirectUnlessHttpsProto) flags.push('xfpnothttps');
+  if (dest.verifyClientSsl) flags.push('verifyclient');
+  return flags.length === 0 ? '' : `,${flags.join(',')},`;
 }
 
-/** Memo of serverName (a pure function of the ID): rendering 10,000 services hashes no ID twice. */
-const serverNames = new Map<string, string>();
-
-export function serverAddress(instance: Pick<Instance, 'address' | 'port'>): string {
-  return instance.address.includes(':') ? `ipv6@${instance.address}:${instance.port}` : `${instance.address}:${instance.port}`;
+function userlistName(spec: ServiceSpec): string {
+  return `dfp-users-${spec.aclName}`;
 }
 
-interface Route {
-  readonly backend: string;
-  readonly aclName: string;
-  readonly dest: Destination;
+/** A service's users with their passwords resolved (usersSecret file, then USERS), or undefined for none. */
+function effectiveUsers(settings: RenderSettings, spec: ServiceSpec): string[] | undefined {
+  const fromSecret = spec.usersSecret ? (settings.userSecrets.get(spec.usersSecret) ?? []) : [];
+  const wanted = spec.users.length > 0 ? spec.users : fromSecret;
+  if (wanted.length === 0) return spec.usersSecret ? [] : undefined;
+  const passwordOf = (name: string, from: readonly string[]) => from.find((u) => u.startsWith(`${name}:`));
+  return wanted.flatMap((u) => (u.includes(':') ? [u] : [passwordOf(u, fromSecret) ?? passwordOf(u, settings.users)].filter((x): x is string => x !== undefined)));
 }
 
-function byAclName(a: ServiceState, b: ServiceState): number {
-  return cmp(a.spec.aclName, b.spec.aclName) || cmp(a.spec.serviceName, b.spec.serviceName);
-}
-
-function cmp(a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0;
+function userlistLines(name: string, users: readonly string[], encrypted: boolean): string[] {
+  return [
+    '',
+    `userlist ${name}`,
+    ...users.map((u) => {
+      const i = u.indexOf(':');
+      return `    user ${u.slice(0, i)} ${encrypted ? 'password' : 'insecure-password'} ${quote(u.slice(i + 1))}`;
+    }),
+  ];
 }
 
 export function renderConfig(settings: RenderSettings, services: readonly ServiceState[], allocation: BackendAllocation = CANONICAL): RenderedConfig {
-  const ordered = [...services].sort(byAclName);
+  const ordered = [...services].sort((a, b) => byAclName(a.spec, b.spec));
   const nameOf = (spec: ServiceSpec, dest: Destination) => {
     const key = backendName(spec, dest);
     return allocation.names.get(key) ?? key;
   };
-  const exact = new Map<string, Route>();
-  const prefix = new Map<string, Route>();
-  const patterns: Route[] = [];
-  let root: Route | undefined;
-  const conflicts: RouteConflict[] = [];
+  const routes = buildRoutes(
+    ordered.map((s) => s.spec),
+    nameOf,
+    (spec, dest) => routeFlags(settings, spec, dest),
+    settings.serviceDomainAlgo,
+  );
 
-  const claim = (table: Map<string, Route>, key: string, route: Route, label: string) => {
-    const owner = table.get(key);
-    if (owner === undefined) table.set(key, route);
-    else if (owner.backend !== route.backend) conflicts.push({ route: label, winner: owner.aclName, loser: route.aclName });
+  // --- userlists (the secret file) ---
+  const secrets: string[] = ['# Generated by Docker Flow Proxy: basic-auth users. Never shown by the API.'];
+  if (settings.users.length > 0) secrets.push(...userlistLines(GLOBAL_USERLIST, settings.users, settings.usersPassEncrypted));
+  const withUsers = new Set<string>();
+  for (const { spec } of ordered) {
+    const users = effectiveUsers(settings, spec);
+    if (users === undefined) continue;
+    withUsers.add(spec.serviceName);
+    secrets.push(...userlistLines(userlistName(spec), users, spec.usersPassEncrypted));
+  }
+  secrets.push('');
+  const ctx: BackendContext = {
+    https: { redirectCode: HTTPS_REDIRECT_DEFAULT },
+    userlist: (spec) => (withUsers.has(spec.serviceName) ? userlistName(spec) : settings.users.length > 0 ? GLOBAL_USERLIST : undefined),
+    compression: settings.compression,
   };
 
-  for (const { spec } of ordered) {
-    for (const dest of [...spec.destinations].sort((a, b) => a.index - b.index)) {
-      const route: Route = { backend: nameOf(spec, dest), aclName: spec.aclName, dest };
-      if (dest.pathType === 'path') {
-        for (const p of dest.servicePath) claim(exact, p, route, `path ${p}`);
-      } else if (dest.pathType === 'path_beg') {
-        for (const p of dest.servicePath) {
-          if (p !== '/') claim(prefix, p, route, p);
-          else if (root === undefined) root = route;
-          else if (root.backend !== route.backend) conflicts.push({ route: '/', winner: root.aclName, loser: route.aclName });
-        }
-      } else {
-        patterns.push(route);
-      }
-    }
-  }
-
+  // --- global and defaults ---
   const t = settings.timeouts;
   const lines: string[] = [
     '# Generated by Docker Flow Proxy. Do not edit: every apply rewrites this file.',
@@ -158,6 +175,7 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
     // Bounds how long an old worker drains after a reload (and so the memory of stacked workers).
     '    hard-stop-after 30s',
     `    log stdout format raw local0 ${settings.debug ? 'info' : 'notice'}`,
+    ...settings.extraGlobal.map((l) => `    ${l}`),
     '',
     'defaults',
     '    mode http',
@@ -176,44 +194,148 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
     `    timeout tunnel ${t.tunnel}s`,
     `    timeout http-request ${t.httpRequest}s`,
     `    timeout http-keep-alive ${t.httpKeepAlive}s`,
+    ...(settings.compression.algo.length > 0 ? [`    compression algo ${settings.compression.algo.join(' ')}`] : []),
+    ...(settings.compression.type.length > 0 ? [`    compression type ${settings.compression.type.join(' ')}`] : []),
     '',
-    'frontend services',
-    ...settings.bindPorts.map((p) => `    bind *:${p}`),
-    '    mode http',
-    '    option forwardfor',
-    `    http-request set-var(${ROUTE_VAR}) path,map_str(${settings.mapDir}/${MAP_FILES.exact})`,
-    `    http-request set-var(${ROUTE_VAR}) path,map_beg(${settings.mapDir}/${MAP_FILES.prefix}) unless { var(${ROUTE_VAR}) -m found }`,
-    `    use_backend %[var(${ROUTE_VAR})] if { var(${ROUTE_VAR}) -m found }`,
+    ...renderFrontend(settings, routes),
   ];
-  for (const route of patterns) {
-    const acl = `url_${route.aclName}${route.dest.port ?? ''}_${route.dest.index}`;
-    // `--` ends HAProxy's ACL flags: no pattern can be taken for one.
-    lines.push(`    acl ${acl} ${route.dest.pathType} -- ${route.dest.servicePath.join(' ')}`);
-    lines.push(`    use_backend ${route.backend} if ${acl}`);
-  }
-  if (root !== undefined) lines.push(`    use_backend ${root.backend} if { path_beg / }`);
+  const isDefault = ordered.find(({ spec }) => spec.isDefaultBackend);
+  const firstDest = isDefault?.spec.destinations[0];
+  if (isDefault && firstDest) lines.push(`    default_backend ${nameOf(isDefault.spec, firstDest)}`);
 
-  const backends = new Map<string, RenderedServer[]>();
+  // --- backends ---
+  const backends = new Map<string, Backend>();
   for (const { spec, instances } of ordered) {
-    const servers = [...instances]
-      .sort((a, b) => cmp(a.id, b.id))
-      .map((inst) => ({ name: serverName(inst), address: inst.address, port: inst.port, check: !spec.skipCheck }));
-    for (const dest of [...spec.destinations].sort((a, b) => a.index - b.index)) backends.set(nameOf(spec, dest), servers);
+    const servers = serversOf(spec, instances);
+    for (const dest of [...spec.destinations].sort((a, b) => a.index - b.index)) {
+      const name = nameOf(spec, dest);
+      backends.set(name, buildBackend(spec, dest, servers, ctx, name));
+    }
   }
-  for (const name of [...allocation.spares, ...allocation.retired]) backends.set(name, []);
+  const empty: RenderedServer[] = [];
+  for (const name of [...allocation.spares, ...allocation.retired]) backends.set(name, { name, lines: ['mode http'], servers: empty, serverOptions: () => '', sticky: false });
   const skeleton = [...lines];
-  for (const [name, servers] of [...backends].sort((a, b) => cmp(a[0], b[0]))) {
-    lines.push('', `backend ${name}`, '    mode http');
-    skeleton.push('', `backend ${name}`, '    mode http');
-    for (const srv of servers) lines.push(`    server ${srv.name} ${serverAddress(srv)}${srv.check ? ' check' : ''}`);
+  for (const [, b] of [...backends].sort((a, b) => (a[0] < b[0] ? -1 : 1))) {
+    lines.push(...renderBackend(b, true));
+    skeleton.push(...renderBackend(b, false));
   }
   lines.push('');
   skeleton.push('');
+  const maps = Object.fromEntries(MAP_NAMES.map((m) => [m, mapText(routes.maps[m])])) as Record<MapName, string>;
+  return { config: lines.join('\n'), maps, secrets: secrets.join('\n'), conflicts: routes.conflicts, backends, skeleton: skeleton.join('\n') };
+}
 
-  const mapText = (table: Map<string, Route>) =>
-    [...table]
-      .sort((a, b) => cmp(a[0], b[0]))
-      .map(([key, r]) => `${key} ${r.backend}\n`)
-      .join('');
-  return { config: lines.join('\n'), maps: { exact: mapText(exact), prefix: mapText(prefix) }, conflicts, backends, skeleton: skeleton.join('\n') };
+function bindLine(settings: RenderSettings, l: Listener): string {
+  const tls = l.ssl
+    ? ` ssl crt-list ${settings.crtList} alpn ${settings.enableH2 ? 'h2,http/1.1' : 'http/1.1'}${settings.caFile ? ` ca-file ${settings.caFile} verify optional` : ''}`
+    : '';
+  return `    bind *:${l.port}${tls}${l.options ? ` ${l.options}` : ''}`;
+}
+
+/** ACL names derive from the backend name, which is unique by construction (spec/types.ts backendName). */
+function aclConditions(r: AclRoute, acls: string[]): string {
+  const id = r.backend;
+  const conds: string[] = [];
+  const d = r.dest;
+  if (d.servicePath.length > 0 && !(d.pathType === 'path_beg' && d.servicePath.includes('/'))) {
+    // `--` ends HAProxy's ACL flags: no pattern can be taken for one.
+    acls.push(`    acl url_${id} ${d.pathType} -- ${d.servicePath.join(' ')}`);
+    conds.push(`url_${id}`);
+  }
+  if (d.servicePathExclude.length > 0) {
+    acls.push(`    acl exclude_${id} ${d.pathType} -- ${d.servicePathExclude.join(' ')}`);
+    conds.push(`!exclude_${id}`);
+  }
+  if (d.serviceDomain.length > 0) {
+    const exact = d.serviceDomain.filter((x) => !x.startsWith('*.'));
+    const wild = d.serviceDomain.filter((x) => x.startsWith('*.')).map((x) => x.slice(1));
+    const algo = r.spec.serviceDomainAlgo ?? 'hdr_beg(host)';
+    const fetch = algo === 'hdr(host)' ? 'str' : algo === 'hdr_beg(host)' ? 'beg' : algo === 'hdr_end(host)' ? 'end' : 'dom';
+    if (exact.length > 0) acls.push(`    acl domain_${id} var(${V.host}) -m ${fetch} -- ${exact.join(' ')}`);
+    if (wild.length > 0) acls.push(`    acl domain_${id} var(${V.host}) -m end -- ${wild.join(' ')}`);
+    conds.push(`domain_${id}`);
+  }
+  if (d.srcPort !== undefined) {
+    acls.push(`    acl srcport_${id} dst_port ${d.srcPort}`);
+    conds.push(`srcport_${id}`);
+  }
+  d.serviceHeader.forEach((h, i) => {
+    const c = h.indexOf(':');
+    acls.push(`    acl header_${id}_${i} req.hdr(${h.slice(0, c)}) -m str -- ${h.slice(c + 1)}`);
+    conds.push(`header_${id}_${i}`);
+  });
+  if (d.userAgent.length > 0) {
+    acls.push(`    acl agent_${id} req.hdr(User-Agent) -m sub -i -- ${d.userAgent.map(quote).join(' ')}`);
+    conds.push(`agent_${id}`);
+  }
+  return conds.join(' ');
+}
+
+function renderFrontend(settings: RenderSettings, routes: ReturnType<typeof buildRoutes>): string[] {
+  const file = (m: MapName) => `${settings.mapDir}/${MAP_FILES[m]}`;
+  const binds = settings.listeners.filter((l) => !l.ssl || settings.crtList !== undefined);
+  const out: string[] = [
+    // The original's frontend name: its stats row (`services,FRONTEND`) is what dashboards read.
+    'frontend services',
+    ...binds.map((l) => bindLine(settings, l)),
+    '    mode http',
+    '    option forwardfor',
+    '    http-request set-header X-Forwarded-Proto https if { ssl_fc }',
+    ...settings.extraFrontend.map((l) => `    ${l}`),
+    // The Host is normalised once: port stripped, lower case. The path keeps its case.
+    `    http-request set-var(${V.host}) req.hdr(host),field(1,:),lower`,
+    `    http-request set-var(${V.path}) path`,
+  ];
+  // Every lookup is rendered even while its map is empty: the frontend never changes with the
+  // routes, so any route change stays on the runtime path (an empty map lookup costs next to nothing).
+  out.push(
+      `    http-request set-var(${V.redirect}) var(${V.host}),map_str(${file('redirects')})`,
+      `    http-request redirect prefix %[ssl_fc,iif(https,http)]://%[var(${V.redirect})] code 301 if { var(${V.redirect}) -m found }`,
+  );
+  const hostLookups = [
+    `var(${V.host}),map_str(${file('hostsExact')})`,
+    `var(${V.host}),map_beg(${file('hostsPrefix')})`,
+    ...Array.from({ length: WILDCARD_DEPTH }, (_, i) => `var(${V.host}),field(${i + 2},.,0),map_str(${file('hostsWild')})`),
+    `var(${V.host}),map_dom(${file('hostsDom')})`,
+  ];
+  for (const [i, sample] of hostLookups.entries()) out.push(`    http-request set-var(${V.vhost}) ${sample}${i === 0 ? '' : ` if !{ var(${V.vhost}) -m found }`}`);
+  out.push(`    http-request set-var(${V.key}) var(${V.vhost}),concat(,${V.path},) if { var(${V.vhost}) -m found }`);
+
+  // Routes the maps cannot hold, in two groups around the map lookups.
+  const acls: string[] = [];
+  const rules = (stage: AclRoute['stage']) =>
+    routes.acl
+      .filter((r) => r.stage === stage)
+      .map((r) => {
+        const conds = aclConditions(r, acls);
+        return `    http-request set-var(${V.backend}) str(${r.backend}) if ${NOT_ROUTED}${conds ? ` ${conds}` : ''}`;
+      });
+  const conditional = rules('conditional');
+  const pattern = rules('pattern');
+  out.push(...acls, ...conditional);
+  out.push(
+    // ACME challenges (/.well-known/...) win over host-specific catch-alls, as in the original.
+    `    http-request set-var(${V.backend}) var(${V.path}),map_beg(${file('prefix')}) if ${NOT_ROUTED} { path_beg /.well-known/ }`,
+    `    http-request set-var(${V.backend}) var(${V.key}),map_str(${file('exact')}) if ${NOT_ROUTED} { var(${V.key}) -m found }`,
+    `    http-request set-var(${V.backend}) var(${V.key}),map_beg(${file('prefix')}) if ${NOT_ROUTED} { var(${V.key}) -m found }`,
+    `    http-request set-var(${V.backend}) var(${V.path}),map_str(${file('exact')}) if ${NOT_ROUTED}`,
+    `    http-request set-var(${V.backend}) var(${V.path}),map_beg(${file('prefix')}) if ${NOT_ROUTED}`,
+    // An excluded path of the chosen backend falls through to pattern routes and the catch-all.
+    `    http-request set-var(${V.exclude}) var(${V.backend}),concat(,${V.path},) if { var(${V.backend}) -m found }`,
+    `    http-request unset-var(${V.backend}) if { var(${V.exclude}),map_beg(${file('excludes')}) -m found }`,
+  );
+  out.push(...pattern);
+  if (routes.root) out.push(`    http-request set-var(${V.backend}) str(${routes.root.backend}) if ${NOT_ROUTED}`);
+  const flag = (f: string) => `{ var(${V.flags}) -m sub ,${f}, }`;
+  out.push(`    http-request set-var(${V.flags}) var(${V.backend}),map_str(${file('flags')}) if { var(${V.backend}) -m found }`);
+  for (const code of REDIRECT_CODES) out.push(`    http-request redirect scheme https code ${code} if !{ ssl_fc } ${flag(`https${code}`)}`);
+  out.push(
+    `    http-request deny deny_status 403 if !{ ssl_fc } ${flag('denyhttp')}`,
+    `    http-request redirect scheme https if ${flag('xfphttp')} { req.hdr(X-Forwarded-Proto) -i http }`,
+    `    http-request redirect scheme https if ${flag('xfpnothttps')} !{ req.hdr(X-Forwarded-Proto) -i https }`,
+    `    http-request deny deny_status 403 if ${flag('verifyclient')} !{ ssl_c_used }`,
+    `    http-request deny deny_status 403 if ${flag('verifyclient')} !{ ssl_c_verify 0 }`,
+  );
+  out.push(`    use_backend %[var(${V.backend})] if { var(${V.backend}) -m found }`);
+  return out;
 }

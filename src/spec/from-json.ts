@@ -1,38 +1,67 @@
 import { InvalidParamError } from '../errors.js';
-import { checkEnum, checkName, checkPath, MAX_ITEMS } from './grammar.js';
-import { type Destination, PATH_TYPES, type ServiceSpec } from './types.js';
+import { DEST_FIELDS, type FieldDef, fieldContext, SERVICE_FIELDS } from './fields.js';
+import { checkName } from './grammar.js';
+import type { Destination, PathType, ServiceSpec } from './types.js';
 
 /**
- * A ServiceSpec read back from shared storage (Consul KV), checked field by field with the same
- * grammar as a request: anyone with KV write access could have put it there, and it goes into
- * haproxy.cfg. Throws InvalidParamError naming the field.
+ * Specs as stored JSON (Consul KV), both ways, derived from the field table. Stored documents hold
+ * only the values that differ from a field's empty value, so they stay small at 10,000 services and
+ * a field added later reads back as its default. Reading checks every field with the same grammar as
+ * a request: anyone with KV write access could have written it, and it goes into haproxy.cfg.
  */
-export function specFromJson(raw: unknown): ServiceSpec {
+export function specFromJson(raw: unknown, separator = ','): ServiceSpec {
   const o = object(raw, 'spec');
-  const serviceName = checkName('serviceName', string(o.serviceName, 'serviceName'));
-  const aclName = checkName('aclName', string(o.aclName, 'aclName'));
-  const serviceColor = o.serviceColor === undefined ? undefined : checkName('serviceColor', string(o.serviceColor, 'serviceColor'));
-  if (typeof o.skipCheck !== 'boolean') throw new InvalidParamError('skipCheck', 'skipCheck must be a boolean');
+  const out: Record<string, unknown> = { serviceName: checkName('serviceName', str(o.serviceName, 'serviceName')) };
+  readFields(SERVICE_FIELDS, o, out, separator, 'path_beg');
+  out.aclName ??= out.serviceName;
   if (!Array.isArray(o.destinations) || o.destinations.length === 0 || o.destinations.length > 11) {
     throw new InvalidParamError('destinations', 'destinations must be a list of 1 to 11 entries');
   }
-  const destinations = o.destinations.map((d: unknown, i: number): Destination => {
+  out.destinations = o.destinations.map((d: unknown, i: number): Destination => {
     const dest = object(d, `destinations[${i}]`);
     const index = dest.index;
     if (typeof index !== 'number' || !Number.isInteger(index) || index < 0 || index > 10) throw new InvalidParamError('index', 'index must be 0..10');
-    const pathType = checkEnum('pathType', string(dest.pathType, 'pathType'), PATH_TYPES);
-    if (!Array.isArray(dest.servicePath) || dest.servicePath.length === 0 || dest.servicePath.length > MAX_ITEMS) {
-      throw new InvalidParamError('servicePath', 'servicePath must be a non-empty list');
-    }
-    const servicePath = dest.servicePath.map((p: unknown) => checkPath('servicePath', string(p, 'servicePath'), pathType));
     if (dest.reqMode !== 'http') throw new InvalidParamError('reqMode', 'reqMode must be http');
-    const port = dest.port;
-    if (port !== undefined && (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535)) {
-      throw new InvalidParamError('port', 'port must be 1..65535');
-    }
-    return { index, servicePath, pathType, reqMode: 'http', ...(port === undefined ? {} : { port }) };
+    const parsed: Record<string, unknown> = { index, reqMode: 'http' };
+    readFields(DEST_FIELDS, dest, parsed, separator, 'path_beg');
+    if ((parsed.servicePath as string[]).length === 0) throw new InvalidParamError('servicePath', 'servicePath must be a non-empty list');
+    return parsed as unknown as Destination;
   });
-  return { serviceName, aclName, ...(serviceColor === undefined ? {} : { serviceColor }), skipCheck: o.skipCheck, destinations };
+  return out as unknown as ServiceSpec;
+}
+
+function readFields(fields: readonly FieldDef[], from: Record<string, unknown>, to: Record<string, unknown>, separator: string, pathType: PathType): void {
+  let type = pathType;
+  for (const field of fields) {
+    const stored = from[field.name];
+    const value = stored === undefined ? field.empty : field.codec.check(field.name, stored, fieldContext(separator, type));
+    if (field.name === 'pathType') type = value as PathType;
+    if (value !== undefined) to[field.name] = value;
+  }
+}
+
+function isEmpty(field: FieldDef, value: unknown): boolean {
+  if (value === undefined) return true;
+  if (Array.isArray(value) && Array.isArray(field.empty)) return value.length === 0;
+  return value === field.empty;
+}
+
+function compact(fields: readonly FieldDef[], from: object): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  const source = from as Record<string, unknown>;
+  for (const field of fields) {
+    if (!isEmpty(field, source[field.name])) out[field.name] = source[field.name];
+  }
+  return out;
+}
+
+/** Canonical JSON of a spec: keys in table order, empty values left out, so equal specs give equal bytes. */
+export function specToJson(spec: ServiceSpec): string {
+  return JSON.stringify({
+    serviceName: spec.serviceName,
+    ...compact(SERVICE_FIELDS, spec),
+    destinations: [...spec.destinations].sort((a, b) => a.index - b.index).map((d) => ({ index: d.index, reqMode: d.reqMode, ...compact(DEST_FIELDS, d) })),
+  });
 }
 
 function object(v: unknown, what: string): Record<string, unknown> {
@@ -40,20 +69,7 @@ function object(v: unknown, what: string): Record<string, unknown> {
   return v as Record<string, unknown>;
 }
 
-function string(v: unknown, what: string): string {
+function str(v: unknown, what: string): string {
   if (typeof v !== 'string') throw new InvalidParamError(what, `${what} must be a string`);
   return v;
-}
-
-/** Canonical JSON of a spec: keys in a fixed order, so equal specs serialise to equal bytes. */
-export function specToJson(spec: ServiceSpec): string {
-  return JSON.stringify({
-    serviceName: spec.serviceName,
-    aclName: spec.aclName,
-    ...(spec.serviceColor === undefined ? {} : { serviceColor: spec.serviceColor }),
-    skipCheck: spec.skipCheck,
-    destinations: [...spec.destinations]
-      .sort((a, b) => a.index - b.index)
-      .map((d) => ({ index: d.index, servicePath: d.servicePath, pathType: d.pathType, ...(d.port === undefined ? {} : { port: d.port }), reqMode: d.reqMode })),
-  });
 }

@@ -98,3 +98,112 @@ export function splitList(parameter: string, value: string, separator: string): 
   if (items.length > MAX_ITEMS) throw new InvalidParamError(parameter, `${parameter} has more than ${MAX_ITEMS} items`);
   return items;
 }
+
+const DOMAIN = /^(\*\.?)?([a-z0-9]([a-z0-9-]{0,62})?\.)*[a-z0-9]([a-z0-9-]{0,62})?(:[0-9]{1,5})?$/;
+
+/**
+ * A serviceDomain / redirectFromDomain item: DNS labels, an optional leading `*.` wildcard and an
+ * optional `:port` (ignored: the Host header is matched without its port). Lower-cased, like the
+ * Host header before routing.
+ */
+export function checkDomain(parameter: string, value: string): string {
+  const v = value.toLowerCase();
+  if (v.length > 253 || !DOMAIN.test(v) || v === '*') {
+    throw new InvalidParamError(parameter, `${parameter} must be a host name like a.com or *.a.com (letters, digits, '-' and '.'); got ${describe(value)}`);
+  }
+  // `*a.com` (the original's form) and `*.a.com` both mean "ends with .a.com" here.
+  const host = v.replace(/:[0-9]+$/, '');
+  return host.startsWith('*') && !host.startsWith('*.') ? `*.${host.slice(1)}` : host;
+}
+
+const TOKEN = /^[A-Za-z0-9!%&*+.^_|~-]{1,100}$/;
+
+/** An HTTP header name (a token, without the characters HAProxy's config gives a meaning). */
+export function checkHeaderName(parameter: string, value: string): string {
+  if (!TOKEN.test(value)) throw new InvalidParamError(parameter, `${parameter}: ${describe(value)} is not a header name (letters, digits and -_.+!^|~&*%)`);
+  return value;
+}
+
+// Printable ASCII; the renderer quotes it. `env(` would let a request read the proxy's environment.
+const PRINTABLE = /^[\x20-\x7e]{1,512}$/;
+
+/** A header value for add/set rules: printable, may use HAProxy `%[...]` fetches except env(). */
+export function checkHeaderValue(parameter: string, value: string): string {
+  if (!PRINTABLE.test(value)) throw new InvalidParamError(parameter, `${parameter}: header values must be printable ASCII of at most 512 characters; got ${describe(value)}`);
+  if (/env\s*\(/i.test(value)) throw new InvalidParamError(parameter, `${parameter}: env() is not allowed in header values`);
+  return value;
+}
+
+/** `Name value` (add/set header rules). */
+export function checkHeaderItem(parameter: string, value: string): string {
+  const m = /^([^ ]+) (.+)$/.exec(value.trim());
+  if (!m?.[1] || !m[2]) throw new InvalidParamError(parameter, `${parameter} items must be "Name value"; got ${describe(value)}`);
+  return `${checkHeaderName(parameter, m[1])} ${checkHeaderValue(parameter, m[2])}`;
+}
+
+/** `Name:Value` (serviceHeader: the route needs the header with that value). */
+export function checkHeaderMatch(parameter: string, value: string): string {
+  const i = value.indexOf(':');
+  if (i <= 0) throw new InvalidParamError(parameter, `${parameter} items must be "Name:Value"; got ${describe(value)}`);
+  const name = checkHeaderName(parameter, value.slice(0, i).trim());
+  const v = value.slice(i + 1).trim();
+  if (!/^[\x21\x23-\x5b\x5d-\x7e][\x20\x21\x23-\x5b\x5d-\x7e]{0,255}$/.test(v)) {
+    throw new InvalidParamError(parameter, `${parameter}: header values to match must be printable, without quotes or backslashes; got ${describe(v)}`);
+  }
+  return `${name}:${v}`;
+}
+
+export function checkMethod(parameter: string, value: string): string {
+  if (!/^[A-Z]{1,20}$/.test(value)) throw new InvalidParamError(parameter, `${parameter}: ${describe(value)} is not an HTTP method (upper-case letters)`);
+  return value;
+}
+
+/** A User-Agent substring: printable, without quotes, backslashes or '$' (it is written quoted). */
+export function checkUserAgent(parameter: string, value: string): string {
+  if (!/^[\x20\x21\x23\x25-\x26\x28-\x5b\x5d-\x7e]{1,200}$/.test(value)) {
+    throw new InvalidParamError(parameter, `${parameter} must be printable, without quotes, '$' or backslashes; got ${describe(value)}`);
+  }
+  return value;
+}
+
+const USER = /^[A-Za-z0-9._-]{1,64}$/;
+// No whitespace, quotes, backslash, '$' or ',' (the list separator); the renderer quotes it anyway.
+const PASSWORD = /^[\x21\x23\x25-\x26\x28-\x2b\x2d-\x5b\x5d-\x7e]{1,256}$/;
+
+/** `name[:password]`. The password is secret: it is never part of an error message. */
+export function checkUser(parameter: string, value: string): string {
+  const i = value.indexOf(':');
+  const name = i < 0 ? value : value.slice(0, i);
+  if (!USER.test(name)) throw new InvalidParamError(parameter, `${parameter}: user names are letters, digits, '.', '_' and '-'; got ${describe(name)}`);
+  if (i >= 0 && !PASSWORD.test(value.slice(i + 1))) {
+    throw new InvalidParamError(parameter, `${parameter}: the password of ${name} is empty or has whitespace, quotes, '$', ',' or backslashes`);
+  }
+  return value;
+}
+
+// Regular expressions for regsub: REGEX without ',' (the pair separator), ':' (the pairs separator).
+const SEARCH = /^[\x21\x24-\x26\x28-\x2b\x2d-\x39\x3c-\x5b\x5d-\x7e]{1,256}$/;
+const REPLACE = /^[\x21\x24-\x26\x28-\x2b\x2d-\x39\x3c-\x5b\x5d-\x7e]{0,256}$/;
+
+/** A `search,replace` pair of reqPathSearchReplace; the replacement may be empty or use \1 refs. */
+export function checkSearchReplace(parameter: string, value: string): string {
+  const i = value.indexOf(',');
+  const search = i < 0 ? value : value.slice(0, i);
+  const replace = i < 0 ? '' : value.slice(i + 1);
+  const rep = replace.replace(/\\[0-9]/g, '');
+  if (!SEARCH.test(search) || search.startsWith('-') || !REPLACE.test(rep) || i < 0) {
+    throw new InvalidParamError(
+      parameter,
+      `${parameter} must be search,replace pairs joined by ':' (no whitespace, quotes, '#', ';' or backslashes except \\1..\\9 in the replacement); got ${describe(value)}`,
+    );
+  }
+  return value;
+}
+
+/** A MIME type for compressionType. */
+export function checkMime(parameter: string, value: string): string {
+  if (!/^[a-z0-9!#$&^_.+-]{1,64}\/[a-z0-9!#$&^_.+*-]{1,64}$/i.test(value) || value.includes('#') || value.includes('$')) {
+    throw new InvalidParamError(parameter, `${parameter} items must be MIME types like text/html; got ${describe(value)}`);
+  }
+  return value;
+}

@@ -1,103 +1,66 @@
 import { InvalidParamError, MissingParamError, NoRouteError, UnsupportedParamError } from '../errors.js';
-import { checkBool, checkEnum, checkInt, checkName, checkPath, splitList } from './grammar.js';
+import { checkBool, checkEnum, checkInt, checkName, describe } from './grammar.js';
+import { DEST_FIELD_NAMES, DEST_FIELDS, type FieldDef, fieldContext, NOT_YET, RAW_CONFIG, SERVICE_FIELDS } from './fields.js';
 import type { Params } from './params.js';
-import { type Destination, PATH_TYPES, REQ_MODES, type ServiceSpec } from './types.js';
+import { type Destination, type PathType, REQ_MODES, type ServiceSpec } from './types.js';
 
 export interface ParseOptions {
   readonly separator: string;
+  /** Whether a user named in `users` without a password gets one from usersSecret or USERS (F16). */
+  readonly passwordKnown?: (user: string, usersSecret: string | undefined) => boolean;
 }
 
 export type ReconfigureRequest =
   | {
       readonly kind: 'upsert';
       readonly spec: ServiceSpec;
-      readonly distribute: boolean;
       /** `servicePath` exactly as received, echoed in the response like the original. */
       readonly rawServicePath: string;
+      /** `serviceCert`: PEM content stored as a certificate named after the first domain (never echoed). */
+      readonly serviceCert?: { readonly name: string; readonly pem: string };
     }
-  | ({ readonly kind: 'remove' } & RemoveRequest);
-
-export interface RemoveRequest {
-  readonly serviceName: string;
-  readonly aclName?: string;
-  readonly distribute: boolean;
-}
-
-/** Per-destination parameters we implement; each may carry a `.N` index (1..10). */
-const DEST_PARAMS = new Set(['servicePath', 'pathType', 'port', 'reqMode']);
-/** Parameters that make a destination exist (the original's rule, §4.4). */
-const DEST_MARKERS = ['servicePath', 'port', 'serviceDomain', 'httpsPort'] as const;
+  | { readonly kind: 'remove'; readonly serviceName: string; readonly aclName?: string };
 
 /**
- * Known parameters of the original that this version does not implement yet. Ignoring them would
- * silently route differently (no auth, no TLS redirect, wrong host), so they are refused by name.
+ * How a change is carried out, the same for every endpoint that changes something: parsed in this
+ * one place. `distribute=true` (which the Swarm Listener always sends) and `wait=all` answer once
+ * every live replica has applied the change.
  */
-const NOT_YET = new Set([
-  'serviceDomain',
-  'servicePathExclude',
-  'srcPort',
-  'httpsPort',
-  'srcHttpsPort',
-  'httpsOnly',
-  'httpsRedirectCode',
-  'denyHttp',
-  'redirectFromDomain',
-  'redirectWhenHttpProto',
-  'redirectUnlessHttpsProto',
-  'users',
-  'usersSecret',
-  'usersPassEncrypted',
-  'ignoreAuthorization',
-  'addReqHeader',
-  'setReqHeader',
-  'delReqHeader',
-  'addResHeader',
-  'setResHeader',
-  'delResHeader',
-  'addHeader',
-  'setHeader',
-  'serviceHeader',
-  'userAgent',
-  'allowedMethods',
-  'deniedMethods',
-  'reqPathSearchReplace',
-  'reqPathSearch',
-  'reqPathReplace',
-  'outboundHostname',
-  'serviceCert',
-  'sessionType',
-  'timeoutServer',
-  'timeoutTunnel',
-  'timeoutClient',
-  'verifyClientSsl',
-  'checkTcp',
-  'clitcpka',
-  'isDefaultBackend',
-  'connectionMode',
-  'compressionAlgo',
-  'compressionType',
-  'serviceDomainAlgo',
-  'serviceDomainMatchAll',
-  'sslVerifyNone',
-  'serviceGroup',
-  'balanceGroup',
-  'discoveryType',
-]);
+export interface ChangeOptions {
+  readonly distribute: boolean;
+  readonly dryRun: boolean;
+  readonly waitAll: boolean;
+  /** `proxyInstanceName` as sent (FILTER_PROXY_INSTANCE_NAME compares it). */
+  readonly proxyInstanceName?: string;
+}
 
-/** Raw HAProxy configuration from a request: never accepted (config injection by design). */
-const RAW_CONFIG = new Set(['templateFePath', 'templateBePath', 'consulTemplateFePath', 'consulTemplateBePath', 'backendExtra']);
+export function parseChangeOptions(params: Params): ChangeOptions {
+  const distribute = flag(params, 'distribute');
+  const wait = params.get('wait');
+  if (wait !== undefined && wait !== 'all' && wait !== 'local') throw new InvalidParamError('wait', 'wait must be all or local');
+  const instance = params.get('proxyInstanceName');
+  return {
+    distribute,
+    dryRun: flag(params, 'dryRun'),
+    waitAll: wait === 'all' || (distribute && wait !== 'local'),
+    ...(instance === undefined ? {} : { proxyInstanceName: checkName('proxyInstanceName', instance) }),
+  };
+}
 
+export function flag(params: Params, name: string): boolean {
+  const raw = params.get(name);
+  return raw === undefined ? false : checkBool(name, raw);
+}
+
+/** Parameters that make a destination exist (the original's rule, §4.4). */
+const DEST_MARKERS = ['servicePath', 'port', 'serviceDomain', 'httpsPort'] as const;
 const INDEXED = /^([A-Za-z]+)\.([0-9]+)$/;
 
 function checkUnsupported(params: Params): void {
   for (const name of params.names()) {
     const base = INDEXED.exec(name)?.[1] ?? name;
-    if (RAW_CONFIG.has(base)) {
-      throw new UnsupportedParamError(name, `${name} is not supported: it would put raw configuration into HAProxy`);
-    }
-    if (NOT_YET.has(base)) {
-      throw new UnsupportedParamError(name, `${name} is not supported by this version yet; the service was not changed`);
-    }
+    if (RAW_CONFIG.has(base)) throw new UnsupportedParamError(name, `${name} is not supported: it would put raw configuration into HAProxy`);
+    if (NOT_YET.has(base)) throw new UnsupportedParamError(name, `${name} is not supported by this version yet; the service was not changed`);
   }
 }
 
@@ -108,59 +71,62 @@ function destinationIndexes(params: Params): number[] {
     const m = INDEXED.exec(name);
     if (!m) continue;
     const [, base = '', idx = ''] = m;
-    if (!DEST_PARAMS.has(base) && !NOT_YET.has(base)) continue; // unknown: ignored like the original
+    if (!DEST_FIELD_NAMES.has(base) && !NOT_YET.has(base) && base !== 'reqPathSearch' && base !== 'reqPathReplace') continue; // unknown: ignored
     const n = Number(idx);
-    if (!/^[1-9][0-9]?$/.test(idx) || n > 10) {
-      throw new InvalidParamError(name, `${name}: destination indexes run from 1 to 10`);
-    }
+    if (!/^[1-9][0-9]?$/.test(idx) || n > 10) throw new InvalidParamError(name, `${name}: destination indexes run from 1 to 10`);
     byIndex.set(n, [...(byIndex.get(n) ?? []), name]);
   }
   const exists = (n: number) => DEST_MARKERS.some((m) => params.has(`${m}.${n}`));
   const found: number[] = [];
   for (let n = 1; n <= 10 && exists(n); n++) found.push(n);
-  const last = found.length;
   for (const [n, names] of [...byIndex].sort((a, b) => a[0] - b[0])) {
-    if (n > last) {
+    if (n > found.length) {
       const first = [...names].sort()[0] ?? `servicePath.${n}`;
-      throw new InvalidParamError(
-        first,
-        `${first} has no destination ${n}: indexes must be consecutive from 1 and each needs servicePath.${n} or port.${n}`,
-      );
+      throw new InvalidParamError(first, `${first} has no destination ${n}: indexes must be consecutive from 1 and each needs servicePath.${n}, port.${n} or serviceDomain.${n}`);
     }
   }
   return found;
 }
 
+/** The value of a field for one destination: `name.N`, else `name`, else an alias. */
+function pick(params: Params, field: Pick<FieldDef, 'name' | 'aliases'>, index: number): [string, string | undefined] {
+  for (const base of [field.name, ...(field.aliases ?? [])]) {
+    const indexed = `${base}.${index}`;
+    if (index > 0 && params.has(indexed)) return [indexed, params.get(indexed)];
+    if (params.has(base)) return [base, params.get(base)];
+  }
+  return [field.name, undefined];
+}
+
 function parseDestination(params: Params, index: number, opts: ParseOptions): Destination {
-  // An indexed value falls back to the un-indexed one (the original's rule).
-  const pick = (base: string): [string, string | undefined] => {
-    const indexed = index > 0 ? `${base}.${index}` : base;
-    if (params.has(indexed)) return [indexed, params.get(indexed)];
-    return [base, params.get(base)];
-  };
-  const [modeName, modeRaw] = pick('reqMode');
+  const [modeName, modeRaw] = pick(params, { name: 'reqMode' }, index);
   const reqMode = modeRaw === undefined ? 'http' : checkEnum(modeName, modeRaw, REQ_MODES);
-  if (reqMode !== 'http') {
-    throw new UnsupportedParamError(modeName, `${modeName}=${reqMode} is not supported by this version yet; only http`);
+  if (reqMode !== 'http') throw new UnsupportedParamError(modeName, `${modeName}=${reqMode} is not supported by this version yet; only http`);
+  const out: Record<string, unknown> = { index, reqMode };
+  let pathType: PathType = 'path_beg';
+  for (const field of DEST_FIELDS) {
+    const [param, raw] = pick(params, field, index);
+    const value = raw === undefined ? field.empty : field.codec.parse(param, raw, fieldContext(opts.separator, pathType));
+    if (field.name === 'pathType') pathType = value as PathType;
+    if (value !== undefined) out[field.name] = value;
   }
-  const [typeName, typeRaw] = pick('pathType');
-  const pathType = typeRaw === undefined ? 'path_beg' : checkEnum(typeName, typeRaw, PATH_TYPES);
-  const [pathName, pathRaw] = pick('servicePath');
-  if (pathRaw === undefined) {
-    throw new NoRouteError(
-      index > 0 ? `servicePath.${index}` : 'servicePath',
-      `servicePath is required in http mode (serviceDomain-only routes are not supported yet)`,
-    );
+  // The deprecated pair becomes the first reqPathSearchReplace pair.
+  const [searchName, search] = pick(params, { name: 'reqPathSearch' }, index);
+  const [, replace] = pick(params, { name: 'reqPathReplace' }, index);
+  if (search !== undefined) {
+    const pair = DEST_FIELDS.find((f) => f.name === 'reqPathSearchReplace')?.codec.parse(searchName, `${search},${replace ?? ''}`, fieldContext(':')) as string[];
+    out.reqPathSearchReplace = [...pair, ...(out.reqPathSearchReplace as string[])];
   }
-  const servicePath = splitList(pathName, pathRaw, opts.separator).map((p) => checkPath(pathName, p, pathType));
-  const [portName, portRaw] = pick('port');
-  const dest: Destination = {
-    index,
-    servicePath: [...new Set(servicePath)],
-    pathType,
-    reqMode,
-    ...(portRaw === undefined ? {} : { port: checkInt(portName, portRaw, 1, 65535) }),
-  };
+  // An un-indexed httpsOnly=true applies to every destination (the original's rule).
+  if (params.has('httpsOnly') && checkBool('httpsOnly', params.get('httpsOnly') ?? '')) out.httpsOnly = true;
+  const dest = out as unknown as Destination;
+  if (dest.servicePath.length === 0) {
+    if (dest.serviceDomain.length === 0) {
+      throw new NoRouteError(index > 0 ? `servicePath.${index}` : 'servicePath', 'servicePath or serviceDomain is required in http mode');
+    }
+    // A domain without a path routes every path (the original's rule).
+    return { ...dest, servicePath: ['/'], pathType: 'path_beg' };
+  }
   return dest;
 }
 
@@ -169,38 +135,47 @@ export function parseReconfigure(params: Params, opts: ParseOptions): Reconfigur
   const rawName = params.get('serviceName');
   if (rawName === undefined) throw new MissingParamError('serviceName');
   const serviceName = checkName('serviceName', rawName);
-  const distributeRaw = params.get('distribute');
-  const distribute = distributeRaw === undefined ? false : checkBool('distribute', distributeRaw);
   const aclRaw = params.get('aclName');
   const aclName = aclRaw === undefined ? serviceName : checkName('aclName', aclRaw);
   const replicasRaw = params.get('replicas');
   // replicas=0 from the Swarm Listener means "scaled to zero": a remove (vfarcic#344).
   if (replicasRaw !== undefined && checkInt('replicas', replicasRaw, 0, 1_000_000) === 0) {
-    return { kind: 'remove', serviceName, distribute, ...(aclRaw === undefined ? {} : { aclName }) };
+    return { kind: 'remove', serviceName, ...(aclRaw === undefined ? {} : { aclName }) };
   }
   checkUnsupported(params);
-  const colorRaw = params.get('serviceColor');
-  const skipRaw = params.get('skipCheck');
+  const out: Record<string, unknown> = { serviceName };
+  for (const field of SERVICE_FIELDS) {
+    const [param, raw] = pick(params, field, 0);
+    const value = raw === undefined ? field.empty : field.codec.parse(param, raw, fieldContext(opts.separator));
+    if (value !== undefined) out[field.name] = value;
+  }
+  out.aclName = aclName;
   const indexes = destinationIndexes(params);
-  const destinations = indexes.length > 0 ? indexes.map((n) => parseDestination(params, n, opts)) : [parseDestination(params, 0, opts)];
-  const spec: ServiceSpec = {
-    serviceName,
-    aclName,
-    ...(colorRaw === undefined ? {} : { serviceColor: checkName('serviceColor', colorRaw) }),
-    skipCheck: skipRaw === undefined ? false : checkBool('skipCheck', skipRaw),
-    destinations,
+  out.destinations = indexes.length > 0 ? indexes.map((n) => parseDestination(params, n, opts)) : [parseDestination(params, 0, opts)];
+  const spec = out as unknown as ServiceSpec;
+  for (const user of spec.users) {
+    const [name = '', password] = user.split(/:(.*)/s);
+    if (password === undefined && opts.passwordKnown && !opts.passwordKnown(name, spec.usersSecret)) {
+      throw new InvalidParamError('users', `users: no password for ${describe(name)}: give name:password, or provide it through usersSecret or USERS`);
+    }
+  }
+  const cert = params.get('serviceCert');
+  return {
+    kind: 'upsert',
+    spec,
+    rawServicePath: params.get('servicePath') ?? '',
+    ...(cert === undefined ? {} : { serviceCert: { name: spec.destinations[0]?.serviceDomain[0] ?? serviceName, pem: cert.replace(/\\n/g, '\n') } }),
   };
-  return { kind: 'upsert', spec, distribute, rawServicePath: params.get('servicePath') ?? '' };
+}
+
+export interface RemoveRequest {
+  readonly serviceName: string;
+  readonly aclName?: string;
 }
 
 export function parseRemove(params: Params): RemoveRequest {
   const rawName = params.get('serviceName');
   if (rawName === undefined) throw new MissingParamError('serviceName');
   const aclRaw = params.get('aclName');
-  const distributeRaw = params.get('distribute');
-  return {
-    serviceName: checkName('serviceName', rawName),
-    ...(aclRaw === undefined ? {} : { aclName: checkName('aclName', aclRaw) }),
-    distribute: distributeRaw === undefined ? false : checkBool('distribute', distributeRaw),
-  };
+  return { serviceName: checkName('serviceName', rawName), ...(aclRaw === undefined ? {} : { aclName: checkName('aclName', aclRaw) }) };
 }

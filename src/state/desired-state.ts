@@ -1,6 +1,6 @@
 import type { Instance } from '../discovery/types.js';
 import { InvalidParamError } from '../errors.js';
-import type { ServiceState } from '../render/haproxy-config.js';
+import type { ServiceState } from './service-state.js';
 import { backendName, consulServiceName, type ServiceSpec } from '../spec/types.js';
 
 /**

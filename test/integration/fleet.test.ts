@@ -223,14 +223,18 @@ describe('upgrading in place from the original Docker Flow Proxy', () => {
     await put('go-demo/pathtype', 'path_beg');
     await put('go-demo/skipcheck', 'false');
     await put('service/go-demo', 'swarm');
-    // Domains are not supported yet: that service is skipped with a warning, not half-restored.
     await put('web/path', '/');
     await put('web/domain', 'example.com');
+    // A raw template cannot be imported: that service is skipped with a warning, not half-restored.
+    await put('tpl/path', '/tpl');
+    await put('tpl/consultemplatefepath', '/cfg/x.ctmpl');
     await registerLikeRegistrator(consul.address, { name: 'go-demo', container: 'go-demo.0', exposedPort: 8080, hostPort: backend.port });
     const p = await startProxy(consul.address, { CONSUL_WATCH_WAIT: '30' });
     try {
       assert.equal((await through(p, '/demo2/x')).instance, 'go-demo.0');
-      assert.deepEqual(Object.keys(JSON.parse((await callApi(p, 'config', { type: 'json' })).text) as object), ['go-demo']);
+      const model = JSON.parse((await callApi(p, 'config', { type: 'json' })).text) as Record<string, { ServiceDest: { ServiceDomain: string[] }[] }>;
+      assert.deepEqual(Object.keys(model), ['go-demo', 'web']);
+      assert.deepEqual(model.web?.ServiceDest[0]?.ServiceDomain, ['example.com'], 'the legacy domain key is read');
       const migrated = await fetch(`${consul.address}/v1/kv/docker-flow/_dfp/services/go-demo`);
       assert.equal(migrated.status, 200, 'written in the new layout');
       assert.equal((await callApi(p, 'remove', { serviceName: 'go-demo' })).status, 200);

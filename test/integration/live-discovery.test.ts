@@ -127,7 +127,7 @@ describe('live discovery and the runtime fast path', () => {
     assert.ok((runtime.body.Commands as string[]).some((c) => /^add server dfp-spare-\d+\/host1_dry\.0_8080_\w+ 127\.0\.0\.1:\d+ check$/.test(c)));
     const reload = await callApi(proxy, 'reconfigure', { serviceName: 'dry', servicePath: '^/dry', pathType: 'path_reg', dryRun: 'true' });
     assert.equal(reload.body.ApplyKind, 'reload');
-    assert.match(String(reload.body.Diff), /^\+ {4}acl url_dry_0 path_reg -- \^\/dry$/m);
+    assert.match(String(reload.body.Diff), /^\+ {4}acl url_dry-be_0 path_reg -- \^\/dry$/m);
     const removal = await callApi(proxy, 'remove', { serviceName: 'checked', dryRun: 'true' });
     assert.equal(removal.body.ApplyKind, 'runtime');
     assert.match(String(removal.body.Diff), /^-\/checked /m);

@@ -109,9 +109,13 @@ describe('validation: bad and hostile input changes nothing', () => {
     await expectRejected('serviceName=demo&servicePath=/x&servicePath=/y', 400, 'servicePath');
     await expectRejected('serviceName=demo&servicePath=/a,,/b', 400, 'servicePath');
     await expectRejected('serviceName=demo&servicePath=x', 400, 'servicePath');
-    // Known parameters of the full routing set are refused by name, not silently ignored.
-    await expectRejected('serviceName=demo&servicePath=/x&users=ops:pw', 400, 'users', 'DFP_ERR_UNSUPPORTED_PARAM');
-    await expectRejected('serviceName=demo&servicePath=/x&serviceDomain=a.com', 400, 'serviceDomain', 'DFP_ERR_UNSUPPORTED_PARAM');
+    await expectRejected('serviceName=demo&servicePath=/x&httpsOnly=yes', 400, 'httpsOnly');
+    await expectRejected('serviceName=demo&servicePath=/x&httpsRedirectCode=200', 400, 'httpsRedirectCode');
+    await expectRejected('serviceName=demo&servicePath=/x&connectionMode=forceclose', 400, 'connectionMode');
+    // F16: a user without a password, and no USERS or usersSecret to give one.
+    await expectRejected('serviceName=demo&servicePath=/x&users=ghost', 400, 'users');
+    // Known parameters of the original this version does not implement are refused by name, not ignored.
+    await expectRejected('serviceName=demo&servicePath=/x&outboundHostname=a.com', 400, 'outboundHostname', 'DFP_ERR_UNSUPPORTED_PARAM');
   });
 
   it('another service may not take an aclName that is in use', async () => {

@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { DfpError } from '../../src/errors.js';
 import { Params } from '../../src/spec/params.js';
-import { parseReconfigure, parseRemove } from '../../src/spec/parse.js';
+import { parseChangeOptions, parseReconfigure, parseRemove } from '../../src/spec/parse.js';
+import { spec } from '../helpers/specs.js';
 
 const opts = { separator: ',' };
 const parse = (q: string, o = opts) => parseReconfigure(new Params(new URLSearchParams(q)), o);
@@ -20,12 +21,7 @@ describe('reconfigure parameters', () => {
     const r = parse('serviceName=books-ms&servicePath=/api/v1/books');
     assert.equal(r.kind, 'upsert');
     if (r.kind !== 'upsert') return;
-    assert.deepEqual(r.spec, {
-      serviceName: 'books-ms',
-      aclName: 'books-ms',
-      skipCheck: false,
-      destinations: [{ index: 0, servicePath: ['/api/v1/books'], pathType: 'path_beg', reqMode: 'http' }],
-    });
+    assert.deepEqual(r.spec, spec({ serviceName: 'books-ms', destinations: [{ servicePath: ['/api/v1/books'] }] }));
     assert.equal(r.rawServicePath, '/api/v1/books');
   });
 
@@ -64,7 +60,7 @@ describe('reconfigure parameters', () => {
   it('booleans take exactly Go ParseBool spellings (F3)', () => {
     for (const v of ['1', 't', 'T', 'TRUE', 'true', 'True']) assert.ok(parse(`serviceName=a&servicePath=/x&skipCheck=${v}`).kind === 'upsert');
     rejects('serviceName=a&servicePath=/x&skipCheck=yes', 'DFP_ERR_INVALID_PARAM', 'skipCheck');
-    rejects('serviceName=a&servicePath=/x&distribute=on', 'DFP_ERR_INVALID_PARAM', 'distribute');
+    assert.throws(() => parseChangeOptions(new Params(new URLSearchParams('distribute=on'))), (e: unknown) => e instanceof DfpError && e.parameter === 'distribute');
   });
 
   it('integers: digits only, within range', () => {
@@ -75,7 +71,7 @@ describe('reconfigure parameters', () => {
   });
 
   it('replicas=0 is a remove, before any other validation', () => {
-    assert.deepEqual(parse('serviceName=a&replicas=0&users=x'), { kind: 'remove', serviceName: 'a', distribute: false });
+    assert.deepEqual(parse('serviceName=a&replicas=0&users=x'), { kind: 'remove', serviceName: 'a' });
     assert.equal(parse('serviceName=a&servicePath=/x&replicas=3').kind, 'upsert');
   });
 
@@ -97,13 +93,13 @@ describe('reconfigure parameters', () => {
 
   it('raw configuration and not-yet-supported routing parameters are refused by name', () => {
     rejects('serviceName=a&servicePath=/x&consulTemplateFePath=/t', 'DFP_ERR_UNSUPPORTED_PARAM', 'consulTemplateFePath');
-    rejects('serviceName=a&servicePath=/x&httpsOnly=true', 'DFP_ERR_UNSUPPORTED_PARAM', 'httpsOnly');
-    rejects('serviceName=a&servicePath.1=/x&serviceDomain.1=a.com', 'DFP_ERR_UNSUPPORTED_PARAM', 'serviceDomain.1');
+    rejects('serviceName=a&servicePath=/x&outboundHostname=a.com', 'DFP_ERR_UNSUPPORTED_PARAM', 'outboundHostname');
+    rejects('serviceName=a&servicePath.1=/x&httpsPort.1=443', 'DFP_ERR_UNSUPPORTED_PARAM', 'httpsPort.1');
     rejects('serviceName=a&servicePath=/x&reqMode=tcp', 'DFP_ERR_UNSUPPORTED_PARAM', 'reqMode');
   });
 
   it('remove needs serviceName; aclName is optional', () => {
-    assert.deepEqual(parseRemove(new Params([['serviceName', 'a']])), { serviceName: 'a', distribute: false });
+    assert.deepEqual(parseRemove(new Params([['serviceName', 'a']])), { serviceName: 'a' });
     assert.throws(() => parseRemove(new Params([])), (e: unknown) => e instanceof DfpError && e.parameter === 'serviceName');
     assert.throws(() => parseRemove(new Params([['serviceName', '../x']])), (e: unknown) => e instanceof DfpError && e.code === 'DFP_ERR_INVALID_PARAM');
   });

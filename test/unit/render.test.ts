@@ -3,7 +3,9 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { MAP_FILES, type RenderedConfig, type RenderSettings, renderConfig, type ServiceState, serverName } from '../../src/render/haproxy-config.js';
+import { MAP_FILES, MAP_NAMES, type RenderedConfig, type RenderSettings, renderConfig, serverName } from '../../src/render/haproxy-config.js';
+import type { ServiceState } from '../../src/state/service-state.js';
+import { spec } from '../helpers/specs.js';
 import { PROJECT_ROOT } from '../../src/util/project.js';
 import { tempDir } from '../helpers/harness.js';
 
@@ -14,7 +16,21 @@ import { tempDir } from '../helpers/harness.js';
 const GOLDEN_DIR = path.join(PROJECT_ROOT, 'test/golden');
 
 const SETTINGS: RenderSettings = {
-  bindPorts: [80],
+  listeners: [
+    { port: 80, ssl: false, options: '' },
+    { port: 443, ssl: true, options: '' },
+  ],
+  serviceDomainAlgo: 'hdr_beg(host)',
+  httpsOnly: false,
+  users: [],
+  usersPassEncrypted: false,
+  userSecrets: new Map(),
+  crtList: undefined,
+  enableH2: true,
+  caFile: undefined,
+  extraGlobal: [],
+  extraFrontend: [],
+  compression: { algo: [], type: [] },
   timeouts: { connect: 5, client: 20, server: 20, queue: 30, tunnel: 3600, httpRequest: 5, httpKeepAlive: 15 },
   connectionMode: 'http-keep-alive',
   maxconn: 4000,
@@ -30,54 +46,88 @@ const FIXTURES: Record<string, { settings?: Partial<RenderSettings>; services: S
   walkthrough: {
     services: [
       {
-        spec: { serviceName: 'books-ms', aclName: 'books-ms', skipCheck: false, destinations: [{ index: 0, servicePath: ['/api/v1/books'], pathType: 'path_beg', reqMode: 'http' }] },
+        spec: spec({ serviceName: 'books-ms', skipCheck: false, destinations: [{ servicePath: ['/api/v1/books'], pathType: 'path_beg' }] }),
         instances: [inst('node-b:books-ms.1:8080', 32771, '10.0.1.12'), inst('node-a:books-ms.0:8080', 32768), inst('node-c:books-ms.2:8080', 32770, '10.0.1.13')],
       },
     ],
   },
   mixed: {
-    settings: { bindPorts: [80, 8080], connectionMode: 'http-server-close', debug: true },
+    settings: { listeners: [{ port: 80, ssl: false, options: '' }, { port: 8080, ssl: false, options: '' }], connectionMode: 'http-server-close', debug: true },
     services: [
       {
-        spec: { serviceName: 'web', aclName: 'web', skipCheck: false, destinations: [{ index: 0, servicePath: ['/'], pathType: 'path_beg', reqMode: 'http' }] },
+        spec: spec({ serviceName: 'web', skipCheck: false, destinations: [{ servicePath: ['/'], pathType: 'path_beg' }] }),
         instances: [inst('h:web.0:80', 31000)],
       },
       {
-        spec: { serviceName: 'acme', aclName: 'acme', skipCheck: true, destinations: [{ index: 0, servicePath: ['/.well-known/acme-challenge'], pathType: 'path_beg', reqMode: 'http' }] },
+        spec: spec({ serviceName: 'acme', skipCheck: true, destinations: [{ servicePath: ['/.well-known/acme-challenge'], pathType: 'path_beg' }] }),
         instances: [inst('h:acme.0:80', 31001, 'fd00::5')],
       },
       {
-        spec: {
+        spec: spec({
           serviceName: 'api',
-          aclName: 'api',
           serviceColor: 'blue',
-          skipCheck: false,
           destinations: [
-            { index: 1, servicePath: ['/api/v1', '/api/v2'], pathType: 'path_beg', port: 8080, reqMode: 'http' },
-            { index: 2, servicePath: ['/health'], pathType: 'path', port: 8081, reqMode: 'http' },
+            { index: 1, servicePath: ['/api/v1', '/api/v2'], pathType: 'path_beg', port: 8080 },
+            { index: 2, servicePath: ['/health'], pathType: 'path', port: 8081 },
           ],
-        },
+        }),
         instances: [inst('h:api.0:8080', 31002)],
       },
       {
-        spec: { serviceName: 'items', aclName: 'items', skipCheck: false, destinations: [{ index: 0, servicePath: ['^/v[0-9]+/items'], pathType: 'path_reg', reqMode: 'http' }] },
+        spec: spec({ serviceName: 'items', destinations: [{ servicePath: ['^/v[0-9]+/items'], pathType: 'path_reg' }] }),
         instances: [],
       },
       {
-        spec: { serviceName: 'json', aclName: 'json', skipCheck: false, destinations: [{ index: 0, servicePath: ['.json'], pathType: 'path_end', reqMode: 'http' }] },
+        spec: spec({ serviceName: 'json', skipCheck: false, destinations: [{ servicePath: ['.json'], pathType: 'path_end' }] }),
         instances: [inst('h:json.0:80', 31003)],
       },
       {
         // Claims /api/v1 too, but orders after `api`: the first by aclName wins, as in the original.
-        spec: { serviceName: 'zz-api', aclName: 'zz-api', skipCheck: false, destinations: [{ index: 0, servicePath: ['/api/v1', '/zz'], pathType: 'path_beg', reqMode: 'http' }] },
+        spec: spec({ serviceName: 'zz-api', skipCheck: false, destinations: [{ servicePath: ['/api/v1', '/zz'], pathType: 'path_beg' }] }),
         instances: [inst('h:zz.0:80', 31004)],
+      },
+    ],
+  },
+  http: {
+    settings: { users: ['admin:pw'], httpsOnly: false, crtList: '/var/lib/dfp/crt-list.txt', extraFrontend: ['capture request header Host len 40'] },
+    services: [
+      {
+        // Two services on / under different domains, a wildcard, a redirect and an exclusion.
+        spec: spec({ serviceName: 'shop', users: ['ops:s3cret'], destinations: [{ servicePath: ['/'], serviceDomain: ['shop.a.com'], redirectFromDomain: ['old.shop.a.com'] }] }),
+        instances: [inst('h:shop.0:80', 31010)],
+      },
+      {
+        spec: spec({
+          serviceName: 'blog',
+          serviceDomainAlgo: 'hdr(host)',
+          addReqHeader: ['X-Seen yes'],
+          setResHeader: ['X-Frame-Options "DENY" $x'],
+          delReqHeader: ['X-Debug'],
+          destinations: [{ servicePath: ['/'], serviceDomain: ['blog.a.com', '*.blog.b.com'], httpsOnly: true, httpsRedirectCode: 301, servicePathExclude: ['/admin'] }],
+        }),
+        instances: [inst('h:blog.0:80', 31011)],
+      },
+      {
+        spec: spec({
+          serviceName: 'app',
+          sessionType: 'sticky-server',
+          connectionMode: 'http-server-close',
+          isDefaultBackend: true,
+          destinations: [
+            { index: 1, servicePath: ['/app'], userAgent: ['iPhone', 'Mobile Safari'], allowedMethods: ['GET', 'HEAD'] },
+            { index: 2, servicePath: ['/app'], reqPathSearchReplace: ['^/app/(.*),/\\1'], timeoutServer: 60, deniedMethods: ['DELETE'], ignoreAuthorization: true },
+            { index: 3, servicePath: ['/hdr'], serviceHeader: ['X-Version:2'], srcPort: 80, denyHttp: true, sslVerifyNone: true },
+          ],
+        }),
+        instances: [inst('h:app.0:80', 31012), inst('h:app.1:80', 31013)],
       },
     ],
   },
 };
 
 function serialise(r: RenderedConfig): string {
-  return `${r.config}\n### ${MAP_FILES.exact}\n${r.maps.exact}### ${MAP_FILES.prefix}\n${r.maps.prefix}### conflicts\n${r.conflicts.map((c) => `${c.route} ${c.winner} > ${c.loser}\n`).join('')}`;
+  const maps = MAP_NAMES.filter((m) => r.maps[m] !== '').map((m) => `### ${MAP_FILES[m]}\n${r.maps[m]}`);
+  return `${r.config}\n${maps.join('')}### userlists.cfg\n${r.secrets}\n### conflicts\n${r.conflicts.map((c) => `${c.route} ${c.winner} > ${c.loser}\n`).join('')}`;
 }
 
 describe('renderer golden files', () => {
@@ -113,12 +163,21 @@ describe('renderer golden files', () => {
   it('every golden config passes haproxy -c', () => {
     for (const [name, fixture] of Object.entries(FIXTURES)) {
       const dir = tempDir();
-      const r = renderConfig({ ...SETTINGS, ...fixture.settings, mapDir: dir, adminSocket: path.join(dir, 'admin.sock') }, fixture.services);
-      writeFileSync(path.join(dir, MAP_FILES.exact), r.maps.exact);
-      writeFileSync(path.join(dir, MAP_FILES.prefix), r.maps.prefix);
+      let crtList: string | undefined;
+      if (fixture.settings?.crtList) {
+        // A real certificate: HAProxy loads the crt-list while checking.
+        const pem = path.join(dir, 'a.pem');
+        execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=shop.a.com', '-days', '2', '-keyout', pem, '-out', `${pem}.crt`], { stdio: 'pipe' });
+        writeFileSync(pem, readFileSync(`${pem}.crt`, 'utf8') + readFileSync(pem, 'utf8'));
+        crtList = path.join(dir, 'crt-list.txt');
+        writeFileSync(crtList, `${pem}\n`);
+      }
+      const r = renderConfig({ ...SETTINGS, ...fixture.settings, ...(crtList ? { crtList } : {}), mapDir: dir, adminSocket: path.join(dir, 'admin.sock') }, fixture.services);
+      for (const m of MAP_NAMES) writeFileSync(path.join(dir, MAP_FILES[m]), r.maps[m]);
       writeFileSync(path.join(dir, 'haproxy.cfg'), r.config);
+      writeFileSync(path.join(dir, 'userlists.cfg'), r.secrets);
       try {
-        execFileSync(process.env.HAPROXY_BIN ?? 'haproxy', ['-c', '-f', path.join(dir, 'haproxy.cfg')], { stdio: 'pipe' });
+        execFileSync(process.env.HAPROXY_BIN ?? 'haproxy', ['-c', '-f', path.join(dir, 'haproxy.cfg'), '-f', path.join(dir, 'userlists.cfg')], { stdio: 'pipe' });
       } catch (err) {
         assert.fail(`${name}: haproxy -c failed: ${String((err as { stderr?: Buffer }).stderr ?? err)}`);
       }

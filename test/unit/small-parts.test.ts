@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
+import { spec as makeSpec } from '../helpers/specs.js';
 import { loadSettings } from '../../src/config/settings.js';
 import type { ConsulClient } from '../../src/consul/client.js';
 import { ConsulInstanceSource } from '../../src/consul/instances.js';
@@ -68,7 +69,9 @@ describe('settings from the environment', () => {
     for (const [k, v] of [
       ['PORT', 'abc'],
       ['DEFAULT_PORTS', '80:tls'],
-      ['DEFAULT_PORTS', '443:ssl'],
+      ['DEFAULT_PORTS', '443:tls'],
+      ['SERVICE_DOMAIN_ALGO', 'hdr_sub(host)'],
+      ['CA_FILE', '/tmp/a b'],
       ['TIMEOUT_CLIENT', 'abc'],
       ['STATE_DIR', '/tmp/with space'],
       ['CONNECTION_MODE', 'forceclose'],
@@ -80,12 +83,7 @@ describe('settings from the environment', () => {
 });
 
 describe('desired state', () => {
-  const spec = (name: string, acl = name, path = `/${name}`): ServiceSpec => ({
-    serviceName: name,
-    aclName: acl,
-    skipCheck: false,
-    destinations: [{ index: 0, servicePath: [path], pathType: 'path_beg', reqMode: 'http' }],
-  });
+  const spec = (name: string, acl = name, path = `/${name}`): ServiceSpec => makeSpec({ serviceName: name, aclName: acl, destinations: [{ servicePath: [path] }] });
   const one = [{ id: 'i1', address: '127.0.0.1', port: 1 }];
 
   it('changes return new values and leave the old one untouched', () => {

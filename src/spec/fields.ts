@@ -1,0 +1,293 @@
+import { InvalidParamError } from '../errors.js';
+import {
+  checkBool,
+  checkDomain,
+  checkEnum,
+  checkHeaderItem,
+  checkHeaderMatch,
+  checkHeaderName,
+  checkInt,
+  checkMethod,
+  checkMime,
+  checkName,
+  checkPath,
+  checkSearchReplace,
+  checkUser,
+  checkUserAgent,
+  describe,
+  MAX_ITEMS,
+  splitList,
+} from './grammar.js';
+import {
+  COMPRESSION_ALGOS,
+  CONNECTION_MODES,
+  DOMAIN_ALGOS,
+  type Destination,
+  PATH_TYPES,
+  type PathType,
+  REDIRECT_CODES,
+  type ServiceSpec,
+} from './types.js';
+
+/**
+ * The one definition of every spec field. Parsing a request, reading and writing the stored JSON,
+ * the response model, the legacy KV import and the docs table all come from this table, so a new
+ * parameter touches this table, the renderer and a test.
+ */
+
+/** What a codec may look at: the list separator and the fields of the same level parsed before it. */
+export interface FieldContext {
+  readonly separator: string;
+  readonly pathType: PathType;
+}
+
+/** The grammar of one field: from a request string, and from stored JSON (anyone with KV write could have put it there). */
+export interface Codec<T> {
+  /** Grammar, as the docs table shows it. */
+  readonly grammar: string;
+  parse(parameter: string, raw: string, ctx: FieldContext): T;
+  check(parameter: string, stored: unknown, ctx: FieldContext): T;
+}
+
+export interface FieldDef<K extends string = string> {
+  readonly name: K;
+  readonly codec: Codec<unknown>;
+  /** Value when absent; undefined leaves the field out of the spec. */
+  readonly empty: unknown;
+  /** The original's response / `config?type=json` name. */
+  readonly response: string;
+  /** What the response shows; secret fields show a redacted form. Default: the value itself. */
+  readonly show?: (value: unknown) => unknown;
+  readonly secret?: boolean;
+  /** Key under `<instance>/<service>/` in the original's per-attribute KV layout. */
+  readonly legacyKey?: string;
+  /** Older parameter names read when this one is absent. */
+  readonly aliases?: readonly string[];
+  readonly doc: string;
+}
+
+// --- codecs ------------------------------------------------------------------------------------
+
+const name: Codec<string> = {
+  grammar: 'name: `[A-Za-z0-9][A-Za-z0-9_.-]*`',
+  parse: (p, raw) => checkName(p, raw),
+  check: (p, v) => checkName(p, str(p, v)),
+};
+
+const bool: Codec<boolean> = {
+  grammar: 'boolean: `true`/`false` (Go spellings `1 t T TRUE True 0 f F FALSE False`)',
+  parse: (p, raw) => checkBool(p, raw),
+  check: (p, v) => {
+    if (typeof v !== 'boolean') throw new InvalidParamError(p, `${p} must be a boolean`);
+    return v;
+  },
+};
+
+function int(min: number, max: number, what = 'integer'): Codec<number> {
+  return {
+    grammar: `${what} ${min}–${max}`,
+    parse: (p, raw) => checkInt(p, raw, min, max),
+    check: (p, v) => {
+      if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new InvalidParamError(p, `${p} must be an integer between ${min} and ${max}`);
+      return v;
+    },
+  };
+}
+
+function oneOf<T extends string | number>(values: readonly T[]): Codec<T> {
+  const asText = values.map(String);
+  return {
+    grammar: `one of ${asText.map((v) => `\`${v}\``).join(', ')}`,
+    parse: (p, raw) => values[asText.indexOf(checkEnum(p, raw, asText))] as T,
+    check: (p, v) => {
+      if (!(values as readonly unknown[]).includes(v)) throw new InvalidParamError(p, `${p} must be one of ${asText.join(', ')}`);
+      return v as T;
+    },
+  };
+}
+
+/** A list split on SEPARATOR (or a fixed separator), each item through `item`; duplicates collapse. */
+function list(grammar: string, item: (p: string, s: string, ctx: FieldContext) => string, fixedSeparator?: string): Codec<readonly string[]> {
+  return {
+    grammar: `list of ${grammar}${fixedSeparator ? ` joined by \`${fixedSeparator}\`` : ''}`,
+    parse: (p, raw, ctx) => [...new Set(splitList(p, raw, fixedSeparator ?? ctx.separator).map((s) => item(p, s, ctx)))],
+    check: (p, v, ctx) => {
+      if (!Array.isArray(v) || v.length > MAX_ITEMS) throw new InvalidParamError(p, `${p} must be a list of at most ${MAX_ITEMS} items`);
+      return v.map((s) => item(p, str(p, s), ctx));
+    },
+  };
+}
+
+function str(p: string, v: unknown): string {
+  if (typeof v !== 'string') throw new InvalidParamError(p, `${p} must be a string`);
+  return v;
+}
+
+const paths = list('paths (grammar by `pathType`)', (p, s, ctx) => checkPath(p, s, ctx.pathType));
+
+// --- the table ---------------------------------------------------------------------------------
+
+type ServiceField = Exclude<keyof ServiceSpec, 'destinations' | 'serviceName'>;
+type DestField = Exclude<keyof Destination, 'index' | 'reqMode'>;
+
+const showUsers = (v: unknown) => (v as string[]).map((u) => ({ Username: u.split(':')[0] ?? '' }));
+const showOptional = (v: unknown) => (v === undefined ? '' : String(v));
+
+/** Service-level fields, in the order they are parsed and stored. */
+export const SERVICE_FIELDS: readonly FieldDef<ServiceField>[] = [
+  { name: 'aclName', codec: name, empty: undefined, response: 'AclName', doc: 'Names the ACLs and backends and orders pattern rules; default `serviceName`.' },
+  {
+    name: 'serviceColor',
+    codec: name,
+    empty: undefined,
+    response: 'ServiceColor',
+    show: showOptional,
+    legacyKey: 'color',
+    doc: 'Blue/green: instances come from the Consul service `<serviceName>-<serviceColor>`; names stay those of `serviceName`.',
+  },
+  { name: 'skipCheck', codec: bool, empty: false, response: 'SkipCheck', legacyKey: 'skipcheck', doc: 'No HAProxy health check on the servers (Consul still filters by health).' },
+  {
+    name: 'serviceDomainAlgo',
+    codec: oneOf(DOMAIN_ALGOS),
+    empty: undefined,
+    response: 'ServiceDomainAlgo',
+    show: showOptional,
+    doc: 'How `serviceDomain` matches the Host: exact `hdr(host)`, prefix `hdr_beg(host)`, suffix `hdr_end(host)`, domain `hdr_dom(host)`; default `SERVICE_DOMAIN_ALGO`.',
+  },
+  {
+    name: 'users',
+    codec: list('`name[:password]`', checkUser),
+    empty: [],
+    response: 'Users',
+    show: showUsers,
+    secret: true,
+    doc: 'Basic auth for this service. A user without a password takes it from `usersSecret`, else from `USERS`. Passwords are never shown.',
+  },
+  { name: 'usersPassEncrypted', codec: bool, empty: false, response: 'UsersPassEncrypted', doc: 'Passwords in `users` are crypt(3) hashes.' },
+  { name: 'usersSecret', codec: name, empty: undefined, response: 'UsersSecret', show: showOptional, doc: 'Users from the file `dfp_users_<usersSecret>` in `SECRETS_DIR`.' },
+  {
+    name: 'addReqHeader',
+    codec: list('`Name value`', checkHeaderItem),
+    empty: [],
+    response: 'AddReqHeader',
+    aliases: ['addHeader'],
+    doc: '`http-request add-header` rules; values may use HAProxy `%[...]` fetches (not `env()`).',
+  },
+  { name: 'setReqHeader', codec: list('`Name value`', checkHeaderItem), empty: [], response: 'SetReqHeader', aliases: ['setHeader'], doc: '`http-request set-header` rules.' },
+  { name: 'delReqHeader', codec: list('header names', checkHeaderName), empty: [], response: 'DelReqHeader', doc: '`http-request del-header` rules.' },
+  { name: 'addResHeader', codec: list('`Name value`', checkHeaderItem), empty: [], response: 'AddResHeader', doc: '`http-response add-header` rules.' },
+  { name: 'setResHeader', codec: list('`Name value`', checkHeaderItem), empty: [], response: 'SetResHeader', doc: '`http-response set-header` rules.' },
+  { name: 'delResHeader', codec: list('header names', checkHeaderName), empty: [], response: 'DelResHeader', doc: '`http-response del-header` rules.' },
+  { name: 'isDefaultBackend', codec: bool, empty: false, response: 'IsDefaultBackend', doc: 'Requests no route matches go to this service instead of a 503.' },
+  { name: 'redirectWhenHttpProto', codec: bool, empty: false, response: 'RedirectWhenHttpProto', doc: 'Redirect to https when `X-Forwarded-Proto` is `http` (behind a TLS-terminating balancer).' },
+  { name: 'redirectUnlessHttpsProto', codec: bool, empty: false, response: 'RedirectUnlessHttpsProto', doc: 'Redirect to https unless `X-Forwarded-Proto` is `https`.' },
+  {
+    name: 'connectionMode',
+    codec: oneOf(CONNECTION_MODES),
+    empty: undefined,
+    response: 'ConnectionMode',
+    show: showOptional,
+    doc: '`option <mode>` in the backend. `forceclose` and `http-tunnel` (gone from HAProxy 2.x) are refused.',
+  },
+  { name: 'compressionAlgo', codec: list('of `identity`, `gzip`, `deflate`, `raw-deflate`', (p, s) => checkEnum(p, s, COMPRESSION_ALGOS)), empty: [], response: 'CompressionAlgo', doc: 'Per-service compression algorithms.' },
+  { name: 'compressionType', codec: list('MIME types', checkMime), empty: [], response: 'CompressionType', doc: 'MIME types to compress.' },
+  {
+    name: 'sessionType',
+    codec: oneOf(['sticky-server'] as const),
+    empty: undefined,
+    response: 'SessionType',
+    show: showOptional,
+    doc: '`sticky-server`: a cookie keeps a client on one instance. Instance changes of such a service reload HAProxy.',
+  },
+];
+
+/** Per-destination fields (each may carry `.N`), in the order they are parsed: pathType before the paths. */
+export const DEST_FIELDS: readonly FieldDef<DestField>[] = [
+  { name: 'pathType', codec: oneOf(PATH_TYPES), empty: 'path_beg', response: 'PathType', legacyKey: 'pathtype', doc: 'How `servicePath` matches: `path_beg` (prefix, default), `path` (exact), or an ACL fetch.' },
+  { name: 'servicePath', codec: paths, empty: [], response: 'ServicePath', legacyKey: 'path', doc: 'Paths routed to the service. Default `/` when only `serviceDomain` is given.' },
+  { name: 'servicePathExclude', codec: paths, empty: [], response: 'ServicePathExclude', doc: 'Paths (same `pathType`) excluded from this destination.' },
+  {
+    name: 'port',
+    codec: int(1, 65535, 'port'),
+    empty: undefined,
+    response: 'Port',
+    show: showOptional,
+    legacyKey: 'port',
+    doc: "The service's internal port. Optional: server lines use Consul's address and port; it names the backend.",
+  },
+  { name: 'srcPort', codec: int(1, 65535, 'port'), empty: undefined, response: 'SrcPort', show: (v) => v ?? 0, doc: 'Entry port: this destination answers only there. Must be in `DEFAULT_PORTS` or `BIND_PORTS`.' },
+  {
+    name: 'serviceDomain',
+    codec: list('hosts (`a.com`, `*.a.com`)', checkDomain),
+    empty: [],
+    response: 'ServiceDomain',
+    legacyKey: 'domain',
+    doc: 'Hosts this destination answers for (lower-cased; a port is ignored). `*.a.com` matches every sub-domain.',
+  },
+  { name: 'redirectFromDomain', codec: list('hosts', checkDomain), empty: [], response: 'RedirectFromDomain', doc: 'Hosts answered with a 301 to the first `serviceDomain`, path kept.' },
+  { name: 'serviceHeader', codec: list('`Name:Value`', checkHeaderMatch), empty: [], response: 'ServiceHeader', doc: 'The destination matches only requests carrying every one of these headers.' },
+  { name: 'userAgent', codec: list('User-Agent substrings', checkUserAgent), empty: [], response: 'UserAgent', doc: 'The destination matches only these User-Agents (substring, case-insensitive).' },
+  { name: 'allowedMethods', codec: list('HTTP methods', checkMethod), empty: [], response: 'AllowedMethods', doc: 'Other methods answer 403.' },
+  { name: 'deniedMethods', codec: list('HTTP methods', checkMethod), empty: [], response: 'DeniedMethods', doc: 'These methods answer 403.' },
+  { name: 'denyHttp', codec: bool, empty: false, response: 'DenyHttp', doc: 'Plain-HTTP requests answer 403.' },
+  { name: 'httpsOnly', codec: bool, empty: false, response: 'HttpsOnly', doc: 'Plain HTTP is redirected to https. Un-indexed `true` (or `HTTPS_ONLY`) applies to every destination.' },
+  { name: 'httpsRedirectCode', codec: oneOf(REDIRECT_CODES), empty: undefined, response: 'HttpsRedirectCode', show: showOptional, doc: 'Status of the `httpsOnly` redirect (default 302).' },
+  { name: 'ignoreAuthorization', codec: bool, empty: false, response: 'IgnoreAuthorization', doc: 'No basic auth for this destination.' },
+  {
+    name: 'reqPathSearchReplace',
+    codec: list('`search,replace` pairs', checkSearchReplace, ':'),
+    empty: [],
+    response: 'ReqPathSearchReplace',
+    doc: 'Path rewrites `http-request set-path %[path,regsub(search,replace)]`; pairs joined by `:`. Legacy `reqPathSearch`/`reqPathReplace` give the first pair.',
+  },
+  { name: 'sslVerifyNone', codec: bool, empty: false, response: 'SslVerifyNone', doc: 'TLS to the instances, without verifying their certificates.' },
+  { name: 'timeoutServer', codec: int(0, 86400, 'seconds'), empty: undefined, response: 'TimeoutServer', show: showOptional, doc: '`timeout server` of this backend, seconds.' },
+  { name: 'timeoutTunnel', codec: int(0, 86400, 'seconds'), empty: undefined, response: 'TimeoutTunnel', show: showOptional, doc: '`timeout tunnel` (WebSockets) of this backend, seconds.' },
+  { name: 'verifyClientSsl', codec: bool, empty: false, response: 'VerifyClientSsl', doc: 'With `CA_FILE`: 403 unless the client presented a certificate that verifies.' },
+];
+
+/** Parameters of the original whose meaning this version does not implement: refused by name. */
+export const NOT_YET = new Set([
+  'httpsPort',
+  'srcHttpsPort',
+  'outboundHostname',
+  'timeoutClient',
+  'checkTcp',
+  'clitcpka',
+  'serviceGroup',
+  'balanceGroup',
+  'discoveryType',
+  'serviceDomainMatchAll',
+]);
+
+/** Raw HAProxy configuration from a request: never accepted (config injection by design). */
+export const RAW_CONFIG = new Set(['templateFePath', 'templateBePath', 'consulTemplateFePath', 'consulTemplateBePath', 'backendExtra']);
+
+export const DEST_FIELD_NAMES: ReadonlySet<string> = new Set([...DEST_FIELDS.map((f) => f.name), 'reqMode']);
+
+export function fieldContext(separator: string, pathType: PathType = 'path_beg'): FieldContext {
+  return { separator, pathType };
+}
+
+/** Describes a stored value in an error without echoing a secret. */
+export function describeStored(field: FieldDef, value: unknown): string {
+  return field.secret ? '(secret)' : describe(JSON.stringify(value) ?? '');
+}
+
+/** Legacy KV keys of parameters that are not spec fields (refused or handled apart when imported). */
+const LEGACY_OTHER: Readonly<Record<string, string>> = {
+  consultemplatefepath: 'consulTemplateFePath',
+  consultemplatebepath: 'consulTemplateBePath',
+  hostname: 'outboundHostname',
+  cert: 'serviceCert',
+};
+
+/** The original's per-attribute KV values of one service as request parameters, from the table. */
+export function legacyParams(serviceName: string, attrs: ReadonlyMap<string, string>): [string, string][] {
+  const pairs: [string, string][] = [['serviceName', serviceName]];
+  for (const field of [...SERVICE_FIELDS, ...DEST_FIELDS]) {
+    if (field.legacyKey !== undefined) pairs.push([field.name, attrs.get(field.legacyKey) ?? '']);
+  }
+  for (const [key, param] of Object.entries(LEGACY_OTHER)) pairs.push([param, attrs.get(key) ?? '']);
+  return pairs;
+}
