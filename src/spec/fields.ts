@@ -291,3 +291,20 @@ export function legacyParams(serviceName: string, attrs: ReadonlyMap<string, str
   for (const [key, param] of Object.entries(LEGACY_OTHER)) pairs.push([param, attrs.get(key) ?? '']);
   return pairs;
 }
+
+function defaultText(field: FieldDef): string {
+  if (field.empty === undefined) return '–';
+  if (Array.isArray(field.empty)) return field.empty.length === 0 ? '–' : field.empty.join(',');
+  return `\`${String(field.empty)}\``;
+}
+
+/** The docs table of one level, generated from the field table (docs/api.md embeds it; a test keeps it in sync). */
+export function fieldsTable(level: 'service' | 'destination'): string {
+  const fields: readonly FieldDef[] = level === 'service' ? SERVICE_FIELDS : DEST_FIELDS;
+  const rows = fields.map((f) => {
+    const names = [f.name, ...(f.aliases ?? []).map((a) => `${a} (old name)`)].map((n) => `\`${n}\``).join(', ');
+    const extra = [f.secret ? 'Secret: never shown.' : '', f.legacyKey ? `Legacy KV key \`${f.legacyKey}\`.` : ''].filter((x) => x !== '').join(' ');
+    return `| ${names} | ${defaultText(f)} | ${f.codec.grammar} | \`${f.response}\` | ${f.doc}${extra ? ` ${extra}` : ''} |`;
+  });
+  return ['| Parameter | Default | Grammar | Response field | Meaning |', '|---|---|---|---|---|', ...rows].join('\n');
+}

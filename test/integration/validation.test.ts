@@ -84,6 +84,74 @@ describe('validation: bad and hostile input changes nothing', () => {
     assert.equal((await through(proxy, '/demo')).instance, 'demo.0');
   });
 
+  /**
+   * The HTTP routing set: every parameter that reaches haproxy.cfg, a map file or userlists.cfg.
+   * Each hostile value is either refused (400 naming the parameter, nothing changes) or rendered
+   * harmlessly: then the config still passes HAProxy, no line the operator did not ask for appears,
+   * and the other routes keep working.
+   */
+  const HTTP_TARGETS = [
+    'serviceDomain',
+    'serviceDomain.1',
+    'redirectFromDomain',
+    'servicePathExclude',
+    'serviceHeader',
+    'userAgent',
+    'allowedMethods',
+    'deniedMethods',
+    'addReqHeader',
+    'setReqHeader',
+    'delReqHeader',
+    'addResHeader',
+    'setResHeader',
+    'delResHeader',
+    'reqPathSearchReplace',
+    'reqPathSearch',
+    'users',
+    'usersSecret',
+    'serviceDomainAlgo',
+    'connectionMode',
+    'compressionAlgo',
+    'compressionType',
+    'sessionType',
+    'httpsRedirectCode',
+    'timeoutServer',
+    'timeoutTunnel',
+    'srcPort',
+    'httpsOnly',
+  ];
+  const HTTP_HOSTILE = [...HOSTILE, 'X-A %[env(HOME)]', 'X-A ${HOME}', 'a:b\nuser evil insecure-password x', '^/(a),/\\9"', 'x,y:z', 'GET\r\nX'];
+
+  it('hostile values in every HTTP routing parameter: refused by name, or rendered harmlessly', async () => {
+    let refused = 0;
+    let rendered = 0;
+    for (const param of HTTP_TARGETS) {
+      for (const value of HTTP_HOSTILE) {
+        const base: Record<string, string> = { serviceName: 'hostile', servicePath: '/hostile', 'servicePath.1': '/hostile1' };
+        if (!param.endsWith('.1')) delete base['servicePath.1'];
+        const q = new URLSearchParams({ ...base, [param]: value }).toString();
+        const config = await liveConfig(proxy);
+        const res = await callApi(proxy, 'reconfigure', q);
+        if (res.status === 200) {
+          rendered++;
+          const live = await liveConfig(proxy);
+          assert.doesNotMatch(live, /^\s*(backend|server|user|frontend|userlist) evil/m, `${param}=${JSON.stringify(value)} injected a line`);
+          // In a header rule a value is a log-format string: env() there would read the proxy's environment.
+          assert.doesNotMatch(live, /-header .*env\(HOME\)/, `${param}: env() reached a header rule`);
+          assert.equal((await through(proxy, '/demo')).instance, 'demo.0');
+          assert.equal((await callApi(proxy, 'remove', { serviceName: 'hostile' })).status, 200);
+        } else {
+          refused++;
+          assert.ok(res.status >= 400 && res.status < 500, `${param}=${JSON.stringify(value)} -> ${res.status} ${res.text}`);
+          assert.equal(res.body.Parameter, param, `${param}=${JSON.stringify(value)} -> ${res.text}`);
+          assert.equal(await liveConfig(proxy), config, `config changed by ${param}=${JSON.stringify(value)}`);
+        }
+      }
+    }
+    assert.ok(refused > rendered, `${refused} refused, ${rendered} rendered`);
+    assert.equal((await through(proxy, '/demo')).instance, 'demo.0');
+  });
+
   it('regex path types: HAProxy-level characters are refused before HAProxy sees them', async () => {
     for (const value of ['^/a b', '^/a#', '^/a\\d', "^/a'", '-f', '-m']) {
       await expectRejected(new URLSearchParams({ serviceName: 'demo', servicePath: value, pathType: 'path_reg' }).toString(), 400, 'servicePath');
