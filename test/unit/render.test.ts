@@ -151,6 +151,17 @@ describe('renderer golden files', () => {
     assert.equal(serialise(a), serialise(b));
   });
 
+  it('regression: web (port 8080) and web80 (port 80) no longer share an ACL name', () => {
+    // The original's url_<aclName><port>_<index> named both url_web8080_0; HAProxy ORs same-named ACLs.
+    const r = renderConfig(SETTINGS, [
+      { spec: spec({ serviceName: 'web', destinations: [{ servicePath: ['.json'], pathType: 'path_end', port: 8080 }] }), instances: [] },
+      { spec: spec({ serviceName: 'web80', destinations: [{ servicePath: ['.xml'], pathType: 'path_end', port: 80 }] }), instances: [] },
+    ]);
+    const names = [...r.config.matchAll(/^\s+acl (\S+)/gm)].map((m) => m[1]);
+    assert.deepEqual(names, ['url_web-be8080_0', 'url_web80-be80_0']);
+    assert.equal(new Set(names).size, names.length);
+  });
+
   it('server names are stable, unique and safe for HAProxy', () => {
     const a = serverName({ id: 'host1:go-demo.0:8080' });
     assert.equal(a, serverName({ id: 'host1:go-demo.0:8080' }));
