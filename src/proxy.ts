@@ -8,6 +8,9 @@ import { ConfigRejectedError, DfpError } from './errors.js';
 import { Fleet, specsHash } from './fleet.js';
 import { ApiServer } from './api/server.js';
 import { ConfigApplier } from './apply/applier.js';
+import { CertManager, type CertListing } from './certs/manager.js';
+import { certNameFrom, parseCertBundle } from './certs/pem.js';
+import { ConsulCertStore } from './certs/store.js';
 import type { Change } from './apply/reconciler.js';
 import { Reconciler } from './apply/reconciler.js';
 import { describeOp } from './apply/runtime.js';
@@ -59,6 +62,9 @@ export function statePaths(stateDir: string) {
     adminSocket: path.join(stateDir, 'haproxy-admin.sock'),
     pidFile: path.join(stateDir, 'haproxy.pid'),
     consulDir: path.join(stateDir, 'consul'),
+    /** Live certificate files (mode 600) and the crt-list the TLS binds load. */
+    certsLive: path.join(stateDir, 'certs-live'),
+    crtList: path.join(stateDir, 'crt-list.txt'),
   };
 }
 
@@ -76,6 +82,8 @@ export class FlowProxy implements ProxyCore {
   private publisher: ReplicaPublisher | undefined;
   private readyPromise: Promise<void> = Promise.resolve();
   private replicaId = '';
+  /** TLS certificates (src/certs). */
+  private certs: CertManager | undefined;
 
   private constructor(
     readonly settings: Settings,
@@ -120,11 +128,27 @@ export class FlowProxy implements ProxyCore {
         log.child('apply'),
         settings.spareBackends,
       );
+      // Certificates from CERTS_DIR and the secrets directory: in HAProxy's first config already.
+      let reconciler: Reconciler | undefined;
+      const certs = new CertManager({
+        liveDir: paths.certsLive,
+        crtList: paths.crtList,
+        preferred: settings.http.preferredCertificates,
+        applier,
+        haproxy,
+        store: new ConsulCertStore(consul, settings.proxyInstanceName, log.child('certs')),
+        reload: async (trigger) => {
+          if (!reconciler) throw new DfpError('DFP_ERR_NOT_READY', 'the proxy is still starting');
+          await reconciler.submit(trigger, (s) => s, { force: true });
+        },
+        log: log.child('certs'),
+        waitSeconds: settings.consulWatchWait,
+      });
+      certs.loadLocal(settings.http.certsDir, settings.secretsDir);
       await applier.init(serviceStates(EMPTY_STATE));
       await haproxy.start();
       const source = new ConsulInstanceSource(consul, log.child('discovery'), settings.consulPassingOnly);
       // The watcher feeds the reconciler and follows the services the reconciler applied.
-      let reconciler: Reconciler | undefined;
       const watcher = new ConsulWatcher(
         consul,
         source,
@@ -158,6 +182,7 @@ export class FlowProxy implements ProxyCore {
       };
       const store = new ConsulSpecStore(consul, settings.proxyInstanceName, log.child('kv'), settings.separator);
       proxy = new FlowProxy(settings, log, haproxy, applier, reconciler, source, watcher, consul, store, localConsul, undefined);
+      proxy.certs = certs;
       const h = settings.http;
       const api = new ApiServer(
         proxy,
@@ -203,8 +228,16 @@ export class FlowProxy implements ProxyCore {
     this.fleet = fleet;
     this.publisher = new ReplicaPublisher(this.consul, replicaPrefix, this.replicaId, () => this.report(), this.log.child('replica'));
     this.readyPromise = (async () => {
+      // Certificates stored in Consul first, so the restore's apply serves them too.
+      const certsNeedReload = (await this.certs?.restore()) ?? false;
       await fleet.restore();
       if (!fleet.restored) return;
+      if (certsNeedReload) {
+        await this.reconciler
+          .submit('certificates restored from Consul KV', (s) => s, { force: true })
+          .catch((err: unknown) => this.log.error(`loading the certificates restored from Consul failed: ${(err as Error).message}`));
+      }
+      this.certs?.startWatching();
       this.ready = true;
       fleet.startWatching();
       this.publisher?.start();
@@ -241,6 +274,7 @@ export class FlowProxy implements ProxyCore {
     this.log.info('stopping');
     await this.api?.close();
     await this.fleet?.stop();
+    await this.certs?.stop();
     await this.publisher?.stop();
     this.watcher.stop();
     await this.reconciler.close();
@@ -251,7 +285,13 @@ export class FlowProxy implements ProxyCore {
 
   // --- ProxyCore -------------------------------------------------------------------------------
 
-  async reconfigure(spec: ServiceSpec, options: Partial<ChangeOptions> = {}): Promise<{ warnings: string[]; dryRun?: DryRunResult }> {
+  async reconfigure(
+    spec: ServiceSpec,
+    options: Partial<ChangeOptions> = {},
+    cert?: { readonly name: string; readonly pem: string },
+  ): Promise<{ warnings: string[]; dryRun?: DryRunResult }> {
+    // serviceCert: a 400 naming it before anything changes.
+    if (cert) parseCertBundle('serviceCert', cert.pem);
     // Read instances before touching state: if Consul cannot answer, nothing changes (503).
     const instances = await this.instances.instances(consulServiceName(spec));
     const change: Change = (s) => withService(s, spec, instances);
@@ -260,6 +300,7 @@ export class FlowProxy implements ProxyCore {
     const next = change(this.reconciler.snapshot()); // refuses a taken aclName before anything is stored
     if (options.dryRun) return { warnings, dryRun: this.preview(next) };
     this.assertReady();
+    if (cert) await this.putCert(certNameFrom(cert.name), cert.pem, 'serviceCert');
     // HAProxy's verdict before the spec reaches the shared store: a spec every replica would refuse
     // must never be stored. A change that goes out through the runtime API (map entries, servers)
     // carries no value HAProxy can refuse once our grammar accepted it, so only others pay for it.
@@ -331,6 +372,17 @@ export class FlowProxy implements ProxyCore {
       (s) => fresh.reduce((acc, [spec, list]) => (acc.services.get(spec.serviceName) === spec ? withService(acc, spec, list) : acc), s),
       { force: true },
     );
+  }
+
+  /** `PUT cert` and `serviceCert`: validated, stored in Consul KV for every replica, then live here. */
+  async putCert(name: string, pem: string, parameter = 'body'): Promise<void> {
+    this.assertReady();
+    if (!this.certs) throw new DfpError('DFP_ERR_NOT_READY', 'the proxy is still starting');
+    await this.certs.put(name, pem, parameter);
+  }
+
+  certList(): CertListing[] {
+    return this.certs?.list() ?? [];
   }
 
   liveConfig(): string {

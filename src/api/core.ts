@@ -1,3 +1,4 @@
+import type { CertListing } from '../certs/manager.js';
 import type { ServiceSpec } from '../spec/types.js';
 
 /** What the API needs from the proxy; keeps HTTP concerns out of the pipeline and vice versa. */
@@ -16,6 +17,10 @@ export interface ProxyCore {
   /** Removes by serviceName, or by aclName when no service has that name. */
   remove(serviceName: string, aclName?: string, options?: Partial<ChangeOptions>): Promise<{ removed: boolean; serviceName: string; dryRun?: DryRunResult }>;
   reload(recreate: boolean): Promise<void>;
+  /** Stores a certificate (PEM chain + key); 400 naming `parameter` when it is not one. */
+  putCert(name: string, pem: string, parameter?: string): Promise<void>;
+  /** Certificate metadata for the `certs` endpoint: never key material. */
+  certList(): CertListing[];
   liveConfig(): string;
   /** Every configured service, by serviceName. */
   services(): ServiceSpec[];

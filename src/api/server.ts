@@ -1,6 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { asDfpError, InvalidParamError, NotFoundError } from '../errors.js';
+import { checkCertName } from '../certs/pem.js';
 import { Params } from '../spec/params.js';
 import { type ChangeOptions, flag, type ParseOptions, parseChangeOptions, parseReconfigure, parseRemove } from '../spec/parse.js';
 import type { Logger } from '../util/log.js';
@@ -58,6 +59,8 @@ export class ApiServer {
     }
     if (!url.pathname.startsWith(BASE)) throw new NotFoundError(`no such endpoint: ${url.pathname}`);
     const endpoint = url.pathname.slice(BASE.length);
+    // The body of `cert` is the PEM itself, not a form: read before anything else consumes it.
+    if (endpoint === 'cert') return this.cert(req, url, res);
     const params = new Params([...url.searchParams, ...(await formBody(req))]);
     switch (endpoint) {
       case 'ping':
@@ -97,11 +100,29 @@ export class ApiServer {
       case 'config':
         if (params.get('type') === 'json') return sendJson(res, 200, Object.fromEntries(this.core.services().map((s) => [s.serviceName, serviceModel(s)])));
         return sendText(res, 200, this.core.liveConfig());
+      case 'certs':
+        return sendJson(res, 200, { Status: 'OK', Message: '', Certs: this.core.certList() });
       case 'status':
         return sendJson(res, 200, { Status: 'OK', Message: '', ...(await this.core.status()) });
       default:
         throw new NotFoundError(`no such endpoint: ${url.pathname}`);
     }
+  }
+
+  /** `PUT cert?certName=<name>`, body = PEM chain + private key. Other methods: 405. */
+  private async cert(req: IncomingMessage, url: URL, res: ServerResponse): Promise<void> {
+    if (req.method !== 'PUT') {
+      req.resume();
+      res.setHeader('Allow', 'PUT');
+      return sendJson(res, 405, { Status: 'NOK', Message: 'cert accepts PUT only', Code: 'DFP_ERR_METHOD_NOT_ALLOWED' });
+    }
+    const params = new Params([...url.searchParams]);
+    const name = checkCertName('certName', params.get('certName'));
+    const pem = await rawBody(req, MAX_CERT_BODY);
+    await this.core.putCert(name, pem, 'body');
+    // Never the certificate or its key in the answer or the log.
+    this.log.info(`certificate ${name} stored`);
+    return sendJson(res, 200, { Status: 'OK', Message: '', CertName: name });
   }
 
   private async reconfigure(params: Params, res: ServerResponse): Promise<void> {
@@ -139,6 +160,22 @@ export class ApiServer {
       ...dryRunFields(outcome.dryRun),
     });
   }
+}
+
+// --- certificates (src/certs) ---------------------------------------------------------------------
+
+const MAX_CERT_BODY = 1024 * 1024;
+
+/** Reads a raw request body, bounded. */
+async function rawBody(req: IncomingMessage, limit: number): Promise<string> {
+  let size = 0;
+  const chunks: Buffer[] = [];
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > limit) throw new InvalidParamError('body', `request body is larger than ${limit} bytes`);
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 function dryRunFields(d: DryRunResult | undefined): Record<string, unknown> {

@@ -96,7 +96,31 @@ export class ConfigApplier {
   afterRecovery: () => void = () => undefined;
 
   render(services: readonly ServiceState[], allocation?: BackendAllocation, mapDir = this.paths.stateDir): RenderedConfig {
-    return renderConfig({ ...this.settings, mapDir }, services, allocation);
+    return renderConfig({ ...this.settings, mapDir, crtList: this.crtList ?? this.settings.crtList }, services, allocation);
+  }
+
+  // --- certificates (src/certs) ------------------------------------------------------------------
+
+  /** The crt-list TLS binds load; set by the certificate manager once a certificate exists. */
+  private crtList: string | undefined;
+  private exclusiveChain: Promise<unknown> = Promise.resolve();
+
+  /** Takes effect with the next apply (the TLS binds appear or go). */
+  setCrtList(file: string | undefined): void {
+    this.crtList = file;
+  }
+
+  /**
+   * Runs `fn` while no apply is in progress (and holds applies back until it ends), so runtime
+   * commands it sends reach the current worker and not one a reload is about to replace.
+   */
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.exclusiveChain.then(
+      () => fn(),
+      () => fn(),
+    );
+    this.exclusiveChain = run.catch(() => undefined);
+    return run;
   }
 
   /** Writes and validates the first config, before HAProxy starts. */
@@ -155,7 +179,11 @@ export class ConfigApplier {
     return { kind: this.live && hashOf(rendered) === hashOf(this.live) ? 'none' : 'reload', rendered, ops: [] };
   }
 
-  async apply(services: readonly ServiceState[], trigger: string, force = false): Promise<ApplyRecord> {
+  apply(services: readonly ServiceState[], trigger: string, force = false): Promise<ApplyRecord> {
+    return this.exclusive(() => this.applyNow(services, trigger, force));
+  }
+
+  private async applyNow(services: readonly ServiceState[], trigger: string, force: boolean): Promise<ApplyRecord> {
     const started = performance.now();
     let fallback: string | undefined = force ? undefined : this.mustReload;
     if (!force && fallback === undefined) {

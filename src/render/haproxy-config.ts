@@ -233,7 +233,7 @@ function bindLine(settings: RenderSettings, l: Listener): string {
 }
 
 /** ACL names derive from the backend name, which is unique by construction (spec/types.ts backendName). */
-function aclConditions(r: AclRoute, acls: string[]): string {
+function aclConditions(r: AclRoute, acls: string[], defaultAlgo: DomainAlgo): string {
   const id = r.backend;
   const conds: string[] = [];
   const d = r.dest;
@@ -249,7 +249,7 @@ function aclConditions(r: AclRoute, acls: string[]): string {
   if (d.serviceDomain.length > 0) {
     const exact = d.serviceDomain.filter((x) => !x.startsWith('*.'));
     const wild = d.serviceDomain.filter((x) => x.startsWith('*.')).map((x) => x.slice(1));
-    const algo = r.spec.serviceDomainAlgo ?? 'hdr_beg(host)';
+    const algo = r.spec.serviceDomainAlgo ?? defaultAlgo;
     const fetch = algo === 'hdr(host)' ? 'str' : algo === 'hdr_beg(host)' ? 'beg' : algo === 'hdr_end(host)' ? 'end' : 'dom';
     if (exact.length > 0) acls.push(`    acl domain_${id} var(${V.host}) -m ${fetch} -- ${exact.join(' ')}`);
     if (wild.length > 0) acls.push(`    acl domain_${id} var(${V.host}) -m end -- ${wild.join(' ')}`);
@@ -307,7 +307,7 @@ function renderFrontend(settings: RenderSettings, routes: ReturnType<typeof buil
     routes.acl
       .filter((r) => r.stage === stage)
       .map((r) => {
-        const conds = aclConditions(r, acls);
+        const conds = aclConditions(r, acls, settings.serviceDomainAlgo);
         return `    http-request set-var(${V.backend}) str(${r.backend}) if ${NOT_ROUTED}${conds ? ` ${conds}` : ''}`;
       });
   const conditional = rules('conditional');

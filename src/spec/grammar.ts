@@ -167,8 +167,9 @@ export function checkUserAgent(parameter: string, value: string): string {
 }
 
 const USER = /^[A-Za-z0-9._-]{1,64}$/;
-// No whitespace, quotes, backslash, '$' or ',' (the list separator); the renderer quotes it anyway.
-const PASSWORD = /^[\x21\x23\x25-\x26\x28-\x2b\x2d-\x5b\x5d-\x7e]{1,256}$/;
+// No whitespace, quotes, backslash or ',' (the list separator). '$' is allowed: crypt(3) hashes
+// (usersPassEncrypted) are made of it, and the renderer's quote() escapes it (no env expansion).
+const PASSWORD = /^[\x21\x23-\x26\x28-\x2b\x2d-\x5b\x5d-\x7e]{1,256}$/;
 
 /** `name[:password]`. The password is secret: it is never part of an error message. */
 export function checkUser(parameter: string, value: string): string {
@@ -176,7 +177,7 @@ export function checkUser(parameter: string, value: string): string {
   const name = i < 0 ? value : value.slice(0, i);
   if (!USER.test(name)) throw new InvalidParamError(parameter, `${parameter}: user names are letters, digits, '.', '_' and '-'; got ${describe(name)}`);
   if (i >= 0 && !PASSWORD.test(value.slice(i + 1))) {
-    throw new InvalidParamError(parameter, `${parameter}: the password of ${name} is empty or has whitespace, quotes, '$', ',' or backslashes`);
+    throw new InvalidParamError(parameter, `${parameter}: the password of ${name} is empty or has whitespace, quotes, ',' or backslashes`);
   }
   return value;
 }
