@@ -1,6 +1,7 @@
+import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { loadSettings } from '../../src/config/settings.js';
@@ -128,6 +129,64 @@ export async function startBackend(name: string, host = '127.0.0.1'): Promise<Ba
     server,
     close: () =>
       new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
+
+/** What an echo backend answers: the request as the instance saw it. */
+export interface Echo {
+  readonly instance: string;
+  readonly method: string;
+  readonly path: string;
+  readonly headers: Record<string, string | string[] | undefined>;
+}
+
+/**
+ * A backend that answers every request with {instance, method, path, headers} as JSON, and always
+ * sends the response headers `X-Powered-By: echo` and `X-Internal: yes` (for response-header rules).
+ * An `Upgrade` request is answered with 101 and the raw socket then echoes what it receives.
+ */
+export async function startEchoBackend(name: string, host = '127.0.0.1'): Promise<Backend> {
+  const state = { healthy: true };
+  const upgraded = new Set<Socket>();
+  const server = createServer((req, res) => {
+    if (req.url === '/health') {
+      res.writeHead(state.healthy ? 200 : 500);
+      res.end();
+      return;
+    }
+    const echo: Echo = { instance: name, method: req.method ?? '', path: req.url ?? '', headers: req.headers };
+    res.writeHead(200, { 'Content-Type': 'application/json', 'X-Powered-By': 'echo', 'X-Internal': 'yes' });
+    res.end(req.method === 'HEAD' ? undefined : JSON.stringify(echo));
+  });
+  server.on('upgrade', (req, socket: Socket, head: Buffer) => {
+    upgraded.add(socket);
+    socket.on('close', () => upgraded.delete(socket));
+    socket.on('error', () => socket.destroy());
+    // RFC 6455 handshake answer (HAProxy checks WebSocket upgrades), then a raw echo.
+    const key = req.headers['sec-websocket-key'];
+    const accept = key ? `Sec-WebSocket-Accept: ${createHash('sha1').update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64')}\r\n` : '';
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: ${req.headers.upgrade ?? 'websocket'}\r\nConnection: Upgrade\r\n${accept}X-Instance: ${name}\r\n\r\n`);
+    if (head.length > 0) socket.write(head);
+    socket.on('data', (chunk) => socket.write(chunk));
+  });
+  server.keepAliveTimeout = 1000;
+  await new Promise<void>((resolve) => server.listen(0, host, resolve));
+  return {
+    name,
+    get healthy() {
+      return state.healthy;
+    },
+    set healthy(v: boolean) {
+      state.healthy = v;
+    },
+    port: (server.address() as AddressInfo).port,
+    server,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of upgraded) s.destroy();
         server.close(() => resolve());
         server.closeAllConnections();
       }),

@@ -162,6 +162,15 @@ describe('renderer golden files', () => {
     assert.equal(new Set(names).size, names.length);
   });
 
+  it('pattern routes with a domain follow SERVICE_DOMAIN_ALGO unless the service sets its own', () => {
+    const r = renderConfig({ ...SETTINGS, serviceDomainAlgo: 'hdr(host)' }, [
+      { spec: spec({ serviceName: 'reg', destinations: [{ servicePath: ['^/r/'], pathType: 'path_reg', serviceDomain: ['r.com'] }] }), instances: [] },
+      { spec: spec({ serviceName: 'own', serviceDomainAlgo: 'hdr_beg(host)', destinations: [{ servicePath: ['.xml'], pathType: 'path_end', serviceDomain: ['o.com'] }] }), instances: [] },
+    ]);
+    assert.match(r.config, /^ {4}acl domain_reg-be_0 var\(txn\.dfp_host\) -m str -- r\.com$/m);
+    assert.match(r.config, /^ {4}acl domain_own-be_0 var\(txn\.dfp_host\) -m beg -- o\.com$/m);
+  });
+
   it('server names are stable, unique and safe for HAProxy', () => {
     const a = serverName({ id: 'host1:go-demo.0:8080' });
     assert.equal(a, serverName({ id: 'host1:go-demo.0:8080' }));
