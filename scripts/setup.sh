@@ -8,8 +8,8 @@
 #                              install something (names it on stderr), never installs
 #
 # Every check captures a tool's output first and then matches it. Under `set -o pipefail` a pipeline
-# such as `tool | head -1 | grep -q x` fails by chance: the reader exits early, the writer gets
-# SIGPIPE, and the pipeline's status is 141 although the match succeeded.
+# whose reader exits early (head, grep's quiet mode) fails by chance: the writer gets SIGPIPE and
+# the pipeline's status is 141 although the match succeeded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
