@@ -27,7 +27,6 @@ export interface Backend {
 }
 
 export interface BackendContext {
-  readonly https: { readonly redirectCode: number };
   /** Userlist names: the service's own, or the global one, or none. */
   readonly userlist: (spec: ServiceSpec) => string | undefined;
   readonly compression: { readonly algo: readonly string[]; readonly type: readonly string[] };

@@ -158,7 +158,6 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
   }
   secrets.push('');
   const ctx: BackendContext = {
-    https: { redirectCode: HTTPS_REDIRECT_DEFAULT },
     userlist: (spec) => (withUsers.has(spec.serviceName) ? userlistName(spec) : settings.users.length > 0 ? GLOBAL_USERLIST : undefined),
     compression: settings.compression,
   };
