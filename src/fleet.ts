@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { repeatWithBackoff, retryUntilDone } from './consul/kv.js';
 import type { Reconciler } from './apply/reconciler.js';
 import { ConfigRejectedError, ReplicasLaggingError } from './errors.js';
 import { listReplicas, type ReplicaReport } from './consul/replicas.js';
@@ -27,7 +28,6 @@ export class Fleet {
   kvIndex = 0;
   restored = false;
   invalid: readonly string[] = [];
-  private stopped = false;
   private readonly ctrl = new AbortController();
   private watching: Promise<void> | undefined;
 
@@ -49,9 +49,9 @@ export class Fleet {
    * go. Retries until Consul answers; the proxy is not ready before.
    */
   async restore(): Promise<void> {
-    let delay = 200;
-    while (!this.stopped) {
-      try {
+    await retryUntilDone(
+      this.ctrl.signal,
+      async () => {
         const stored = await this.store.list();
         const specs = new Map(stored.specs);
         for (const spec of await this.store.legacy()) {
@@ -66,13 +66,9 @@ export class Fleet {
         this.restored = true;
         this.log.info(`restored ${specs.size} service${specs.size === 1 ? '' : 's'} from Consul KV`);
         this.onApplied();
-        return;
-      } catch (err) {
-        this.log.warn(`start-up restore: ${(err as Error).message}; retrying`);
-        await sleep(delay);
-        delay = Math.min(delay * 2, 5000);
-      }
-    }
+      },
+      (err) => this.log.warn(`start-up restore: ${err.message}; retrying`),
+    );
   }
 
   startWatching(): void {
@@ -80,7 +76,6 @@ export class Fleet {
   }
 
   async stop(): Promise<void> {
-    this.stopped = true;
     this.ctrl.abort();
     await this.watching;
   }
@@ -104,47 +99,46 @@ export class Fleet {
    * its specs back instead of dropping every route: losing Consul's data must not take traffic down.
    */
   private async watch(): Promise<void> {
-    let index = this.kvIndex;
-    let highest = this.kvIndex;
-    let lastHash = '';
-    let backoff = 100;
-    while (!this.stopped) {
-      try {
-        const stored = await this.store.list(index, this.waitSeconds, this.ctrl.signal);
-        backoff = 100;
-        if (stored.index < highest) {
-          const current = [...this.reconciler.snapshot().services.values()];
-          const lost = current.filter((spec) => !stored.specs.has(spec.serviceName));
-          if (lost.length > 0) {
-            // Create-only: a spec another replica already wrote back (or wrote anew) wins.
-            this.log.warn(`Consul lost its state (index ${highest} -> ${stored.index}); writing back ${lost.length} missing spec(s) from this replica`);
-            for (const spec of lost) await this.store.create(spec);
-          }
-          highest = 0;
-          index = 0;
-          lastHash = '';
-          continue;
-        }
-        highest = stored.index;
-        index = stored.index;
-        if (stored.hash === lastHash) {
-          this.kvIndex = stored.index;
-          continue;
-        }
-        this.invalid = stored.invalid;
-        await this.applySpecs(stored.specs, 'kv', false);
-        // Only once applied: a failed apply is retried from the same body, never reported as done.
-        lastHash = stored.hash;
-        this.kvIndex = stored.index;
-        this.onApplied();
-      } catch (err) {
-        if (this.stopped) return;
-        index = 0;
-        this.log.warn(`following shared specs: ${(err as Error).message}; retrying in about ${backoff} ms`);
-        await sleep(backoff * (0.5 + Math.random()));
-        backoff = Math.min(backoff * 2, 5000);
+    const at = { index: this.kvIndex, highest: this.kvIndex, hash: '' };
+    await repeatWithBackoff(
+      this.ctrl.signal,
+      () =>
+        this.followStep(at).catch((err: unknown) => {
+          // Any failure reads everything again, without blocking; a failed apply is retried from
+          // the same body and never reported as done.
+          at.index = 0;
+          throw err;
+        }),
+      (err, retryInMs) => this.log.warn(`following shared specs: ${err.message}; retrying in about ${retryInMs} ms`),
+    );
+  }
+
+  /** One blocking read of the shared specs and what follows from it. */
+  private async followStep(at: { index: number; highest: number; hash: string }): Promise<void> {
+    const stored = await this.store.list(at.index, this.waitSeconds, this.ctrl.signal);
+    if (stored.index < at.highest) {
+      const current = [...this.reconciler.snapshot().services.values()];
+      const lost = current.filter((spec) => !stored.specs.has(spec.serviceName));
+      if (lost.length > 0) {
+        // Create-only: a spec another replica already wrote back (or wrote anew) wins.
+        this.log.warn(`Consul lost its state (index ${at.highest} -> ${stored.index}); writing back ${lost.length} missing spec(s) from this replica`);
+        for (const spec of lost) await this.store.create(spec);
       }
+      Object.assign(at, { index: 0, highest: 0, hash: '' });
+      return;
     }
+    at.highest = stored.index;
+    at.index = stored.index;
+    if (stored.hash === at.hash) {
+      this.kvIndex = stored.index;
+      return;
+    }
+    this.invalid = stored.invalid;
+    await this.applySpecs(stored.specs, 'kv', false);
+    at.hash = stored.hash;
+    // The report published by onApplied carries kvIndex: set it first.
+    this.kvIndex = stored.index;
+    this.onApplied();
   }
 
   /** Brings the local desired state to exactly these specs: one batch, one apply. */

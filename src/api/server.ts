@@ -162,8 +162,6 @@ export class ApiServer {
   }
 }
 
-// --- certificates (src/certs) ---------------------------------------------------------------------
-
 const MAX_CERT_BODY = 1024 * 1024;
 
 /** Reads a raw request body, bounded. */
@@ -188,12 +186,5 @@ async function formBody(req: IncomingMessage): Promise<[string, string][]> {
     req.resume();
     return [];
   }
-  let size = 0;
-  const chunks: Buffer[] = [];
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > MAX_BODY) throw new InvalidParamError('body', `request body is larger than ${MAX_BODY} bytes`);
-    chunks.push(chunk);
-  }
-  return [...new URLSearchParams(Buffer.concat(chunks).toString('utf8'))];
+  return [...new URLSearchParams(await rawBody(req, MAX_BODY))];
 }

@@ -1,7 +1,7 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { ConfigRejectedError, ConsulUnavailableError, InvalidParamError } from '../errors.js';
+import { repeatWithBackoff, retryUntilDone } from '../consul/kv.js';
 import type { Logger } from '../util/log.js';
 import { type CertInfo, orderCertNames, parseCertBundle } from './pem.js';
 import type { ConsulCertStore } from './store.js';
@@ -64,7 +64,6 @@ export class CertManager {
   private certs = new Map<string, Cert>();
   private chain: Promise<unknown> = Promise.resolve();
   private readonly ctrl = new AbortController();
-  private stopped = false;
   private watching: Promise<void> | undefined;
   private kvIndex = 0;
   private kvHash = '';
@@ -128,9 +127,9 @@ export class CertManager {
    * and so needs a reload to see them (otherwise the restore's apply makes the TLS bind appear).
    */
   async restore(): Promise<boolean> {
-    let delay = 200;
-    while (!this.stopped) {
-      try {
+    const result = await retryUntilDone(
+      this.ctrl.signal,
+      async () => {
         const stored = await this.o.store.list();
         this.kvIndex = stored.index;
         this.kvHash = stored.hash;
@@ -142,13 +141,10 @@ export class CertManager {
           this.o.log.info(`restored ${changed.length} certificate${changed.length === 1 ? '' : 's'} from Consul KV`);
           return this.bindLive();
         });
-      } catch (err) {
-        this.o.log.warn(`restoring certificates: ${(err as Error).message}; retrying`);
-        await sleep(delay);
-        delay = Math.min(delay * 2, 5000);
-      }
-    }
-    return false;
+      },
+      (err) => this.o.log.warn(`restoring certificates: ${err.message}; retrying`),
+    );
+    return result ?? false;
   }
 
   /**
@@ -181,48 +177,47 @@ export class CertManager {
   }
 
   async stop(): Promise<void> {
-    this.stopped = true;
     this.ctrl.abort();
     await this.watching;
   }
 
   /** Follows `<instance>/_dfp/certs/`: certificates stored by any replica go live here too. */
   private async watch(): Promise<void> {
-    let backoff = 100;
-    while (!this.stopped) {
-      try {
-        const stored = await this.o.store.list(this.kvIndex, this.o.waitSeconds, this.ctrl.signal);
-        backoff = 100;
-        if (stored.index < this.kvIndex) {
+    await repeatWithBackoff(
+      this.ctrl.signal,
+      () =>
+        this.followStep().catch((err: unknown) => {
           this.kvIndex = 0;
-          continue;
-        }
-        if (stored.hash !== this.kvHash) {
-          const certs = this.fromStore(stored.certs);
-          await this.serialised(async () => {
-            try {
-              await this.install(certs, 'kv: certificates');
-            } catch (err) {
-              if (!(err instanceof ConfigRejectedError)) throw err;
-              // One certificate HAProxy refuses must not hold back the others.
-              for (const c of certs) {
-                await this.install([c], `kv: certificate ${c.name}`).catch((e: unknown) =>
-                  this.o.log.error(`stored certificate ${c.name} cannot go live here: ${(e as Error).message}`),
-                );
-              }
-            }
-          });
-          this.kvHash = stored.hash;
-        }
-        this.kvIndex = stored.index;
-      } catch (err) {
-        if (this.stopped) return;
-        this.kvIndex = 0;
-        this.o.log.warn(`following shared certificates: ${(err as Error).message}; retrying in about ${backoff} ms`);
-        await sleep(backoff * (0.5 + Math.random()));
-        backoff = Math.min(backoff * 2, 5000);
-      }
+          throw err;
+        }),
+      (err, retryInMs) => this.o.log.warn(`following shared certificates: ${err.message}; retrying in about ${retryInMs} ms`),
+    );
+  }
+
+  private async followStep(): Promise<void> {
+    const stored = await this.o.store.list(this.kvIndex, this.o.waitSeconds, this.ctrl.signal);
+    if (stored.index < this.kvIndex) {
+      this.kvIndex = 0;
+      return;
     }
+    if (stored.hash !== this.kvHash) {
+      const certs = this.fromStore(stored.certs);
+      await this.serialised(async () => {
+        try {
+          await this.install(certs, 'kv: certificates');
+        } catch (err) {
+          if (!(err instanceof ConfigRejectedError)) throw err;
+          // One certificate HAProxy refuses must not hold back the others.
+          for (const c of certs) {
+            await this.install([c], `kv: certificate ${c.name}`).catch((e: unknown) =>
+              this.o.log.error(`stored certificate ${c.name} cannot go live here: ${(e as Error).message}`),
+            );
+          }
+        }
+      });
+      this.kvHash = stored.hash;
+    }
+    this.kvIndex = stored.index;
   }
 
   private fromStore(stored: readonly { name: string; pem: string }[]): Cert[] {

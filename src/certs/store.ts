@@ -1,13 +1,7 @@
-import { createHash } from 'node:crypto';
 import { type ConsulClient, retryTransient } from '../consul/client.js';
+import { readKvPrefix } from '../consul/kv.js';
 import { ConsulUnavailableError } from '../errors.js';
 import type { Logger } from '../util/log.js';
-
-interface KvEntry {
-  Key: string;
-  Value: string | null;
-  ModifyIndex: number;
-}
 
 export interface StoredCert {
   readonly name: string;
@@ -53,25 +47,18 @@ export class ConsulCertStore {
 
   /** Every stored certificate (a blocking read when `index` is given). Bad values are skipped. */
   async list(index = 0, waitSeconds = 300, signal?: AbortSignal): Promise<{ certs: StoredCert[]; index: number; hash: string }> {
-    const query = index > 0 ? `&index=${index}&wait=${waitSeconds}s` : '';
-    const res = await this.consul.request(`/v1/kv/${this.prefix}?recurse${query}`, {
-      timeoutMs: index > 0 ? waitSeconds * 1062.5 + 5000 : 5000,
-      ...(signal ? { signal } : {}),
-    });
-    if (res.status !== 200 && res.status !== 404) throw new ConsulUnavailableError(`Consul answered ${res.status} reading ${this.prefix}`);
-    const entries = res.status === 404 ? [] : (JSON.parse(res.body) as KvEntry[]);
+    const read = await readKvPrefix(this.consul, this.prefix, index, waitSeconds, signal);
     const certs: StoredCert[] = [];
-    for (const e of entries) {
-      const name = e.Key.slice(this.prefix.length);
+    for (const e of read.entries) {
+      const name = e.key.slice(this.prefix.length);
       try {
-        const doc = JSON.parse(Buffer.from(e.Value ?? '', 'base64').toString('utf8')) as { v?: number; pem?: unknown };
+        const doc = JSON.parse(e.value) as { v?: number; pem?: unknown };
         if (typeof doc.pem !== 'string' || name === '' || name.includes('/')) throw new Error('not a certificate document');
         certs.push({ name, pem: doc.pem });
       } catch {
-        this.log.error(`ignoring ${e.Key}: not a stored certificate`);
+        this.log.error(`ignoring ${e.key}: not a stored certificate`);
       }
     }
-    const hash = createHash('sha256').update(res.status === 404 ? '' : res.body).digest('hex');
-    return { certs, index: res.index ?? 0, hash };
+    return { certs, index: read.index, hash: read.hash };
   }
 }

@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { ConsulUnavailableError, type DfpError } from '../errors.js';
 import { specFromJson, specToJson } from '../spec/from-json.js';
 import { legacyParams } from '../spec/fields.js';
@@ -7,6 +6,7 @@ import { parseReconfigure } from '../spec/parse.js';
 import type { ServiceSpec } from '../spec/types.js';
 import type { Logger } from '../util/log.js';
 import { type ConsulClient, retryTransient } from './client.js';
+import { readKvPrefix } from './kv.js';
 
 /** The stored document: versioned, so the layout can change without misreading old values. */
 function storedDocument(spec: ServiceSpec): string {
@@ -102,28 +102,21 @@ export class ConsulSpecStore {
 
   /** Every stored spec (a blocking read when `index` is given). */
   async list(index = 0, waitSeconds = 300, signal?: AbortSignal): Promise<StoredSpecs & { hash: string }> {
-    const query = index > 0 ? `&index=${index}&wait=${waitSeconds}s` : '';
-    const res = await this.consul.request(`/v1/kv/${this.prefix}?recurse${query}`, {
-      timeoutMs: index > 0 ? waitSeconds * 1062.5 + 5000 : 5000,
-      ...(signal ? { signal } : {}),
-    });
-    if (res.status !== 200 && res.status !== 404) throw new ConsulUnavailableError(`Consul answered ${res.status} reading ${this.prefix}`);
-    const entries = res.status === 404 ? [] : (JSON.parse(res.body) as KvEntry[]);
+    const read = await readKvPrefix(this.consul, this.prefix, index, waitSeconds, signal);
     const specs = new Map<string, ServiceSpec>();
     const invalid: string[] = [];
-    for (const e of entries) {
+    for (const e of read.entries) {
       try {
-        const doc = JSON.parse(Buffer.from(e.Value ?? '', 'base64').toString('utf8')) as { v?: number; spec?: unknown };
+        const doc = JSON.parse(e.value) as { v?: number; spec?: unknown };
         const spec = specFromJson(doc.spec, this.separator);
-        if (this.key(spec.serviceName) !== e.Key) throw new Error(`key does not match serviceName ${spec.serviceName}`);
+        if (this.key(spec.serviceName) !== e.key) throw new Error(`key does not match serviceName ${spec.serviceName}`);
         specs.set(spec.serviceName, spec);
       } catch (err) {
-        invalid.push(e.Key);
-        this.log.error(`ignoring ${e.Key}: not a valid service spec (${(err as Error).message})`);
+        invalid.push(e.key);
+        this.log.error(`ignoring ${e.key}: not a valid service spec (${(err as Error).message})`);
       }
     }
-    const hash = createHash('sha256').update(res.status === 404 ? '' : res.body).digest('hex');
-    return { specs, index: res.index ?? 0, invalid, hash };
+    return { specs, index: read.index, invalid, hash: read.hash };
   }
 
   /**

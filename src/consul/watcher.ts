@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Instance } from '../discovery/types.js';
 import type { Logger } from '../util/log.js';
 import type { ConsulClient, ConsulResponse } from './client.js';
+import { repeatWithBackoff } from './kv.js';
 import type { ConsulInstanceSource } from './instances.js';
 
 export interface WatcherOptions {
@@ -170,10 +171,10 @@ export class ConsulWatcher {
 
   private async detect(endpoint: string, signal: AbortSignal): Promise<void> {
     let index = 0;
-    let backoff = 100;
     const wait = this.options.waitSeconds;
-    while (!signal.aborted) {
-      try {
+    await repeatWithBackoff(
+      signal,
+      async () => {
         const res = await this.consul.request(`${endpoint}${index > 0 ? `?index=${index}&wait=${wait}s` : ''}`, {
           signal,
           timeoutMs: wait * 1000 * 1.0625 + 5000,
@@ -182,15 +183,13 @@ export class ConsulWatcher {
         const next = res.index ?? 0;
         const moved = next !== index;
         index = next < index ? 0 : next;
-        backoff = 100;
         if (moved) this.resyncAllOverflow();
-      } catch {
-        if (signal.aborted) return;
+      },
+      (err) => {
         index = 0;
-        await sleep(backoff * (0.5 + Math.random()));
-        backoff = Math.min(backoff * 2, 5000);
-      }
-    }
+        this.log.debug(`change detector ${endpoint}: ${err.message}`);
+      },
+    );
   }
 
   /** Coalesced: a burst of catalog changes costs one re-read in flight plus at most one more. */

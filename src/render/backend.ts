@@ -29,7 +29,6 @@ export interface Backend {
 export interface BackendContext {
   /** Userlist names: the service's own, or the global one, or none. */
   readonly userlist: (spec: ServiceSpec) => string | undefined;
-  readonly compression: { readonly algo: readonly string[]; readonly type: readonly string[] };
 }
 
 /** Stable server name from the registry ID: readable, unique, safe for HAProxy. */
@@ -74,8 +73,7 @@ export function buildBackend(spec: ServiceSpec, dest: Destination, servers: read
   if (spec.connectionMode) lines.push(`option ${spec.connectionMode}`);
   if (dest.timeoutServer !== undefined) lines.push(`timeout server ${dest.timeoutServer}s`);
   if (dest.timeoutTunnel !== undefined) lines.push(`timeout tunnel ${dest.timeoutTunnel}s`);
-  const algo = spec.compressionAlgo.length > 0 ? spec.compressionAlgo : [];
-  if (algo.length > 0) lines.push(`compression algo ${algo.join(' ')}`);
+  if (spec.compressionAlgo.length > 0) lines.push(`compression algo ${spec.compressionAlgo.join(' ')}`);
   if (spec.compressionType.length > 0) lines.push(`compression type ${spec.compressionType.join(' ')}`);
   // Method rules first: a denied request never reaches auth or the instances.
   if (dest.allowedMethods.length > 0) lines.push(`http-request deny deny_status 403 unless { method ${dest.allowedMethods.join(' ')} }`);

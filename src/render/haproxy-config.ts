@@ -159,7 +159,6 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
   secrets.push('');
   const ctx: BackendContext = {
     userlist: (spec) => (withUsers.has(spec.serviceName) ? userlistName(spec) : settings.users.length > 0 ? GLOBAL_USERLIST : undefined),
-    compression: settings.compression,
   };
 
   // --- global and defaults ---

@@ -134,6 +134,9 @@ export function buildRoutes(
       const route: Route = { backend, spec, dest };
       const flags = flagsOf(spec, dest);
       if (flags !== '') claim('flags', backend, flags, route, `flags of ${backend}`);
+      // Redirects are keyed by host alone: they apply whatever kind of route the destination is.
+      const first = dest.serviceDomain[0];
+      for (const from of dest.redirectFromDomain) if (first !== undefined) claim('redirects', from, first, route, `redirect from ${from}`);
       const conditional = dest.serviceHeader.length > 0 || dest.userAgent.length > 0 || dest.srcPort !== undefined;
       if (conditional || !MAP_PATH_TYPES.has(dest.pathType)) {
         acl.push({ ...route, stage: conditional ? 'conditional' : 'pattern' });
@@ -141,8 +144,6 @@ export function buildRoutes(
       }
       const vhosts = dest.serviceDomain.map((d) => vhostOf(d, algo));
       for (const v of vhosts) for (const e of v.entries) claim(e.map, e.key, v.id, route, `host ${e.key}`);
-      const first = dest.serviceDomain[0];
-      for (const from of dest.redirectFromDomain) if (first !== undefined) claim('redirects', from, first, route, `redirect from ${from}`);
       const scopes = vhosts.length > 0 ? vhosts.map((v) => v.id) : [''];
       const table: MapName = dest.pathType === 'path' ? 'exact' : 'prefix';
       for (const scope of scopes) {

@@ -14,7 +14,6 @@ import {
   checkSearchReplace,
   checkUser,
   checkUserAgent,
-  describe,
   MAX_ITEMS,
   splitList,
 } from './grammar.js';
@@ -22,11 +21,9 @@ import {
   COMPRESSION_ALGOS,
   CONNECTION_MODES,
   DOMAIN_ALGOS,
-  type Destination,
   PATH_TYPES,
   type PathType,
   REDIRECT_CODES,
-  type ServiceSpec,
 } from './types.js';
 
 /**
@@ -49,11 +46,12 @@ export interface Codec<T> {
   check(parameter: string, stored: unknown, ctx: FieldContext): T;
 }
 
-export interface FieldDef<K extends string = string> {
+/** One field: `T` is its value type; `E` its empty value (undefined: an optional field). */
+export interface Field<K extends string, T, E extends T | undefined> {
   readonly name: K;
-  readonly codec: Codec<unknown>;
+  readonly codec: Codec<T>;
   /** Value when absent; undefined leaves the field out of the spec. */
-  readonly empty: unknown;
+  readonly empty: E;
   /** The original's response / `config?type=json` name. */
   readonly response: string;
   /** What the response shows; secret fields show a redacted form. Default: the value itself. */
@@ -65,6 +63,22 @@ export interface FieldDef<K extends string = string> {
   readonly aliases?: readonly string[];
   readonly doc: string;
 }
+
+/** A field with its types erased, for code that handles every field alike. */
+export type FieldDef = Field<string, unknown, unknown>;
+
+/** Keeps the literal name and the value types of a table entry (the spec types derive from them). */
+function field<const K extends string, T, const E extends T | undefined>(def: Field<K, T, E>): Field<K, T, E> {
+  return def;
+}
+
+type ValueOf<F> = F extends Field<string, infer T, infer _E> ? T : never;
+type NameIf<F, Optional extends boolean> = F extends Field<infer K, unknown, infer E> ? ((undefined extends E ? true : false) extends Optional ? K : never) : never;
+
+/** The spec fields of a table: required where the field has an empty value, optional where it has none. */
+export type FieldsOf<A extends readonly unknown[]> = { readonly [F in A[number] as NameIf<F, false>]: ValueOf<F> } & {
+  readonly [F in A[number] as NameIf<F, true>]?: ValueOf<F>;
+};
 
 // --- codecs ------------------------------------------------------------------------------------
 
@@ -127,16 +141,13 @@ const paths = list('paths (grammar by `pathType`)', (p, s, ctx) => checkPath(p, 
 
 // --- the table ---------------------------------------------------------------------------------
 
-type ServiceField = Exclude<keyof ServiceSpec, 'destinations' | 'serviceName'>;
-type DestField = Exclude<keyof Destination, 'index' | 'reqMode'>;
-
 const showUsers = (v: unknown) => (v as string[]).map((u) => ({ Username: u.split(':')[0] ?? '' }));
 const showOptional = (v: unknown) => (v === undefined ? '' : String(v));
 
 /** Service-level fields, in the order they are parsed and stored. */
-export const SERVICE_FIELDS: readonly FieldDef<ServiceField>[] = [
-  { name: 'aclName', codec: name, empty: undefined, response: 'AclName', doc: 'Names the ACLs and backends and orders pattern rules; default `serviceName`.' },
-  {
+export const SERVICE_FIELDS = [
+  field({ name: 'aclName', codec: name, empty: undefined, response: 'AclName', doc: 'Names the ACLs and backends and orders pattern rules; default `serviceName`.' }),
+  field({
     name: 'serviceColor',
     codec: name,
     empty: undefined,
@@ -144,17 +155,17 @@ export const SERVICE_FIELDS: readonly FieldDef<ServiceField>[] = [
     show: showOptional,
     legacyKey: 'color',
     doc: 'Blue/green: instances come from the Consul service `<serviceName>-<serviceColor>`; names stay those of `serviceName`.',
-  },
-  { name: 'skipCheck', codec: bool, empty: false, response: 'SkipCheck', legacyKey: 'skipcheck', doc: 'No HAProxy health check on the servers (Consul still filters by health).' },
-  {
+  }),
+  field({ name: 'skipCheck', codec: bool, empty: false, response: 'SkipCheck', legacyKey: 'skipcheck', doc: 'No HAProxy health check on the servers (Consul still filters by health).' }),
+  field({
     name: 'serviceDomainAlgo',
     codec: oneOf(DOMAIN_ALGOS),
     empty: undefined,
     response: 'ServiceDomainAlgo',
     show: showOptional,
     doc: 'How `serviceDomain` matches the Host: exact `hdr(host)`, prefix `hdr_beg(host)`, suffix `hdr_end(host)`, domain `hdr_dom(host)`; default `SERVICE_DOMAIN_ALGO`.',
-  },
-  {
+  }),
+  field({
     name: 'users',
     codec: list('`name[:password]`', checkUser),
     empty: [],
@@ -162,51 +173,51 @@ export const SERVICE_FIELDS: readonly FieldDef<ServiceField>[] = [
     show: showUsers,
     secret: true,
     doc: 'Basic auth for this service. A user without a password takes it from `usersSecret`, else from `USERS`. Passwords are never shown.',
-  },
-  { name: 'usersPassEncrypted', codec: bool, empty: false, response: 'UsersPassEncrypted', doc: 'Passwords in `users` are crypt(3) hashes.' },
-  { name: 'usersSecret', codec: name, empty: undefined, response: 'UsersSecret', show: showOptional, doc: 'Users from the file `dfp_users_<usersSecret>` in `SECRETS_DIR`.' },
-  {
+  }),
+  field({ name: 'usersPassEncrypted', codec: bool, empty: false, response: 'UsersPassEncrypted', doc: 'Passwords in `users` are crypt(3) hashes.' }),
+  field({ name: 'usersSecret', codec: name, empty: undefined, response: 'UsersSecret', show: showOptional, doc: 'Users from the file `dfp_users_<usersSecret>` in `SECRETS_DIR`.' }),
+  field({
     name: 'addReqHeader',
     codec: list('`Name value`', checkHeaderItem),
     empty: [],
     response: 'AddReqHeader',
     aliases: ['addHeader'],
     doc: '`http-request add-header` rules; values may use HAProxy `%[...]` fetches (not `env()`).',
-  },
-  { name: 'setReqHeader', codec: list('`Name value`', checkHeaderItem), empty: [], response: 'SetReqHeader', aliases: ['setHeader'], doc: '`http-request set-header` rules.' },
-  { name: 'delReqHeader', codec: list('header names', checkHeaderName), empty: [], response: 'DelReqHeader', doc: '`http-request del-header` rules.' },
-  { name: 'addResHeader', codec: list('`Name value`', checkHeaderItem), empty: [], response: 'AddResHeader', doc: '`http-response add-header` rules.' },
-  { name: 'setResHeader', codec: list('`Name value`', checkHeaderItem), empty: [], response: 'SetResHeader', doc: '`http-response set-header` rules.' },
-  { name: 'delResHeader', codec: list('header names', checkHeaderName), empty: [], response: 'DelResHeader', doc: '`http-response del-header` rules.' },
-  { name: 'isDefaultBackend', codec: bool, empty: false, response: 'IsDefaultBackend', doc: 'Requests no route matches go to this service instead of a 503.' },
-  { name: 'redirectWhenHttpProto', codec: bool, empty: false, response: 'RedirectWhenHttpProto', doc: 'Redirect to https when `X-Forwarded-Proto` is `http` (behind a TLS-terminating balancer).' },
-  { name: 'redirectUnlessHttpsProto', codec: bool, empty: false, response: 'RedirectUnlessHttpsProto', doc: 'Redirect to https unless `X-Forwarded-Proto` is `https`.' },
-  {
+  }),
+  field({ name: 'setReqHeader', codec: list('`Name value`', checkHeaderItem), empty: [], response: 'SetReqHeader', aliases: ['setHeader'], doc: '`http-request set-header` rules.' }),
+  field({ name: 'delReqHeader', codec: list('header names', checkHeaderName), empty: [], response: 'DelReqHeader', doc: '`http-request del-header` rules.' }),
+  field({ name: 'addResHeader', codec: list('`Name value`', checkHeaderItem), empty: [], response: 'AddResHeader', doc: '`http-response add-header` rules.' }),
+  field({ name: 'setResHeader', codec: list('`Name value`', checkHeaderItem), empty: [], response: 'SetResHeader', doc: '`http-response set-header` rules.' }),
+  field({ name: 'delResHeader', codec: list('header names', checkHeaderName), empty: [], response: 'DelResHeader', doc: '`http-response del-header` rules.' }),
+  field({ name: 'isDefaultBackend', codec: bool, empty: false, response: 'IsDefaultBackend', doc: 'Requests no route matches go to this service instead of a 503.' }),
+  field({ name: 'redirectWhenHttpProto', codec: bool, empty: false, response: 'RedirectWhenHttpProto', doc: 'Redirect to https when `X-Forwarded-Proto` is `http` (behind a TLS-terminating balancer).' }),
+  field({ name: 'redirectUnlessHttpsProto', codec: bool, empty: false, response: 'RedirectUnlessHttpsProto', doc: 'Redirect to https unless `X-Forwarded-Proto` is `https`.' }),
+  field({
     name: 'connectionMode',
     codec: oneOf(CONNECTION_MODES),
     empty: undefined,
     response: 'ConnectionMode',
     show: showOptional,
     doc: '`option <mode>` in the backend. `forceclose` and `http-tunnel` (gone from HAProxy 2.x) are refused.',
-  },
-  { name: 'compressionAlgo', codec: list('of `identity`, `gzip`, `deflate`, `raw-deflate`', (p, s) => checkEnum(p, s, COMPRESSION_ALGOS)), empty: [], response: 'CompressionAlgo', doc: 'Per-service compression algorithms.' },
-  { name: 'compressionType', codec: list('MIME types', checkMime), empty: [], response: 'CompressionType', doc: 'MIME types to compress.' },
-  {
+  }),
+  field({ name: 'compressionAlgo', codec: list('of `identity`, `gzip`, `deflate`, `raw-deflate`', (p, s) => checkEnum(p, s, COMPRESSION_ALGOS)), empty: [], response: 'CompressionAlgo', doc: 'Per-service compression algorithms.' }),
+  field({ name: 'compressionType', codec: list('MIME types', checkMime), empty: [], response: 'CompressionType', doc: 'MIME types to compress.' }),
+  field({
     name: 'sessionType',
     codec: oneOf(['sticky-server'] as const),
     empty: undefined,
     response: 'SessionType',
     show: showOptional,
     doc: '`sticky-server`: a cookie keeps a client on one instance. Instance changes of such a service reload HAProxy.',
-  },
-];
+  }),
+] as const;
 
 /** Per-destination fields (each may carry `.N`), in the order they are parsed: pathType before the paths. */
-export const DEST_FIELDS: readonly FieldDef<DestField>[] = [
-  { name: 'pathType', codec: oneOf(PATH_TYPES), empty: 'path_beg', response: 'PathType', legacyKey: 'pathtype', doc: 'How `servicePath` matches: `path_beg` (prefix, default), `path` (exact), or an ACL fetch.' },
-  { name: 'servicePath', codec: paths, empty: [], response: 'ServicePath', legacyKey: 'path', doc: 'Paths routed to the service. Default `/` when only `serviceDomain` is given.' },
-  { name: 'servicePathExclude', codec: paths, empty: [], response: 'ServicePathExclude', doc: 'Paths (same `pathType`) excluded from this destination.' },
-  {
+export const DEST_FIELDS = [
+  field({ name: 'pathType', codec: oneOf(PATH_TYPES), empty: 'path_beg', response: 'PathType', legacyKey: 'pathtype', doc: 'How `servicePath` matches: `path_beg` (prefix, default), `path` (exact), or an ACL fetch.' }),
+  field({ name: 'servicePath', codec: paths, empty: [], response: 'ServicePath', legacyKey: 'path', doc: 'Paths routed to the service. Default `/` when only `serviceDomain` is given.' }),
+  field({ name: 'servicePathExclude', codec: paths, empty: [], response: 'ServicePathExclude', doc: 'Paths (same `pathType`) excluded from this destination.' }),
+  field({
     name: 'port',
     codec: int(1, 65535, 'port'),
     empty: undefined,
@@ -214,37 +225,37 @@ export const DEST_FIELDS: readonly FieldDef<DestField>[] = [
     show: showOptional,
     legacyKey: 'port',
     doc: "The service's internal port. Optional: server lines use Consul's address and port; it names the backend.",
-  },
-  { name: 'srcPort', codec: int(1, 65535, 'port'), empty: undefined, response: 'SrcPort', show: (v) => v ?? 0, doc: 'Entry port: this destination answers only there. Must be in `DEFAULT_PORTS` or `BIND_PORTS`.' },
-  {
+  }),
+  field({ name: 'srcPort', codec: int(1, 65535, 'port'), empty: undefined, response: 'SrcPort', show: (v) => v ?? 0, doc: 'Entry port: this destination answers only there. Must be in `DEFAULT_PORTS` or `BIND_PORTS`.' }),
+  field({
     name: 'serviceDomain',
     codec: list('hosts (`a.com`, `*.a.com`)', checkDomain),
     empty: [],
     response: 'ServiceDomain',
     legacyKey: 'domain',
     doc: 'Hosts this destination answers for (lower-cased; a port is ignored). `*.a.com` matches every sub-domain.',
-  },
-  { name: 'redirectFromDomain', codec: list('hosts', checkDomain), empty: [], response: 'RedirectFromDomain', doc: 'Hosts answered with a 301 to the first `serviceDomain`, path kept.' },
-  { name: 'serviceHeader', codec: list('`Name:Value`', checkHeaderMatch), empty: [], response: 'ServiceHeader', doc: 'The destination matches only requests carrying every one of these headers.' },
-  { name: 'userAgent', codec: list('User-Agent substrings', checkUserAgent), empty: [], response: 'UserAgent', doc: 'The destination matches only these User-Agents (substring, case-insensitive).' },
-  { name: 'allowedMethods', codec: list('HTTP methods', checkMethod), empty: [], response: 'AllowedMethods', doc: 'Other methods answer 403.' },
-  { name: 'deniedMethods', codec: list('HTTP methods', checkMethod), empty: [], response: 'DeniedMethods', doc: 'These methods answer 403.' },
-  { name: 'denyHttp', codec: bool, empty: false, response: 'DenyHttp', doc: 'Plain-HTTP requests answer 403.' },
-  { name: 'httpsOnly', codec: bool, empty: false, response: 'HttpsOnly', doc: 'Plain HTTP is redirected to https. Un-indexed `true` (or `HTTPS_ONLY`) applies to every destination.' },
-  { name: 'httpsRedirectCode', codec: oneOf(REDIRECT_CODES), empty: undefined, response: 'HttpsRedirectCode', show: showOptional, doc: 'Status of the `httpsOnly` redirect (default 302).' },
-  { name: 'ignoreAuthorization', codec: bool, empty: false, response: 'IgnoreAuthorization', doc: 'No basic auth for this destination.' },
-  {
+  }),
+  field({ name: 'redirectFromDomain', codec: list('hosts', checkDomain), empty: [], response: 'RedirectFromDomain', doc: 'Hosts answered with a 301 to the first `serviceDomain`, path kept.' }),
+  field({ name: 'serviceHeader', codec: list('`Name:Value`', checkHeaderMatch), empty: [], response: 'ServiceHeader', doc: 'The destination matches only requests carrying every one of these headers.' }),
+  field({ name: 'userAgent', codec: list('User-Agent substrings', checkUserAgent), empty: [], response: 'UserAgent', doc: 'The destination matches only these User-Agents (substring, case-insensitive).' }),
+  field({ name: 'allowedMethods', codec: list('HTTP methods', checkMethod), empty: [], response: 'AllowedMethods', doc: 'Other methods answer 403.' }),
+  field({ name: 'deniedMethods', codec: list('HTTP methods', checkMethod), empty: [], response: 'DeniedMethods', doc: 'These methods answer 403.' }),
+  field({ name: 'denyHttp', codec: bool, empty: false, response: 'DenyHttp', doc: 'Plain-HTTP requests answer 403.' }),
+  field({ name: 'httpsOnly', codec: bool, empty: false, response: 'HttpsOnly', doc: 'Plain HTTP is redirected to https. Un-indexed `true` (or `HTTPS_ONLY`) applies to every destination.' }),
+  field({ name: 'httpsRedirectCode', codec: oneOf(REDIRECT_CODES), empty: undefined, response: 'HttpsRedirectCode', show: showOptional, doc: 'Status of the `httpsOnly` redirect (default 302).' }),
+  field({ name: 'ignoreAuthorization', codec: bool, empty: false, response: 'IgnoreAuthorization', doc: 'No basic auth for this destination.' }),
+  field({
     name: 'reqPathSearchReplace',
     codec: list('`search,replace` pairs', checkSearchReplace, ':'),
     empty: [],
     response: 'ReqPathSearchReplace',
     doc: 'Path rewrites `http-request set-path %[path,regsub(search,replace)]`; pairs joined by `:`. Legacy `reqPathSearch`/`reqPathReplace` give the first pair.',
-  },
-  { name: 'sslVerifyNone', codec: bool, empty: false, response: 'SslVerifyNone', doc: 'TLS to the instances, without verifying their certificates.' },
-  { name: 'timeoutServer', codec: int(0, 86400, 'seconds'), empty: undefined, response: 'TimeoutServer', show: showOptional, doc: '`timeout server` of this backend, seconds.' },
-  { name: 'timeoutTunnel', codec: int(0, 86400, 'seconds'), empty: undefined, response: 'TimeoutTunnel', show: showOptional, doc: '`timeout tunnel` (WebSockets) of this backend, seconds.' },
-  { name: 'verifyClientSsl', codec: bool, empty: false, response: 'VerifyClientSsl', doc: 'With `CA_FILE`: 403 unless the client presented a certificate that verifies.' },
-];
+  }),
+  field({ name: 'sslVerifyNone', codec: bool, empty: false, response: 'SslVerifyNone', doc: 'TLS to the instances, without verifying their certificates.' }),
+  field({ name: 'timeoutServer', codec: int(0, 86400, 'seconds'), empty: undefined, response: 'TimeoutServer', show: showOptional, doc: '`timeout server` of this backend, seconds.' }),
+  field({ name: 'timeoutTunnel', codec: int(0, 86400, 'seconds'), empty: undefined, response: 'TimeoutTunnel', show: showOptional, doc: '`timeout tunnel` (WebSockets) of this backend, seconds.' }),
+  field({ name: 'verifyClientSsl', codec: bool, empty: false, response: 'VerifyClientSsl', doc: 'With `CA_FILE`: 403 unless the client presented a certificate that verifies.' }),
+] as const;
 
 /** Parameters of the original whose meaning this version does not implement: refused by name. */
 export const NOT_YET = new Set([
@@ -269,10 +280,6 @@ export function fieldContext(separator: string, pathType: PathType = 'path_beg')
   return { separator, pathType };
 }
 
-/** Describes a stored value in an error without echoing a secret. */
-export function describeStored(field: FieldDef, value: unknown): string {
-  return field.secret ? '(secret)' : describe(JSON.stringify(value) ?? '');
-}
 
 /** Legacy KV keys of parameters that are not spec fields (refused or handled apart when imported). */
 const LEGACY_OTHER: Readonly<Record<string, string>> = {

@@ -114,7 +114,7 @@ function parseDestination(params: Params, index: number, opts: ParseOptions): De
   const [searchName, search] = pick(params, { name: 'reqPathSearch' }, index);
   const [, replace] = pick(params, { name: 'reqPathReplace' }, index);
   if (search !== undefined) {
-    const pair = DEST_FIELDS.find((f) => f.name === 'reqPathSearchReplace')?.codec.parse(searchName, `${search},${replace ?? ''}`, fieldContext(':')) as string[];
+    const pair = DEST_FIELDS.find((f) => f.name === 'reqPathSearchReplace')?.codec.parse(searchName, `${search},${replace ?? ''}`, fieldContext(opts.separator)) as string[];
     out.reqPathSearchReplace = [...pair, ...(out.reqPathSearchReplace as string[])];
   }
   // An un-indexed httpsOnly=true applies to every destination (the original's rule).

@@ -3,10 +3,12 @@
  * Everything in a ServiceSpec has passed the grammar in spec/grammar.ts, so the renderer may
  * write it into haproxy.cfg as is. Specs are plain JSON (they are persisted and compared).
  *
- * Each field is defined once, in spec/fields.ts: its parameter name, grammar, default, response
- * name, legacy KV key and whether it is secret. Parsing, stored JSON, the response model, the legacy
- * import and the docs table are derived from that table.
+ * Each field is defined once, in spec/fields.ts: its parameter name, grammar and value type,
+ * default, response name, legacy KV key and whether it is secret. These types, parsing, stored JSON,
+ * the response model, the legacy import and the docs table are derived from that table.
  */
+
+import type { DEST_FIELDS, FieldsOf, SERVICE_FIELDS } from './fields.js';
 
 export const PATH_TYPES = ['path', 'path_beg', 'path_dir', 'path_dom', 'path_end', 'path_len', 'path_reg', 'path_sub'] as const;
 export type PathType = (typeof PATH_TYPES)[number];
@@ -26,66 +28,17 @@ export type CompressionAlgo = (typeof COMPRESSION_ALGOS)[number];
 
 export const REDIRECT_CODES = [301, 302, 303, 307, 308] as const;
 
-export interface Destination {
-  /** 0 for the un-indexed destination, 1..10 for `param.N`. Appears in ACL and backend names. */
-  readonly index: number;
-  readonly reqMode: 'http';
-  readonly servicePath: readonly string[];
-  readonly pathType: PathType;
-  readonly servicePathExclude: readonly string[];
-  /** The service's internal port. Optional with Consul: server lines use Consul's port. */
-  readonly port?: number;
-  /** Entry port: the route answers only on this HAProxy port (must be bound). */
-  readonly srcPort?: number;
-  /** Hosts, lower case; `*.a.com` is a wildcard. Empty: any host. */
-  readonly serviceDomain: readonly string[];
-  readonly redirectFromDomain: readonly string[];
-  /** `Name:Value` items: the route needs every header. */
-  readonly serviceHeader: readonly string[];
-  readonly userAgent: readonly string[];
-  readonly allowedMethods: readonly string[];
-  readonly deniedMethods: readonly string[];
-  readonly denyHttp: boolean;
-  readonly httpsOnly: boolean;
-  readonly httpsRedirectCode?: number;
-  readonly ignoreAuthorization: boolean;
-  /** `search,replace` items. */
-  readonly reqPathSearchReplace: readonly string[];
-  readonly sslVerifyNone: boolean;
-  readonly timeoutServer?: number;
-  readonly timeoutTunnel?: number;
-  readonly verifyClientSsl: boolean;
-}
+/**
+ * One destination of a service (`param.N`): its fields are those of DEST_FIELDS, typed from the
+ * table. `index` is 0 for the un-indexed destination, 1..10 for `param.N`; it appears in names.
+ */
+export type Destination = { readonly index: number; readonly reqMode: 'http' } & FieldsOf<typeof DEST_FIELDS>;
 
-export interface ServiceSpec {
-  readonly serviceName: string;
-  /** Names ACLs and backends and orders rules; defaults to serviceName. */
-  readonly aclName: string;
-  /** Blue/green: instances are looked up as `<serviceName>-<serviceColor>`. */
-  readonly serviceColor?: string;
-  /** Omit ` check` on server lines. */
-  readonly skipCheck: boolean;
-  readonly serviceDomainAlgo?: DomainAlgo;
-  /** `name:password` items (password optional: then from usersSecret or USERS). Secret. */
-  readonly users: readonly string[];
-  readonly usersPassEncrypted: boolean;
-  readonly usersSecret?: string;
-  /** `Name value` items. */
-  readonly addReqHeader: readonly string[];
-  readonly setReqHeader: readonly string[];
-  readonly delReqHeader: readonly string[];
-  readonly addResHeader: readonly string[];
-  readonly setResHeader: readonly string[];
-  readonly delResHeader: readonly string[];
-  readonly isDefaultBackend: boolean;
-  readonly redirectWhenHttpProto: boolean;
-  readonly redirectUnlessHttpsProto: boolean;
-  readonly connectionMode?: ConnectionMode;
-  readonly compressionAlgo: readonly string[];
-  readonly compressionType: readonly string[];
-  readonly sessionType?: 'sticky-server';
-  readonly destinations: readonly Destination[];
-}
+/** A service: SERVICE_FIELDS typed from the table, with aclName always filled (default serviceName). */
+export type ServiceSpec = { readonly serviceName: string; readonly aclName: string; readonly destinations: readonly Destination[] } & Omit<
+  FieldsOf<typeof SERVICE_FIELDS>,
+  'aclName'
+>;
 
 /** The Consul service whose instances back this spec. */
 export function consulServiceName(spec: Pick<ServiceSpec, 'serviceName' | 'serviceColor'>): string {

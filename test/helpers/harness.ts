@@ -99,43 +99,7 @@ export interface Backend {
   close(): Promise<void>;
 }
 
-/** An HTTP backend that answers every request with its name and the path it saw. */
-export async function startBackend(name: string, host = '127.0.0.1'): Promise<Backend> {
-  const state = { healthy: true };
-  const server = createServer((req, res) => {
-    if (req.url === '/health') {
-      res.writeHead(state.healthy ? 200 : 500);
-      res.end();
-      return;
-    }
-    // A path containing "slow" answers after 1.5 s: a request still in flight during a change.
-    const delay = req.url?.includes('slow') ? 1500 : 0;
-    setTimeout(() => {
-      res.writeHead(200, { 'Content-Type': 'application/json' });
-      res.end(JSON.stringify({ instance: name, path: req.url }));
-    }, delay);
-  });
-  server.keepAliveTimeout = 1000;
-  await new Promise<void>((resolve) => server.listen(0, host, resolve));
-  return {
-    name,
-    get healthy() {
-      return state.healthy;
-    },
-    set healthy(v: boolean) {
-      state.healthy = v;
-    },
-    port: (server.address() as AddressInfo).port,
-    server,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
-  };
-}
-
-/** What an echo backend answers: the request as the instance saw it. */
+/** What a backend answers: the request as the instance saw it. */
 export interface Echo {
   readonly instance: string;
   readonly method: string;
@@ -144,11 +108,13 @@ export interface Echo {
 }
 
 /**
- * A backend that answers every request with {instance, method, path, headers} as JSON, and always
- * sends the response headers `X-Powered-By: echo` and `X-Internal: yes` (for response-header rules).
- * An `Upgrade` request is answered with 101 and the raw socket then echoes what it receives.
+ * An HTTP backend that answers every request with {instance, method, path, headers} as JSON, and
+ * always sends the response headers `X-Powered-By: echo` and `X-Internal: yes` (for response-header
+ * rules). `/health` answers as `healthy` says; a path containing "slow" answers after 1.5 s (a
+ * request still in flight during a change). An `Upgrade` request is answered with 101 and the raw
+ * socket then echoes what it receives.
  */
-export async function startEchoBackend(name: string, host = '127.0.0.1'): Promise<Backend> {
+export async function startBackend(name: string, host = '127.0.0.1'): Promise<Backend> {
   const state = { healthy: true };
   const upgraded = new Set<Socket>();
   const server = createServer((req, res) => {
@@ -158,8 +124,13 @@ export async function startEchoBackend(name: string, host = '127.0.0.1'): Promis
       return;
     }
     const echo: Echo = { instance: name, method: req.method ?? '', path: req.url ?? '', headers: req.headers };
-    res.writeHead(200, { 'Content-Type': 'application/json', 'X-Powered-By': 'echo', 'X-Internal': 'yes' });
-    res.end(req.method === 'HEAD' ? undefined : JSON.stringify(echo));
+    setTimeout(
+      () => {
+        res.writeHead(200, { 'Content-Type': 'application/json', 'X-Powered-By': 'echo', 'X-Internal': 'yes' });
+        res.end(req.method === 'HEAD' ? undefined : JSON.stringify(echo));
+      },
+      req.url?.includes('slow') ? 1500 : 0,
+    );
   });
   server.on('upgrade', (req, socket: Socket, head: Buffer) => {
     upgraded.add(socket);

@@ -13,7 +13,7 @@ import {
   liveConfig,
   registerLikeRegistrator,
   startConsul,
-  startEchoBackend,
+  startBackend,
   startProxy,
   stopConsul,
   type TestProxy,
@@ -112,7 +112,7 @@ describe('HTTP routing on a real HAProxy', { concurrency: true }, () => {
   /** An echo instance `<consulName>.0` (once per Consul service name). */
   async function instance(consulName: string): Promise<void> {
     if (backends.has(consulName)) return;
-    const b = await startEchoBackend(`${consulName}.0`);
+    const b = await startBackend(`${consulName}.0`);
     backends.set(consulName, b);
     await registerLikeRegistrator(consul.address, { name: consulName, container: `${consulName}.0`, exposedPort: 8080, hostPort: b.port });
   }
@@ -167,6 +167,14 @@ describe('HTTP routing on a real HAProxy', { concurrency: true }, () => {
       assert.equal(res.headers.location, 'http://a.com/some/path?q=1');
       assert.equal(await who(main, '/some/path', { host: 'a.com' }), 'redir.0');
       assert.equal(await who(main, '/app', { host: 'a.com' }), 'dom.0', 'the longer path of a.com still wins');
+    });
+
+    it('redirectFromDomain works on a pattern route too (the redirect is keyed by host alone)', async () => {
+      await service(main, { serviceName: 'rxredir', serviceDomain: 'rx.com', redirectFromDomain: 'old.rx.com', servicePath: '^/v[0-9]+/', pathType: 'path_reg' });
+      const res = await send(main, '/v2/x', { host: 'old.rx.com' });
+      assert.equal(res.status, 301);
+      assert.equal(res.headers.location, 'http://rx.com/v2/x');
+      assert.equal(await who(main, '/v2/x', { host: 'rx.com' }), 'rxredir.0');
     });
 
     it('two services sharing servicePath=/ on different domains each get their own Host', async () => {
