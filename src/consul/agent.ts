@@ -25,6 +25,11 @@ export interface AgentOptions {
   /** `server` mode in a cluster: how many servers to expect and whom to join (`ip:serfLanPort`). */
   readonly cluster?: { readonly expect: number; readonly join: readonly string[]; readonly node: string };
   readonly log?: Logger;
+  /**
+   * Consul's `limits.http_max_conns_per_client`. Absent: Consul's default (200), the limit users'
+   * agents have; only a benchmark that says so may raise it.
+   */
+  readonly httpMaxConnsPerClient?: number;
 }
 
 async function randomPorts(): Promise<AgentPorts> {
@@ -104,9 +109,8 @@ export class ConsulAgent {
     const { options, ports } = this;
     const ip = options.bindIp ?? '127.0.0.1';
     const common = ['-bind', ip, '-client', ip, '-http-port', `${ports.http}`, '-server-port', `${ports.server}`, '-serf-lan-port', `${ports.serfLan}`, '-dns-port', '-1', '-grpc-port', '-1', '-log-level', 'warn'];
-    // Each pending blocking query holds a connection; the default cap of 200 per client is too low
-    // for a proxy that watches many services.
-    const hcl = ['-hcl', 'limits { http_max_conns_per_client = 16384 }'];
+    const max = options.httpMaxConnsPerClient;
+    const hcl = max === undefined ? [] : ['-hcl', `limits { http_max_conns_per_client = ${max} }`];
     const args =
       options.mode === 'dev'
         ? ['agent', '-dev', '-node', `dev-${ports.http}`, ...common, '-serf-wan-port', '-1', ...hcl]

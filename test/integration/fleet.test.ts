@@ -6,6 +6,7 @@ import { ConsulAgent } from '../../src/consul/agent.js';
 import {
   type Backend,
   CONSUL_BIN,
+  TEST_CONSUL_LIMIT,
   callApi,
   eventually,
   registerLikeRegistrator,
@@ -192,7 +193,7 @@ describe('Consul outage', () => {
       assert.ok(Date.now() - started < 5000, 'fails fast');
       assert.equal((await through(p, '/other')).status, 503, 'nothing half-applied');
       // A dev agent comes back empty: same address, no KV, no registrations.
-      second = await ConsulAgent.start({ bin: CONSUL_BIN, mode: 'dev', dataDir: tempDir(), ports });
+      second = await ConsulAgent.start({ bin: CONSUL_BIN, mode: 'dev', dataDir: tempDir(), ports, httpMaxConnsPerClient: TEST_CONSUL_LIMIT });
       track(second.pid);
       // The proxy writes its specs back instead of dropping every route...
       await eventually(
