@@ -48,6 +48,7 @@ export function renderSettings(settings: Settings, adminSocket: string): Omit<Re
     extraGlobal: h.extraGlobal,
     extraFrontend: h.extraFrontend,
     compression: h.compression,
+    stats: settings.stats,
   };
 }
 
@@ -56,7 +57,7 @@ export function statePaths(stateDir: string) {
   return {
     stateDir,
     config: path.join(stateDir, 'haproxy.cfg'),
-    secrets: path.join(stateDir, 'userlists.cfg'),
+    secrets: path.join(stateDir, 'credentials.cfg'),
     candidateDir: path.join(stateDir, 'candidate'),
     masterSocket: path.join(stateDir, 'haproxy-master.sock'),
     adminSocket: path.join(stateDir, 'haproxy-admin.sock'),
@@ -350,13 +351,18 @@ export class FlowProxy implements ProxyCore {
     const plan = this.applier.preview(serviceStates(next));
     const live = this.applier.liveFiles();
     const maps = this.applier.mapFiles();
-    // userlists.cfg is never shown: its passwords stay on this machine.
+    // credentials.cfg is never shown: its passwords stay on this machine.
     const diff = [
       unifiedDiff(live?.config ?? '', plan.rendered.config, 'haproxy.cfg'),
       ...MAP_NAMES.map((m) => unifiedDiff(live?.maps[m] ?? '', plan.rendered.maps[m], MAP_FILES[m])),
-      live?.secrets !== plan.rendered.secrets ? '--- userlists.cfg\n+++ userlists.cfg\n(changed; basic-auth users are not shown)\n' : '',
+      live?.secrets !== plan.rendered.secrets ? '--- credentials.cfg\n+++ credentials.cfg\n(changed; credentials are not shown)\n' : '',
     ].join('');
-    return { kind: plan.kind, diff, commands: plan.ops.map((op) => describeOp(op, maps)) };
+    return {
+      kind: plan.kind,
+      diff,
+      commands: plan.ops.map((op) => describeOp(op, maps)),
+      ...(plan.kind === 'reload' ? { reloadBecause: plan.reloadBecause } : {}),
+    };
   }
 
   async reload(recreate: boolean): Promise<void> {

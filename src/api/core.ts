@@ -7,6 +7,8 @@ export interface DryRunResult {
   readonly kind: 'runtime' | 'reload' | 'none';
   readonly diff: string;
   readonly commands: readonly string[];
+  /** With kind `reload`: what forced it (sections of haproxy.cfg, `credentials file`, `no spare backend left`, ...). */
+  readonly reloadBecause?: readonly string[];
 }
 
 export type ChangeOptions = Pick<import('../spec/parse.js').ChangeOptions, 'dryRun' | 'waitAll'>;

@@ -177,7 +177,8 @@ async function rawBody(req: IncomingMessage, limit: number): Promise<string> {
 }
 
 function dryRunFields(d: DryRunResult | undefined): Record<string, unknown> {
-  return d === undefined ? {} : { DryRun: true, ApplyKind: d.kind, Diff: d.diff, Commands: d.commands };
+  if (d === undefined) return {};
+  return { DryRun: true, ApplyKind: d.kind, Diff: d.diff, Commands: d.commands, ...(d.reloadBecause ? { ReloadBecause: d.reloadBecause } : {}) };
 }
 
 async function formBody(req: IncomingMessage): Promise<[string, string][]> {

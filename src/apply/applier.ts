@@ -6,7 +6,7 @@ import { validateConfig } from '../haproxy/validate.js';
 import { type BackendAllocation, MAP_FILES, MAP_NAMES, type MapName, type RenderedConfig, type RenderSettings, renderConfig } from '../render/haproxy-config.js';
 import type { ServiceState } from '../state/service-state.js';
 import type { Logger } from '../util/log.js';
-import { canonicalAllocation, type RuntimeOp, runtimeAllocation, runtimeOps } from './plan.js';
+import { canonicalAllocation, reloadReasons, type RuntimeOp, runtimeAllocation, runtimeOps } from './plan.js';
 import { runRuntimeOps } from './runtime.js';
 
 export type ApplyKind = 'reload' | 'runtime' | 'none';
@@ -21,6 +21,12 @@ export interface ApplyRecord {
   readonly at: string;
   /** Why a change that looked runtime-only went through a reload. */
   readonly fallback?: string;
+  /**
+   * Why a change could not go through the runtime API (plan.ts reloadReasons): the config sections
+   * that differ, `credentials file`, `no spare backend left`, sticky servers. Absent on forced reloads
+   * (the trigger says why) and on fallbacks (see `fallback`).
+   */
+  readonly reloadBecause?: readonly string[];
 }
 
 export interface ApplierPaths {
@@ -36,6 +42,14 @@ export interface ApplyPreview {
   readonly kind: ApplyKind;
   readonly rendered: RenderedConfig;
   readonly ops: readonly RuntimeOp[];
+  /** With kind `reload`: why the runtime API cannot make the change (see ApplyRecord.reloadBecause). */
+  readonly reloadBecause: readonly string[];
+}
+
+interface RuntimePlan {
+  readonly rendered: RenderedConfig;
+  readonly allocation: BackendAllocation;
+  readonly ops: RuntimeOp[];
 }
 
 type Files = { readonly config: string; readonly maps: Readonly<Record<MapName, string>>; readonly secrets: string };
@@ -162,7 +176,7 @@ export class ConfigApplier {
    * anything else is validated in a directory of its own, so concurrent requests do not collide.
    */
   async precheck(services: readonly ServiceState[]): Promise<void> {
-    if (this.runtimePlan(services)) return;
+    if ('ops' in this.runtimePlan(services)) return;
     const dir = path.join(this.paths.candidateDir, `precheck-${++this.prechecks}`);
     try {
       await this.validate(services, canonicalAllocation(services, this.minSpares), dir);
@@ -173,10 +187,11 @@ export class ConfigApplier {
 
   /** What applying these services would do, without doing it (dry runs). */
   preview(services: readonly ServiceState[]): ApplyPreview {
-    const runtime = this.runtimePlan(services);
-    if (runtime) return { kind: runtime.ops.length === 0 ? 'none' : 'runtime', rendered: runtime.rendered, ops: runtime.ops };
+    const runtime = this.mustReload === undefined ? this.runtimePlan(services) : { reasons: [this.mustReload] };
+    if ('ops' in runtime) return { kind: runtime.ops.length === 0 ? 'none' : 'runtime', rendered: runtime.rendered, ops: runtime.ops, reloadBecause: [] };
     const rendered = this.render(services, canonicalAllocation(services, this.minSpares));
-    return { kind: this.live && hashOf(rendered) === hashOf(this.live) ? 'none' : 'reload', rendered, ops: [] };
+    const none = this.mustReload === undefined && this.live !== undefined && hashOf(rendered) === hashOf(this.live);
+    return none ? { kind: 'none', rendered, ops: [], reloadBecause: [] } : { kind: 'reload', rendered, ops: [], reloadBecause: runtime.reasons };
   }
 
   apply(services: readonly ServiceState[], trigger: string, force = false): Promise<ApplyRecord> {
@@ -186,8 +201,11 @@ export class ConfigApplier {
   private async applyNow(services: readonly ServiceState[], trigger: string, force: boolean): Promise<ApplyRecord> {
     const started = performance.now();
     let fallback: string | undefined = force ? undefined : this.mustReload;
+    let reasons: readonly string[] | undefined;
     if (!force && fallback === undefined) {
-      const plan = this.runtimePlan(services);
+      const runtime = this.runtimePlan(services);
+      const plan = 'ops' in runtime ? runtime : undefined;
+      if (!('ops' in runtime)) reasons = runtime.reasons;
       if (plan && plan.ops.length === 0) {
         this.counts.none++;
         return { generation: this.generation, kind: 'none', trigger, durationMs: 0, hash: hashOf(plan.rendered), at: new Date().toISOString() };
@@ -212,19 +230,29 @@ export class ConfigApplier {
         }
       }
     }
-    return this.reload(services, trigger, started, force, fallback);
+    return this.reload(services, trigger, started, force, fallback, reasons);
   }
 
-  private runtimePlan(services: readonly ServiceState[]): { rendered: RenderedConfig; allocation: BackendAllocation; ops: RuntimeOp[] } | undefined {
-    if (!this.live || !this.allocation) return undefined;
+  /** The runtime API commands for these services, or why there are none (a reload is needed). */
+  private runtimePlan(services: readonly ServiceState[]): RuntimePlan | { reasons: readonly string[] } {
+    if (!this.live || !this.allocation) return { reasons: ['no live config yet'] };
     const allocation = runtimeAllocation(this.allocation, services);
-    if (!allocation) return undefined;
+    if (!allocation) return { reasons: ['no spare backend left'] };
     const rendered = this.render(services, allocation);
     const ops = runtimeOps(this.live, rendered);
-    return ops ? { rendered, allocation, ops } : undefined;
+    if (ops) return { rendered, allocation, ops };
+    const keys = new Map([...allocation.names].map(([key, name]) => [name, key]));
+    return { reasons: reloadReasons(this.live, rendered, keys) };
   }
 
-  private async reload(services: readonly ServiceState[], trigger: string, started: number, force: boolean, fallback: string | undefined): Promise<ApplyRecord> {
+  private async reload(
+    services: readonly ServiceState[],
+    trigger: string,
+    started: number,
+    force: boolean,
+    fallback: string | undefined,
+    reasons: readonly string[] | undefined = undefined,
+  ): Promise<ApplyRecord> {
     const allocation = canonicalAllocation(services, this.minSpares);
     const rendered = this.render(services, allocation);
     if (!force && fallback === undefined && this.live !== undefined && hashOf(rendered) === hashOf(this.live)) {
@@ -248,7 +276,10 @@ export class ConfigApplier {
     // A reload rebuilds every server from the config: runtime-only state is gone.
     this.parked.clear();
     this.dynamicServers = 0;
-    const record = this.record({ kind: 'reload', trigger, durationMs: performance.now() - started, ...(fallback ? { fallback } : {}) }, rendered);
+    const record = this.record(
+      { kind: 'reload', trigger, durationMs: performance.now() - started, ...(fallback ? { fallback } : {}), ...(reasons && reasons.length > 0 ? { reloadBecause: reasons } : {}) },
+      rendered,
+    );
     this.log.info(`applied generation ${record.generation} (${trigger}) with a reload in ${record.durationMs.toFixed(1)} ms`);
     return record;
   }
@@ -329,7 +360,7 @@ export class ConfigApplier {
     atomic(this.paths.config, files.config);
   }
 
-  private record(r: Pick<ApplyRecord, 'kind' | 'trigger' | 'durationMs' | 'fallback'>, files: Files): ApplyRecord {
+  private record(r: Pick<ApplyRecord, 'kind' | 'trigger' | 'durationMs' | 'fallback' | 'reloadBecause'>, files: Files): ApplyRecord {
     const record: ApplyRecord = { generation: ++this.generation, ...r, hash: hashOf(files), at: new Date().toISOString() };
     this.counts[r.kind]++;
     this.history.push(record);

@@ -47,6 +47,18 @@ export interface Settings {
   readonly secretsDir: string;
   /** FILTER_PROXY_INSTANCE_NAME: only accept reconfigures whose proxyInstanceName is PROXY_INSTANCE_NAME. */
   readonly filterProxyInstanceName: boolean;
+  /** STATS_*: HAProxy's stats page, or undefined when disabled (the default). */
+  readonly stats: StatsSettings | undefined;
+}
+
+/** The stats page (`STATS_USER`, `STATS_PASS`, `STATS_URI`, `STATS_PORT`). */
+export interface StatsSettings {
+  /** Starts with `/`; matched as a prefix of path + query, like HAProxy's `stats uri`. */
+  readonly uri: string;
+  /** A listener of its own; undefined = served on the HTTP listeners of `frontend services`. */
+  readonly port: number | undefined;
+  /** Basic-auth credentials; undefined for `none`/`none` (no auth). Never shown by the API. */
+  readonly auth: { readonly user: string; readonly pass: string } | undefined;
 }
 
 export interface HttpSettings {
@@ -229,6 +241,7 @@ export function loadSettings(env: Env = process.env): Settings {
     connectionMode: connectionMode as ConnectionMode,
     secretsDir,
     filterProxyInstanceName: bool(env, 'FILTER_PROXY_INSTANCE_NAME', false),
+    stats: statsSettings(env, binds),
     http: {
       serviceDomainAlgo: oneOf(env, 'SERVICE_DOMAIN_ALGO', DOMAIN_ALGOS, 'hdr_beg(host)') as DomainAlgo,
       httpsOnly: bool(env, 'HTTPS_ONLY', false),
@@ -264,6 +277,44 @@ export function loadSettings(env: Env = process.env): Settings {
     replicaId: lookup(env, 'REPLICA_ID'),
     replicaWaitTimeout: int(env, 'REPLICA_WAIT_TIMEOUT', 10, 1, 3600),
   };
+}
+
+/**
+ * STATS_USER / STATS_PASS (both empty: disabled; `none`/`none`: no auth), STATS_URI, STATS_PORT,
+ * and the `*_ENV` indirections naming the variable to read each value from. Error messages never
+ * echo a credential.
+ */
+function statsSettings(env: Env, binds: readonly Listener[]): StatsSettings | undefined {
+  const indirect = (name: string): string => {
+    const target = lookup(env, `${name}_ENV`) ?? name;
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(target)) throw new SettingsError(`${name}_ENV`, `must name an environment variable (letters, digits, _), got ${JSON.stringify(target)}`);
+    return target;
+  };
+  const userVar = indirect('STATS_USER');
+  const passVar = indirect('STATS_PASS');
+  const uriVar = indirect('STATS_URI');
+  const user = lookup(env, userVar);
+  const pass = lookup(env, passVar);
+  const uri = lookup(env, uriVar) ?? '/admin?stats';
+  if (!/^\/[A-Za-z0-9\-._~!$&()*+,;=:@%/?]*$/.test(uri)) {
+    throw new SettingsError(uriVar, `must start with / and use URL characters only (no quotes, spaces, # or backslash), got ${JSON.stringify(uri)}`);
+  }
+  // Port first, so a bad STATS_PORT is reported even while the page is disabled.
+  const port = lookup(env, 'STATS_PORT') === undefined ? undefined : int(env, 'STATS_PORT', 0, 1, 65535);
+  if (port !== undefined && binds.some((l) => l.port === port)) {
+    throw new SettingsError('STATS_PORT', `${port} is already a listener of frontend services (DEFAULT_PORTS/BIND_PORTS); leave STATS_PORT empty to serve the stats page there`);
+  }
+  if (user === undefined && pass === undefined) return undefined;
+  if (user === undefined) throw new SettingsError(userVar, `is empty while ${passVar} is set: set both (or none/none for a page without auth)`);
+  if (pass === undefined) throw new SettingsError(passVar, `is empty while ${userVar} is set: set both (or none/none for a page without auth)`);
+  if ((user === 'none') !== (pass === 'none')) {
+    throw new SettingsError(user === 'none' ? passVar : userVar, 'none disables the stats authentication only when both the user and the password are none');
+  }
+  // Printable ASCII without space (`!` to `~`), minus what HAProxy's config parser reads specially.
+  const ok = (v: string) => /^[!-~]+$/.test(v) && !/["'\\#]/.test(v);
+  if (!ok(user) || user.includes(':')) throw new SettingsError(userVar, 'must be printable ASCII without whitespace, quotes, backslashes, # or :');
+  if (!ok(pass)) throw new SettingsError(passVar, 'must be printable ASCII without whitespace, quotes, backslashes or # (value not shown)');
+  return { uri, port, auth: user === 'none' ? undefined : { user, pass } };
 }
 
 function rawLine(name: string, line: string): string {

@@ -85,7 +85,7 @@ describe('validation: bad and hostile input changes nothing', () => {
   });
 
   /**
-   * The HTTP routing set: every parameter that reaches haproxy.cfg, a map file or userlists.cfg.
+   * The HTTP routing set: every parameter that reaches haproxy.cfg, a map file or credentials.cfg.
    * Each hostile value is either refused (400 naming the parameter, nothing changes) or rendered
    * harmlessly: then the config still passes HAProxy, no line the operator did not ask for appears,
    * and the other routes keep working.

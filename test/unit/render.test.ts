@@ -5,7 +5,7 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { MAP_FILES, MAP_NAMES, type RenderedConfig, type RenderSettings, renderConfig, serverName } from '../../src/render/haproxy-config.js';
 import type { ServiceState } from '../../src/state/service-state.js';
-import { spec } from '../helpers/specs.js';
+import { spec } from '../../src/spec/defaults.js';
 import { PROJECT_ROOT } from '../../src/util/project.js';
 import { tempDir } from '../helpers/harness.js';
 
@@ -123,11 +123,21 @@ const FIXTURES: Record<string, { settings?: Partial<RenderSettings>; services: S
       },
     ],
   },
+  // STATS_*: the page on frontend services (its section in credentials.cfg, never in haproxy.cfg) ...
+  stats: {
+    settings: { stats: { uri: '/admin?stats', port: undefined, auth: { user: 'admin', pass: 'pa$$word!' } } },
+    services: [{ spec: spec({ serviceName: 'web', destinations: [{ servicePath: ['/'], pathType: 'path_beg' }] }), instances: [inst('h:web.0:80', 31000)] }],
+  },
+  // ... and on a port of its own, without auth.
+  'stats-port': {
+    settings: { stats: { uri: '/stats', port: 9000, auth: undefined } },
+    services: [],
+  },
 };
 
 function serialise(r: RenderedConfig): string {
   const maps = MAP_NAMES.filter((m) => r.maps[m] !== '').map((m) => `### ${MAP_FILES[m]}\n${r.maps[m]}`);
-  return `${r.config}\n${maps.join('')}### userlists.cfg\n${r.secrets}\n### conflicts\n${r.conflicts.map((c) => `${c.route} ${c.winner} > ${c.loser}\n`).join('')}`;
+  return `${r.config}\n${maps.join('')}### credentials.cfg\n${r.secrets}\n### conflicts\n${r.conflicts.map((c) => `${c.route} ${c.winner} > ${c.loser}\n`).join('')}`;
 }
 
 describe('renderer golden files', () => {
@@ -195,9 +205,9 @@ describe('renderer golden files', () => {
       const r = renderConfig({ ...SETTINGS, ...fixture.settings, ...(crtList ? { crtList } : {}), mapDir: dir, adminSocket: path.join(dir, 'admin.sock') }, fixture.services);
       for (const m of MAP_NAMES) writeFileSync(path.join(dir, MAP_FILES[m]), r.maps[m]);
       writeFileSync(path.join(dir, 'haproxy.cfg'), r.config);
-      writeFileSync(path.join(dir, 'userlists.cfg'), r.secrets);
+      writeFileSync(path.join(dir, 'credentials.cfg'), r.secrets);
       try {
-        execFileSync(process.env.HAPROXY_BIN ?? 'haproxy', ['-c', '-f', path.join(dir, 'haproxy.cfg'), '-f', path.join(dir, 'userlists.cfg')], { stdio: 'pipe' });
+        execFileSync(process.env.HAPROXY_BIN ?? 'haproxy', ['-c', '-f', path.join(dir, 'haproxy.cfg'), '-f', path.join(dir, 'credentials.cfg')], { stdio: 'pipe' });
       } catch (err) {
         assert.fail(`${name}: haproxy -c failed: ${String((err as { stderr?: Buffer }).stderr ?? err)}`);
       }
