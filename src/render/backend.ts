@@ -70,6 +70,10 @@ export function buildBackend(spec: ServiceSpec, dest: Destination, servers: read
   const lines = ['mode http'];
   const sticky = spec.sessionType === 'sticky-server';
   if (sticky) lines.push(`cookie ${spec.aclName} insert indirect nocache`);
+  // TLS to the instances is part of the skeleton: the runtime API cannot switch it on an existing
+  // server, so turning sslVerifyNone on or off must reload. The server lines repeat it, because a
+  // server added at run time takes its options from its own command.
+  if (dest.sslVerifyNone) lines.push('default-server ssl verify none');
   if (spec.connectionMode) lines.push(`option ${spec.connectionMode}`);
   if (dest.timeoutServer !== undefined) lines.push(`timeout server ${dest.timeoutServer}s`);
   if (dest.timeoutTunnel !== undefined) lines.push(`timeout tunnel ${dest.timeoutTunnel}s`);
