@@ -3,7 +3,7 @@ import { describe, it } from 'node:test';
 import { DfpError } from '../../src/errors.js';
 import { Params } from '../../src/spec/params.js';
 import { parseChangeOptions, parseReconfigure, parseRemove } from '../../src/spec/parse.js';
-import { spec } from '../helpers/specs.js';
+import { spec } from '../../src/spec/defaults.js';
 
 const opts = { separator: ',' };
 const parse = (q: string, o = opts) => parseReconfigure(new Params(new URLSearchParams(q)), o);

@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { spec as makeSpec } from '../helpers/specs.js';
+import { spec as makeSpec } from '../../src/spec/defaults.js';
 import { loadSettings } from '../../src/config/settings.js';
 import type { ConsulClient } from '../../src/consul/client.js';
 import { ConsulInstanceSource } from '../../src/consul/instances.js';
