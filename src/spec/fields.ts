@@ -226,7 +226,7 @@ export const DEST_FIELDS = [
     legacyKey: 'port',
     doc: "The service's internal port. Optional: server lines use Consul's address and port; it names the backend.",
   }),
-  field({ name: 'srcPort', codec: int(1, 65535, 'port'), empty: undefined, response: 'SrcPort', show: (v) => v ?? 0, doc: 'Entry port: this destination answers only there. Must be in `DEFAULT_PORTS` or `BIND_PORTS`.' }),
+  field({ name: 'srcPort', codec: int(1, 65535, 'port'), empty: undefined, response: 'SrcPort', show: (v) => v ?? 0, doc: 'Entry port: this destination answers only there. Must be one of `DEFAULT_PORTS` or `BIND_PORTS` (400 otherwise).' }),
   field({
     name: 'serviceDomain',
     codec: list('hosts (`a.com`, `*.a.com`)', checkDomain),

@@ -8,6 +8,8 @@ export interface ParseOptions {
   readonly separator: string;
   /** Whether a user named in `users` without a password gets one from usersSecret or USERS (F16). */
   readonly passwordKnown?: (user: string, usersSecret: string | undefined) => boolean;
+  /** HAProxy's HTTP listener ports (DEFAULT_PORTS + BIND_PORTS): a srcPort must be one of them. */
+  readonly listenerPorts?: ReadonlySet<number>;
 }
 
 export type ReconfigureRequest =
@@ -116,6 +118,10 @@ function parseDestination(params: Params, index: number, opts: ParseOptions): De
   if (search !== undefined) {
     const pair = DEST_FIELDS.find((f) => f.name === 'reqPathSearchReplace')?.codec.parse(searchName, `${search},${replace ?? ''}`, fieldContext(opts.separator)) as string[];
     out.reqPathSearchReplace = [...pair, ...(out.reqPathSearchReplace as string[])];
+  }
+  const [srcPortName] = pick(params, { name: 'srcPort' }, index);
+  if (out.srcPort !== undefined && opts.listenerPorts && !opts.listenerPorts.has(out.srcPort as number)) {
+    throw new InvalidParamError(srcPortName, `${srcPortName}=${out.srcPort} is not a port HAProxy listens on; add it to BIND_PORTS (listening: ${[...opts.listenerPorts].join(', ')})`);
   }
   // An un-indexed httpsOnly=true applies to every destination (the original's rule).
   if (params.has('httpsOnly') && checkBool('httpsOnly', params.get('httpsOnly') ?? '')) out.httpsOnly = true;

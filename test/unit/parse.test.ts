@@ -98,6 +98,15 @@ describe('reconfigure parameters', () => {
     rejects('serviceName=a&servicePath=/x&reqMode=tcp', 'DFP_ERR_UNSUPPORTED_PARAM', 'reqMode');
   });
 
+  it('srcPort must be a port HAProxy listens on (else the route could never be reached)', () => {
+    const o = { separator: ',', listenerPorts: new Set([80, 8443]) };
+    assert.equal(parse('serviceName=a&servicePath.1=/x&srcPort.1=8443', o).kind, 'upsert');
+    assert.throws(
+      () => parse('serviceName=a&servicePath.1=/x&srcPort.1=8444', o),
+      (e: unknown) => e instanceof DfpError && e.code === 'DFP_ERR_INVALID_PARAM' && e.parameter === 'srcPort.1' && /BIND_PORTS/.test(e.message),
+    );
+  });
+
   it('remove needs serviceName; aclName is optional', () => {
     assert.deepEqual(parseRemove(new Params([['serviceName', 'a']])), { serviceName: 'a' });
     assert.throws(() => parseRemove(new Params([])), (e: unknown) => e instanceof DfpError && e.parameter === 'serviceName');
