@@ -246,7 +246,7 @@ async function controlPlane(dir: string, backendPort: number): Promise<void> {
   const httpPort = await freePort();
   const proxy = spawn(process.execPath, [path.join(PROJECT_ROOT, 'dist/src/main.js')], {
     // Only what a test run must set: addresses, ports and the state directory. No tuning.
-    env: { ...process.env, CONSUL_ADDRESS: consul.address, STATE_DIR: path.join(dir, 'proxy'), PORT: String(apiPort), IP: '127.0.0.1', DEFAULT_PORTS: String(httpPort), LOG_LEVEL: 'warn' },
+    env: { ...process.env, CONSUL_ADDRESS: consul.address, STATE_DIR: path.join(dir, 'proxy'), PORT: String(apiPort), IP: '127.0.0.1', DEFAULT_PORTS: String(httpPort), LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn' },
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   const api = `http://127.0.0.1:${apiPort}/v1/docker-flow-proxy`;
@@ -321,8 +321,9 @@ async function main(): Promise<void> {
     note(
       `${QUICK ? '**Quick run (BENCH_QUICK=1): smaller sizes, fewer samples.** ' : ''}Produced by \`npm run bench:http\` (bench/http.ts). wrk, HAProxy, nginx, the proxy and Consul share the same cores: compare numbers within this run only.`,
     );
-    await dataPlane(dir, nginx.port);
-    await controlPlane(dir, nginx.port);
+    // BENCH_PART=data or control runs one part alone (investigations; the doc is written either way).
+    if (process.env.BENCH_PART !== 'control') await dataPlane(dir, nginx.port);
+    if (process.env.BENCH_PART !== 'data') await controlPlane(dir, nginx.port);
   } finally {
     if (nginx.proc.pid !== undefined) process.kill(-nginx.proc.pid, 'SIGKILL');
     await waitForExit(nginx.proc.pid ?? 0, 5000);

@@ -29,6 +29,8 @@ export class Fleet {
   restored = false;
   invalid: readonly string[] = [];
   private readonly ctrl = new AbortController();
+  /** The KV index of this replica's newest write: older snapshots must not undo it. */
+  private ownWrite = 0;
   private watching: Promise<void> | undefined;
 
   constructor(
@@ -69,6 +71,15 @@ export class Fleet {
       },
       (err) => this.log.warn(`start-up restore: ${err.message}; retrying`),
     );
+  }
+
+  /**
+   * Called with the index of every write this replica makes, before it applies the change locally.
+   * A snapshot read before that write (a lower index) still lacks it; applied after the local
+   * change, it would remove a service just added, or bring back one just removed.
+   */
+  noteOwnWrite(index: number): void {
+    this.ownWrite = Math.max(this.ownWrite, index);
   }
 
   startWatching(): void {
@@ -125,10 +136,15 @@ export class Fleet {
         for (const spec of lost) await this.store.create(spec);
       }
       Object.assign(at, { index: 0, highest: 0, hash: '' });
+      // A new index space: indexes of writes to the lost one mean nothing here.
+      this.ownWrite = 0;
       return;
     }
     at.highest = stored.index;
     at.index = stored.index;
+    // Older than this replica's own write: the next read (already due, the index moved) has it.
+    // Checked in the same tick as applySpecs reads the local state, so no write slips in between.
+    if (stored.index < this.ownWrite) return;
     if (stored.hash === at.hash) {
       this.kvIndex = stored.index;
       return;

@@ -310,12 +310,13 @@ export class FlowProxy implements ProxyCore {
       throw err instanceof ConfigRejectedError ? new ConfigRejectedError(err.output, true) : err;
     });
     const previous = this.reconciler.snapshot().services.get(spec.serviceName);
-    const landedAt = await this.store.put(spec, previous === undefined);
+    const landed = await this.store.put(spec, previous === undefined);
+    this.fleet?.noteOwnWrite(landed);
     try {
       await this.reconciler.submit(`reconfigure ${spec.serviceName}`, change, { fromRequest: true });
     } catch (err) {
       // Not applied here: take it back out of the shared store, so no replica applies it either.
-      await (previous ? this.store.put(previous) : this.store.delete(spec.serviceName)).catch((e: unknown) =>
+      await (previous ? this.store.put(previous) : this.store.delete(spec.serviceName)).then((i) => this.fleet?.noteOwnWrite(i)).catch((e: unknown) =>
         this.log.error(`could not roll back the stored spec of ${spec.serviceName}: ${(e as Error).message}`),
       );
       throw err;
@@ -327,7 +328,7 @@ export class FlowProxy implements ProxyCore {
         .filter((c) => c.loser === spec.aclName || c.winner === spec.aclName)
         .map((c) => `route ${c.route} is claimed by both ${c.winner} and ${c.loser}; ${c.winner} wins (ordered by aclName)`),
     );
-    if (options.waitAll) await this.fleet?.waitForAll(await landedAt(), this.settings.replicaWaitTimeout * 1000);
+    if (options.waitAll) await this.fleet?.waitForAll(landed, this.settings.replicaWaitTimeout * 1000);
     return { warnings };
   }
 
@@ -343,6 +344,7 @@ export class FlowProxy implements ProxyCore {
     if (options.dryRun) return { removed: false, serviceName: target, dryRun: this.preview(change(this.reconciler.snapshot())) };
     this.assertReady();
     const index = await this.store.delete(target);
+    this.fleet?.noteOwnWrite(index);
     await this.reconciler.submit(`remove ${target}`, change);
     if (options.waitAll) await this.fleet?.waitForAll(index, this.settings.replicaWaitTimeout * 1000);
     return { removed: true, serviceName: target };
