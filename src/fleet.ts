@@ -31,6 +31,7 @@ export class Fleet {
   private readonly ctrl = new AbortController();
   /** The KV index of this replica's newest write: older snapshots must not undo it. */
   private ownWrite = 0;
+  private writesInFlight = 0;
   private watching: Promise<void> | undefined;
 
   constructor(
@@ -74,12 +75,21 @@ export class Fleet {
   }
 
   /**
-   * Called with the index of every write this replica makes, before it applies the change locally.
-   * A snapshot read before that write (a lower index) still lacks it; applied after the local
-   * change, it would remove a service just added, or bring back one just removed.
+   * Marks a write of this replica to the shared specs as in flight; call the returned function
+   * once the change is applied here, with the KV index the write landed at. Until then snapshots are
+   * not applied (the local apply goes first, under its own trigger); afterwards a snapshot older
+   * than the write is skipped: read before the write, it lacks it, and applying it would remove a
+   * service just added or bring back one just removed.
    */
-  noteOwnWrite(index: number): void {
-    this.ownWrite = Math.max(this.ownWrite, index);
+  beginOwnWrite(): (landedIndex: number | undefined) => void {
+    this.writesInFlight++;
+    let done = false;
+    return (landedIndex) => {
+      if (done) return;
+      done = true;
+      this.writesInFlight--;
+      if (landedIndex !== undefined) this.ownWrite = Math.max(this.ownWrite, landedIndex);
+    };
   }
 
   startWatching(): void {
@@ -138,6 +148,11 @@ export class Fleet {
       Object.assign(at, { index: 0, highest: 0, hash: '' });
       // A new index space: indexes of writes to the lost one mean nothing here.
       this.ownWrite = 0;
+      return;
+    }
+    if (this.writesInFlight > 0) {
+      // Read again shortly, from the same index (it answers at once: the write moved it).
+      await sleep(10);
       return;
     }
     at.highest = stored.index;

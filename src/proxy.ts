@@ -310,16 +310,27 @@ export class FlowProxy implements ProxyCore {
       throw err instanceof ConfigRejectedError ? new ConfigRejectedError(err.output, true) : err;
     });
     const previous = this.reconciler.snapshot().services.get(spec.serviceName);
-    const landed = await this.store.put(spec, previous === undefined);
-    this.fleet?.noteOwnWrite(landed);
+    // Our own write goes live here first; the fleet's KV watch must not apply an older snapshot over it.
+    const written = this.fleet?.beginOwnWrite();
+    let landed: number | undefined;
     try {
-      await this.reconciler.submit(`reconfigure ${spec.serviceName}`, change, { fromRequest: true });
-    } catch (err) {
-      // Not applied here: take it back out of the shared store, so no replica applies it either.
-      await (previous ? this.store.put(previous) : this.store.delete(spec.serviceName)).then((i) => this.fleet?.noteOwnWrite(i)).catch((e: unknown) =>
-        this.log.error(`could not roll back the stored spec of ${spec.serviceName}: ${(e as Error).message}`),
-      );
-      throw err;
+      const landedAt = await this.store.put(spec, previous === undefined);
+      try {
+        await this.reconciler.submit(`reconfigure ${spec.serviceName}`, change, { fromRequest: true });
+      } catch (err) {
+        // Not applied here: take it back out of the shared store, so no replica applies it either.
+        landed = await (previous ? this.store.put(previous).then((at) => at()) : this.store.delete(spec.serviceName)).catch((e: unknown) => {
+          this.log.error(`could not roll back the stored spec of ${spec.serviceName}: ${(e as Error).message}`);
+          return undefined;
+        });
+        throw err;
+      }
+      landed = await landedAt().catch((err: unknown) => {
+        if (options.waitAll) throw err;
+        return undefined;
+      });
+    } finally {
+      written?.(landed);
     }
     // The watch may have reported newer instances than the ones read above: read again.
     this.watcher.kick(consulServiceName(spec));
@@ -328,7 +339,7 @@ export class FlowProxy implements ProxyCore {
         .filter((c) => c.loser === spec.aclName || c.winner === spec.aclName)
         .map((c) => `route ${c.route} is claimed by both ${c.winner} and ${c.loser}; ${c.winner} wins (ordered by aclName)`),
     );
-    if (options.waitAll) await this.fleet?.waitForAll(landed, this.settings.replicaWaitTimeout * 1000);
+    if (options.waitAll && landed !== undefined) await this.fleet?.waitForAll(landed, this.settings.replicaWaitTimeout * 1000);
     return { warnings };
   }
 
@@ -343,9 +354,14 @@ export class FlowProxy implements ProxyCore {
     const change: Change = (s) => withoutService(s, target);
     if (options.dryRun) return { removed: false, serviceName: target, dryRun: this.preview(change(this.reconciler.snapshot())) };
     this.assertReady();
-    const index = await this.store.delete(target);
-    this.fleet?.noteOwnWrite(index);
-    await this.reconciler.submit(`remove ${target}`, change);
+    const written = this.fleet?.beginOwnWrite();
+    let index: number | undefined;
+    try {
+      index = await this.store.delete(target);
+      await this.reconciler.submit(`remove ${target}`, change);
+    } finally {
+      written?.(index);
+    }
     if (options.waitAll) await this.fleet?.waitForAll(index, this.settings.replicaWaitTimeout * 1000);
     return { removed: true, serviceName: target };
   }

@@ -55,10 +55,10 @@ export class ConsulSpecStore {
   /**
    * Writes a spec with check-and-set. A new service is tried as create-only (`cas=0`) first, which
    * saves a read; a failed CAS (200 `false`, not 409) means someone wrote in between: read, retry.
-   * Returns the KV index the write landed at (Consul's KV PUT does not say it: one more read). The
-   * fleet needs it to tell a snapshot older than this write from a newer one.
+   * Returns a function that reads the KV index the write landed at (Consul's KV PUT does not say
+   * it): one more request, made once the change is live here, off the path to "live".
    */
-  async put(spec: ServiceSpec, knownNew = false): Promise<number> {
+  async put(spec: ServiceSpec, knownNew = false): Promise<() => Promise<number>> {
     const value = storedDocument(spec);
     const url = `/v1/kv/${this.key(spec.serviceName)}`;
     await this.retrying(`storing ${spec.serviceName}`, async () => {
@@ -75,8 +75,10 @@ export class ConsulSpecStore {
       }
       throw new ConsulUnavailableError(`could not store ${spec.serviceName}: the key kept changing under concurrent writes`);
     });
-    const after = await this.consul.request(url);
-    return after.status === 200 ? ((JSON.parse(after.body) as KvEntry[])[0]?.ModifyIndex ?? after.index ?? 0) : (after.index ?? 0);
+    return async () => {
+      const after = await this.consul.request(url);
+      return after.status === 200 ? ((JSON.parse(after.body) as KvEntry[])[0]?.ModifyIndex ?? after.index ?? 0) : (after.index ?? 0);
+    };
   }
 
   /** Create-only (`cas=0`): false when the key exists already. */

@@ -15,7 +15,7 @@ import { createLogger } from '../../src/util/log.js';
  * a route the API had just confirmed. The race needs precise timing against a real Consul, so the
  * store and the reconciler are stand-ins here; the fleet's own logic is real.
  */
-async function run(noteOwnWrite: boolean): Promise<string[]> {
+async function run(withOwnWrite: boolean): Promise<string[]> {
   const web = spec({ serviceName: 'web', destinations: [{ servicePath: ['/web'] }] });
   const submitted: string[] = [];
   const ctrl = new AbortController();
@@ -39,7 +39,7 @@ async function run(noteOwnWrite: boolean): Promise<string[]> {
   } as unknown as Reconciler;
   const fleet = new Fleet(store, reconciler, { instances: async () => [] }, 'p/', {} as never, () => undefined, createLogger('error'), 1);
   fleet.kvIndex = 4;
-  if (noteOwnWrite) fleet.noteOwnWrite(7);
+  if (withOwnWrite) fleet.beginOwnWrite()(7);
   fleet.startWatching();
   for (let i = 0; i < 50 && reads < 2; i++) await new Promise((r) => setTimeout(r, 5));
   await new Promise((r) => setTimeout(r, 20));
@@ -51,4 +51,35 @@ it('regression: a KV snapshot older than this replica’s own write does not rem
   assert.deepEqual(await run(true), []);
   // Without the write's index the same snapshot removes it: the test can fail.
   assert.deepEqual(await run(false), ['kv: 0 changed, 1 removed']);
+});
+
+it('snapshots wait while this replica has a write in flight, then apply', async () => {
+  const web = spec({ serviceName: 'web', destinations: [{ servicePath: ['/web'] }] });
+  const submitted: string[] = [];
+  let reads = 0;
+  const store = {
+    async list(_index: number, _wait: number, signal?: AbortSignal) {
+      reads++;
+      if (reads <= 5) return { specs: new Map([['web', web]]), index: 9, invalid: [], hash: 'with-web' };
+      await new Promise((resolve) => signal?.addEventListener('abort', resolve));
+      throw new Error('stopped');
+    },
+  } as unknown as ConsulSpecStore;
+  const reconciler = {
+    snapshot: () => EMPTY_STATE,
+    submit: async (trigger: string) => {
+      submitted.push(trigger);
+      return { generation: 1, kind: 'runtime', trigger, durationMs: 0, hash: '', at: '' };
+    },
+  } as unknown as Reconciler;
+  const fleet = new Fleet(store, reconciler, { instances: async () => [] }, 'p/', {} as never, () => undefined, createLogger('error'), 1);
+  fleet.kvIndex = 4;
+  const done = fleet.beginOwnWrite();
+  fleet.startWatching();
+  await new Promise((r) => setTimeout(r, 25));
+  assert.deepEqual(submitted, [], 'nothing applied while the write is in flight');
+  done(9);
+  for (let i = 0; i < 50 && submitted.length === 0; i++) await new Promise((r) => setTimeout(r, 5));
+  await fleet.stop();
+  assert.deepEqual(submitted, ['kv: 1 changed, 0 removed'], 'applied once the write is done (here the local state lacks it)');
 });
