@@ -32,6 +32,9 @@ export class Fleet {
   /** The KV index of this replica's newest write: older snapshots must not undo it. */
   private ownWrite = 0;
   private writesInFlight = 0;
+  /** Resolves when writesInFlight next drops to 0. */
+  private writesDone: Promise<void> = Promise.resolve();
+  private releaseWrites: () => void = () => undefined;
   private watching: Promise<void> | undefined;
 
   constructor(
@@ -82,13 +85,13 @@ export class Fleet {
    * service just added or bring back one just removed.
    */
   beginOwnWrite(): (landedIndex: number | undefined) => void {
-    this.writesInFlight++;
+    if (this.writesInFlight++ === 0) this.writesDone = new Promise((resolve) => (this.releaseWrites = resolve));
     let done = false;
     return (landedIndex) => {
       if (done) return;
       done = true;
-      this.writesInFlight--;
       if (landedIndex !== undefined) this.ownWrite = Math.max(this.ownWrite, landedIndex);
+      if (--this.writesInFlight === 0) this.releaseWrites();
     };
   }
 
@@ -151,8 +154,9 @@ export class Fleet {
       return;
     }
     if (this.writesInFlight > 0) {
-      // Read again shortly, from the same index (it answers at once: the write moved it).
-      await sleep(10);
+      // Once this replica's writes are live here, read again without blocking (index 0).
+      await this.writesDone;
+      at.index = 0;
       return;
     }
     at.highest = stored.index;

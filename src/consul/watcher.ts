@@ -24,7 +24,8 @@ interface Watch {
   lastHash: string | undefined;
   /** Report the next read even if it equals the last one (after a reconfigure overwrote state). */
   force: boolean;
-  kick: AbortController;
+  /** X-Consul-Index of the last answer reported: an older answer that arrives later is not. */
+  reportedIndex: number;
 }
 
 /**
@@ -74,12 +75,16 @@ export class ConsulWatcher {
     }
   }
 
-  /** Re-reads a service now and reports it even if unchanged. */
+  /**
+   * Re-reads a service now and reports it even if unchanged. A read of its own beside the blocking
+   * query, not an abort of it: Consul 1.8 notices a client that left a blocking query only when the
+   * query answers, so every aborted query would hold one of the client's connection slots (200 by
+   * default) for up to the wait time.
+   */
   kick(service: string): void {
     const w = this.watches.get(service);
     if (w) {
-      w.force = true;
-      w.kick.abort();
+      void this.readOnce(service, w);
     } else if (this.overflow.has(service)) {
       this.overflow.set(service, undefined);
       void this.resyncOverflow([service]);
@@ -97,8 +102,19 @@ export class ConsulWatcher {
     this.detector?.abort();
   }
 
+  private async readOnce(name: string, w: Watch): Promise<void> {
+    try {
+      const res = await this.consul.request(this.source.path(name), { signal: w.ctrl.signal });
+      if (res.status !== 200) throw new Error(`Consul answered ${res.status}: ${res.body.slice(0, 200)}`);
+      w.force = true;
+      this.report(name, w, res);
+    } catch (err) {
+      if (!w.ctrl.signal.aborted) this.log.warn(`re-reading ${name}: ${(err as Error).message}; the watch will report its next change`);
+    }
+  }
+
   private startWatch(name: string): void {
-    const w: Watch = { ctrl: new AbortController(), lastHash: undefined, force: false, kick: new AbortController() };
+    const w: Watch = { ctrl: new AbortController(), lastHash: undefined, force: false, reportedIndex: 0 };
     this.watches.set(name, w);
     void this.follow(name, w);
   }
@@ -109,11 +125,7 @@ export class ConsulWatcher {
     let backoff = 100;
     const wait = this.options.waitSeconds;
     while (!w.ctrl.signal.aborted) {
-      if (w.kick.signal.aborted) {
-        w.kick = new AbortController();
-        index = 0;
-      }
-      const signal = AbortSignal.any([w.ctrl.signal, w.kick.signal]);
+      const signal = w.ctrl.signal;
       let res: ConsulResponse;
       try {
         const query: Record<string, string> = index > 0 ? { index: String(index), wait: `${wait}s` } : {};
@@ -122,7 +134,6 @@ export class ConsulWatcher {
         if (res.status !== 200) throw new Error(`Consul answered ${res.status}: ${res.body.slice(0, 200)}`);
       } catch (err) {
         if (w.ctrl.signal.aborted) return;
-        if (w.kick.signal.aborted) continue;
         index = 0;
         this.log.warn(`watch ${name}: ${(err as Error).message}; retrying in about ${backoff} ms`);
         await sleep(backoff * (0.5 + Math.random()));
@@ -135,15 +146,22 @@ export class ConsulWatcher {
         // Failover to another agent: the answer is current, its index space is the new one.
         address = res.address;
         index = next;
+        w.reportedIndex = 0;
       } else {
         // Backwards means the agent lost its state (restart): start over with a full read.
+        if (next < index) w.reportedIndex = 0;
         index = next < index ? 0 : next;
       }
       this.report(name, w, res);
     }
   }
 
-  private report(name: string, w: { lastHash: string | undefined; force?: boolean }, res: ConsulResponse): void {
+  private report(name: string, w: { lastHash: string | undefined; force?: boolean; reportedIndex?: number }, res: ConsulResponse): void {
+    // A blocking answer computed before a kick's read but delivered after it is older: skip it.
+    if (w.reportedIndex !== undefined && res.index !== undefined) {
+      if (res.index < w.reportedIndex) return;
+      w.reportedIndex = res.index;
+    }
     const hash = createHash('sha256').update(res.body).digest('hex');
     if (hash === w.lastHash && !w.force) return;
     let instances: Instance[];
