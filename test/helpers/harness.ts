@@ -45,8 +45,8 @@ export const CONSUL_BIN = process.env.CONSUL_BIN ?? path.join(PROJECT_ROOT, '.to
  */
 export const TEST_CONSUL_LIMIT = 16384;
 
-export async function startConsul(): Promise<ConsulAgent> {
-  const agent = await ConsulAgent.start({ bin: CONSUL_BIN, mode: 'dev', dataDir: tempDir(), httpMaxConnsPerClient: TEST_CONSUL_LIMIT });
+export async function startConsul(httpMaxConnsPerClient = TEST_CONSUL_LIMIT): Promise<ConsulAgent> {
+  const agent = await ConsulAgent.start({ bin: CONSUL_BIN, mode: 'dev', dataDir: tempDir(), httpMaxConnsPerClient });
   track(agent.pid);
   return agent;
 }

@@ -256,3 +256,26 @@ function keepAliveGet(agent: http.Agent, url: string): Promise<number> {
       .on('error', reject);
   });
 }
+
+describe('regression: reconfigures do not leak Consul connection slots', () => {
+  it('60 services routed one by one on an agent that allows 80 connections per client', async () => {
+    // Each reconfigure used to abort its service's blocking query to re-read it; Consul 1.8 keeps an
+    // abandoned blocking query's slot until its wait ends, so every reconfigure leaked one, and a
+    // Consul with the default limit (200) failed at about 100 services.
+    const consul = await startConsul(80);
+    const proxy = await startProxy(consul.address, { CONSUL_WATCH_WAIT: '300', CONSUL_MAX_WATCHES: '40' });
+    const b = await startBackend('slot.0');
+    try {
+      for (let i = 0; i < 60; i++) {
+        await registerLikeRegistrator(consul.address, { name: `slot${i}`, container: `slot${i}.0`, exposedPort: 80, hostPort: b.port });
+        const res = await callApi(proxy, 'reconfigure', { serviceName: `slot${i}`, servicePath: `/slot${i}` });
+        assert.equal(res.status, 200, `service ${i}: ${res.text}`);
+      }
+      assert.equal((await through(proxy, '/slot59')).instance, 'slot.0');
+    } finally {
+      await proxy.stop();
+      await b.close();
+      await stopConsul(consul);
+    }
+  });
+});
