@@ -29,7 +29,7 @@ import { spec } from '../src/spec/defaults.js';
 
 const QUICK = process.env.BENCH_QUICK === '1';
 const DOMAINS = QUICK ? 1000 : 10_000;
-const ROUTED = QUICK ? 200 : 1000;
+const ROUTED = Number(process.env.BENCH_ROUTED ?? (QUICK ? 200 : 1000));
 const SECONDS = QUICK ? 3 : 8;
 const SAMPLES = QUICK ? 5 : 20;
 const run = promisify(execFile);
@@ -304,8 +304,12 @@ async function controlPlane(dir: string, backendPort: number): Promise<void> {
     await measure('a new service with a domain (takes a spare backend)', (n) => ({ serviceName: name(ROUTED + n), serviceDomain: `${name(ROUTED + n)}.example.com` }), (n) => `${name(ROUTED + n)}.example.com`);
     await measure('one more domain on a routed service (its backend exists)', (n) => ({ serviceName: name(n), serviceDomain: `${name(n)}.example.com,extra${n}.example.com` }), (n) => `extra${n}.example.com`);
   } finally {
+    const stopStarted = performance.now();
     proxy.kill('SIGTERM');
-    await waitForExit(proxy.pid ?? 0, 30_000);
+    if (!(await waitForExit(proxy.pid ?? 0, 45_000))) {
+      note(`\n**The proxy did not exit within 45 s of SIGTERM** (its shutdown watchdog should have ended it after 40 s); killed.`);
+      proxy.kill('SIGKILL');
+    } else console.log(`(proxy stopped in ${((performance.now() - stopStarted) / 1000).toFixed(1)} s)`);
     await consul.stop('SIGKILL');
   }
 }

@@ -3,6 +3,9 @@ import { DfpError } from './errors.js';
 import { FlowProxy } from './proxy.js';
 import { createLogger, parseLevel } from './util/log.js';
 
+/** HAProxy drains for up to `hard-stop-after` (30 s) on its own; the rest of the stop takes far less. */
+const STOP_TIMEOUT_MS = 40_000;
+
 /** `npm start`: runs the proxy in the foreground until SIGTERM or SIGINT. */
 async function main(): Promise<void> {
   const log = createLogger(parseLevel(process.env.LOG_LEVEL));
@@ -20,6 +23,12 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info(`${signal}: stopping HAProxy${proxy.settings.consulAddresses.length === 0 ? ' and the local Consul' : ''}`);
+    // A stop that hangs must still leave no process behind: say where it hung, kill by PID, exit 1.
+    setTimeout(() => {
+      log.error(`stop did not finish within ${STOP_TIMEOUT_MS / 1000} s (at: ${proxy.stopStep}); killing HAProxy${proxy.settings.consulAddresses.length === 0 ? ' and the local Consul' : ''}`);
+      proxy.killChildren();
+      process.exit(1);
+    }, STOP_TIMEOUT_MS).unref();
     proxy.stop().then(
       () => process.exit(0),
       (err: unknown) => {

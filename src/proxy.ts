@@ -25,6 +25,7 @@ import { MAP_FILES, MAP_NAMES, type RenderSettings } from './render/haproxy-conf
 import { consulServiceName, type ServiceSpec } from './spec/types.js';
 import { type DesiredState, EMPTY_STATE, serviceStates, withInstances, withoutService, withService } from './state/desired-state.js';
 import { unifiedDiff } from './util/diff.js';
+import { killQuietly } from './util/process.js';
 import type { Logger } from './util/log.js';
 
 /** What the renderer needs from the settings (everything but the map directory, which the applier picks). */
@@ -271,18 +272,37 @@ export class FlowProxy implements ProxyCore {
     };
   }
 
+  /** The step stop() is at, for the shutdown watchdog's message. */
+  stopStep = '';
+
   async stop(): Promise<void> {
     this.ready = false;
     this.log.info('stopping');
-    await this.api?.close();
-    await this.fleet?.stop();
-    await this.certs?.stop();
-    await this.publisher?.stop();
-    this.watcher.stop();
-    await this.reconciler.close();
-    await this.applier.idle();
-    await this.haproxy.stop();
-    await this.localConsul?.stop();
+    const steps: [string, () => unknown][] = [
+      ['closing the API', () => this.api?.close()],
+      ['stopping the fleet follower', () => this.fleet?.stop()],
+      ['stopping the certificate follower', () => this.certs?.stop()],
+      ['withdrawing the replica report', () => this.publisher?.stop()],
+      ['stopping the Consul watches', () => this.watcher.stop()],
+      ['finishing the apply in flight', () => this.reconciler.close()],
+      ['finishing background checks', () => this.applier.idle()],
+      ['stopping HAProxy', () => this.haproxy.stop()],
+      ['stopping the local Consul', () => this.localConsul?.stop()],
+    ];
+    for (const [step, run] of steps) {
+      this.stopStep = step;
+      this.log.debug(`stop: ${step}`);
+      await run();
+    }
+  }
+
+  /** Last resort when stop() does not finish: kill HAProxy and the local Consul by PID. */
+  killChildren(): void {
+    for (const pid of [this.haproxy.status().masterPid, this.localConsul?.pid]) {
+      if (pid === undefined) continue;
+      killQuietly(-pid, 'SIGKILL');
+      killQuietly(pid, 'SIGKILL');
+    }
   }
 
   // --- ProxyCore -------------------------------------------------------------------------------
