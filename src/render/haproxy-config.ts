@@ -2,7 +2,7 @@ import type { StatsSettings, Timeouts } from '../config/settings.js';
 import { backendName, type ConnectionMode, type Destination, type DomainAlgo, REDIRECT_CODES, type ServiceSpec } from '../spec/types.js';
 import type { ServiceState } from '../state/service-state.js';
 import { type Backend, type BackendContext, buildBackend, quote, type RenderedServer, renderBackend, serversOf } from './backend.js';
-import { type AclRoute, buildRoutes, byAclName, MAP_FILES, MAP_NAMES, type MapName, mapText, type RouteConflict, WILDCARD_DEPTH } from './routes.js';
+import { type AclRoute, buildRoutes, byAclName, FALLBACK, MAP_FILES, MAP_NAMES, type MapName, mapText, type RouteConflict, WILDCARD_DEPTH } from './routes.js';
 
 export { MAP_FILES, MAP_NAMES, type MapName, type RouteConflict } from './routes.js';
 export { type RenderedServer, serverAddress, serverName } from './backend.js';
@@ -206,9 +206,6 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
     '',
     ...renderFrontend(settings, routes),
   ];
-  const isDefault = ordered.find(({ spec }) => spec.isDefaultBackend);
-  const firstDest = isDefault?.spec.destinations[0];
-  if (isDefault && firstDest) lines.push(`    default_backend ${nameOf(isDefault.spec, firstDest)}`);
 
   // --- backends ---
   const backends = new Map<string, Backend>();
@@ -354,7 +351,11 @@ function renderFrontend(settings: RenderSettings, routes: ReturnType<typeof buil
     `    http-request unset-var(${V.backend}) if { var(${V.exclude}),map_beg(${file('excludes')}) -m found }`,
   );
   out.push(...pattern);
-  if (routes.root) out.push(`    http-request set-var(${V.backend}) str(${routes.root.backend}) if ${NOT_ROUTED}`);
+  // The host-less `/` and then the isDefaultBackend service, from a map: setting either needs no reload.
+  out.push(
+    `    http-request set-var(${V.backend}) str(${FALLBACK.root}),map_str(${file('fallback')}) if ${NOT_ROUTED}`,
+    `    http-request set-var(${V.backend}) str(${FALLBACK.default}),map_str(${file('fallback')}) if ${NOT_ROUTED}`,
+  );
   const flag = (f: string) => `{ var(${V.flags}) -m sub ,${f}, }`;
   out.push(`    http-request set-var(${V.flags}) var(${V.backend}),map_str(${file('flags')}) if { var(${V.backend}) -m found }`);
   for (const code of REDIRECT_CODES) out.push(`    http-request redirect scheme https code ${code} if !{ ssl_fc } ${flag(`https${code}`)}`);

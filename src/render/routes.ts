@@ -27,9 +27,13 @@ export const MAP_FILES = {
   excludes: 'routes-exclude.map',
   redirects: 'domain-redirects.map',
   flags: 'backend-flags.map',
+  fallback: 'routes-fallback.map',
 } as const;
 export type MapName = keyof typeof MAP_FILES;
 export const MAP_NAMES = Object.keys(MAP_FILES) as MapName[];
+
+/** Keys of the fallback map: the host-less `/` route, and the `isDefaultBackend` service. */
+export const FALLBACK = { root: '/', default: '*' } as const;
 
 /** How many leading labels a `*.` wildcard covers: `*.a.com` matches x.a.com, y.x.a.com and z.y.x.a.com. */
 export const WILDCARD_DEPTH = 3;
@@ -64,8 +68,6 @@ export interface AclRoute extends Route {
 export interface RouteTable {
   readonly maps: Record<MapName, Map<string, string>>;
   readonly acl: readonly AclRoute[];
-  /** Host-less `/` prefix: the catch-all, after every other route. */
-  readonly root: Route | undefined;
   readonly conflicts: readonly RouteConflict[];
 }
 
@@ -113,7 +115,6 @@ export function buildRoutes(
   const maps = Object.fromEntries(MAP_NAMES.map((m) => [m, new Map<string, string>()])) as Record<MapName, Map<string, string>>;
   const acl: AclRoute[] = [];
   const conflicts: RouteConflict[] = [];
-  let root: Route | undefined;
   const owner = new Map<string, Route>();
 
   const claim = (map: MapName, key: string, value: string, route: Route, label: string) => {
@@ -129,6 +130,11 @@ export function buildRoutes(
 
   for (const spec of [...specs].sort(byAclName)) {
     const algo = spec.serviceDomainAlgo ?? defaultAlgo;
+    const firstDest = [...spec.destinations].sort((a, b) => a.index - b.index)[0];
+    if (spec.isDefaultBackend && firstDest) {
+      const backend = backendOf(spec, firstDest);
+      claim('fallback', FALLBACK.default, backend, { backend, spec, dest: firstDest }, 'default backend');
+    }
     for (const dest of [...spec.destinations].sort((a, b) => a.index - b.index)) {
       const backend = backendOf(spec, dest);
       const route: Route = { backend, spec, dest };
@@ -149,8 +155,8 @@ export function buildRoutes(
       for (const scope of scopes) {
         for (const p of dest.servicePath) {
           if (scope === '' && table === 'prefix' && p === '/') {
-            if (root === undefined) root = route;
-            else if (root.backend !== backend) conflicts.push({ route: '/', winner: root.spec.aclName, loser: spec.aclName });
+            // The host-less catch-all: after every other route, from a map like the rest.
+            claim('fallback', FALLBACK.root, backend, route, '/');
             continue;
           }
           claim(table, `${scope}${p}`, backend, route, `${scope}${p}`);
@@ -160,7 +166,7 @@ export function buildRoutes(
       for (const x of dest.servicePathExclude) claim('excludes', `${backend}${x}`, '1', route, `exclude ${x}`);
     }
   }
-  return { maps, acl, root, conflicts };
+  return { maps, acl, conflicts };
 }
 
 export function mapText(table: ReadonlyMap<string, string>): string {
