@@ -191,6 +191,7 @@ export class FlowProxy implements ProxyCore {
         {
           separator: settings.separator,
           listenerPorts: new Set(settings.listeners.map((l) => l.port)),
+          clientCa: h.caFile !== undefined,
           // F16: a user without a password must get one from its usersSecret file or USERS.
           passwordKnown: (user, secret) =>
             [...(secret ? (h.userSecrets.get(secret) ?? []) : []), ...h.users].some((u) => u.startsWith(`${user}:`)),

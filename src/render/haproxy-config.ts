@@ -363,9 +363,14 @@ function renderFrontend(settings: RenderSettings, routes: ReturnType<typeof buil
     `    http-request deny deny_status 403 if !{ ssl_fc } ${flag('denyhttp')}`,
     `    http-request redirect scheme https if ${flag('xfphttp')} { req.hdr(X-Forwarded-Proto) -i http }`,
     `    http-request redirect scheme https if ${flag('xfpnothttps')} !{ req.hdr(X-Forwarded-Proto) -i https }`,
-    `    http-request deny deny_status 403 if ${flag('verifyclient')} !{ ssl_c_used }`,
-    `    http-request deny deny_status 403 if ${flag('verifyclient')} !{ ssl_c_verify 0 }`,
   );
+  // Client certificates are requested only with CA_FILE (and verifyClientSsl needs it).
+  if (settings.caFile) {
+    out.push(
+      `    http-request deny deny_status 403 if ${flag('verifyclient')} !{ ssl_c_used }`,
+      `    http-request deny deny_status 403 if ${flag('verifyclient')} !{ ssl_c_verify 0 }`,
+    );
+  }
   // By name, so `haproxy -c` checks that credentials.cfg defines the section.
   if (stats) out.push(`    use_backend ${STATS_SECTION} if { var(${V.backend}) -m str ${STATS_SECTION} }`);
   out.push(`    use_backend %[var(${V.backend})] if { var(${V.backend}) -m found }`);

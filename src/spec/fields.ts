@@ -254,7 +254,7 @@ export const DEST_FIELDS = [
   field({ name: 'sslVerifyNone', codec: bool, empty: false, response: 'SslVerifyNone', doc: 'TLS to the instances, without verifying their certificates.' }),
   field({ name: 'timeoutServer', codec: int(0, 86400, 'seconds'), empty: undefined, response: 'TimeoutServer', show: showOptional, doc: '`timeout server` of this backend, seconds.' }),
   field({ name: 'timeoutTunnel', codec: int(0, 86400, 'seconds'), empty: undefined, response: 'TimeoutTunnel', show: showOptional, doc: '`timeout tunnel` (WebSockets) of this backend, seconds.' }),
-  field({ name: 'verifyClientSsl', codec: bool, empty: false, response: 'VerifyClientSsl', doc: 'With `CA_FILE`: 403 unless the client presented a certificate that verifies.' }),
+  field({ name: 'verifyClientSsl', codec: bool, empty: false, response: 'VerifyClientSsl', doc: 'With `CA_FILE`: 403 unless the client presented a certificate that verifies. 400 without `CA_FILE`.' }),
 ] as const;
 
 /** Parameters of the original whose meaning this version does not implement: refused by name. */

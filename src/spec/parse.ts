@@ -10,6 +10,8 @@ export interface ParseOptions {
   readonly passwordKnown?: (user: string, usersSecret: string | undefined) => boolean;
   /** HAProxy's HTTP listener ports (DEFAULT_PORTS + BIND_PORTS): a srcPort must be one of them. */
   readonly listenerPorts?: ReadonlySet<number>;
+  /** CA_FILE is set: verifyClientSsl needs it (no client certificate is ever asked for without). */
+  readonly clientCa?: boolean;
 }
 
 export type ReconfigureRequest =
@@ -122,6 +124,10 @@ function parseDestination(params: Params, index: number, opts: ParseOptions): De
   const [srcPortName] = pick(params, { name: 'srcPort' }, index);
   if (out.srcPort !== undefined && opts.listenerPorts && !opts.listenerPorts.has(out.srcPort as number)) {
     throw new InvalidParamError(srcPortName, `${srcPortName}=${out.srcPort} is not a port HAProxy listens on; add it to BIND_PORTS (listening: ${[...opts.listenerPorts].join(', ')})`);
+  }
+  if (out.verifyClientSsl === true && opts.clientCa === false) {
+    const [name] = pick(params, { name: 'verifyClientSsl' }, index);
+    throw new InvalidParamError(name, `${name} needs CA_FILE: without it the proxy asks no client for a certificate`);
   }
   // An un-indexed httpsOnly=true applies to every destination (the original's rule).
   if (params.has('httpsOnly') && checkBool('httpsOnly', params.get('httpsOnly') ?? '')) out.httpsOnly = true;

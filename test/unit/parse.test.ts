@@ -2,11 +2,11 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { DfpError } from '../../src/errors.js';
 import { Params } from '../../src/spec/params.js';
-import { parseChangeOptions, parseReconfigure, parseRemove } from '../../src/spec/parse.js';
+import { type ParseOptions, parseChangeOptions, parseReconfigure, parseRemove } from '../../src/spec/parse.js';
 import { spec } from '../../src/spec/defaults.js';
 
 const opts = { separator: ',' };
-const parse = (q: string, o = opts) => parseReconfigure(new Params(new URLSearchParams(q)), o);
+const parse = (q: string, o: ParseOptions = opts) => parseReconfigure(new Params(new URLSearchParams(q)), o);
 
 function rejects(q: string, code: string, parameter: string | undefined): void {
   assert.throws(
@@ -104,6 +104,14 @@ describe('reconfigure parameters', () => {
     assert.throws(
       () => parse('serviceName=a&servicePath.1=/x&srcPort.1=8444', o),
       (e: unknown) => e instanceof DfpError && e.code === 'DFP_ERR_INVALID_PARAM' && e.parameter === 'srcPort.1' && /BIND_PORTS/.test(e.message),
+    );
+  });
+
+  it('verifyClientSsl needs CA_FILE', () => {
+    assert.equal(parse('serviceName=a&servicePath=/x&verifyClientSsl=true', { separator: ',', clientCa: true }).kind, 'upsert');
+    assert.throws(
+      () => parse('serviceName=a&servicePath.1=/x&verifyClientSsl.1=true', { separator: ',', clientCa: false }),
+      (e: unknown) => e instanceof DfpError && e.parameter === 'verifyClientSsl.1' && /CA_FILE/.test(e.message),
     );
   });
 
