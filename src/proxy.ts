@@ -47,6 +47,7 @@ export function renderSettings(settings: Settings, adminSocket: string): Omit<Re
     enableH2: h.enableH2,
     caFile: h.caFile,
     extraGlobal: h.extraGlobal,
+    ssl: h.ssl,
     extraFrontend: h.extraFrontend,
     compression: h.compression,
     stats: settings.stats,

@@ -73,6 +73,8 @@ export interface HttpSettings {
   readonly caFile: string | undefined;
   readonly extraGlobal: readonly string[];
   readonly extraFrontend: readonly string[];
+  /** SSL_BIND_OPTIONS / SSL_BIND_CIPHERS: `ssl-default-bind-*` (and server options) in `global`. */
+  readonly ssl: { readonly options: string | undefined; readonly ciphers: string | undefined };
   readonly compression: { readonly algo: readonly string[]; readonly type: readonly string[] };
   /** PREFERRED_CERTIFICATE: globs of certificate names listed first in the crt-list (the default for unknown names). */
   readonly preferredCertificates: readonly string[];
@@ -258,6 +260,11 @@ export function loadSettings(env: Env = process.env): Settings {
       // Operator input, raw HAProxy lines; each comma starts a new line (the original's rule).
       extraGlobal: list(env, 'EXTRA_GLOBAL', (l) => rawLine('EXTRA_GLOBAL', l)),
       extraFrontend: list(env, 'EXTRA_FRONTEND', (l) => rawLine('EXTRA_FRONTEND', l)),
+      ssl: {
+        // Operator input, checked by `haproxy -c` at start-up; the grammar only keeps it one config line of words.
+        options: matching(env, 'SSL_BIND_OPTIONS', /^[A-Za-z0-9._-]+( [A-Za-z0-9._-]+)*$/, 'HAProxy bind options separated by single spaces, e.g. ssl-min-ver TLSv1.2 no-tls-tickets'),
+        ciphers: matching(env, 'SSL_BIND_CIPHERS', /^[A-Za-z0-9:!+@_.-]+$/, 'an OpenSSL cipher list, e.g. ECDHE-RSA-AES128-GCM-SHA256:!aNULL'),
+      },
       compression: {
         algo: list(env, 'COMPRESSION_ALGO', (a) => oneOfValue(a, COMPRESSION_ALGOS), ' '),
         type: list(env, 'COMPRESSION_TYPE', (t) => checkMime('COMPRESSION_TYPE', t), ' '),
@@ -334,4 +341,10 @@ function filePath(env: Env, name: string): string | undefined {
   const resolved = path.resolve(raw);
   if (!/^[A-Za-z0-9/_.+-]+$/.test(resolved)) throw new SettingsError(name, `must be a path using letters, digits and / _ . + - (got ${JSON.stringify(raw)})`);
   return resolved;
+}
+
+function matching(env: Env, name: string, re: RegExp, what: string): string | undefined {
+  const raw = lookup(env, name);
+  if (raw !== undefined && !re.test(raw)) throw new SettingsError(name, `must be ${what}; got ${JSON.stringify(raw)}`);
+  return raw;
 }

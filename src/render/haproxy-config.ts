@@ -51,6 +51,8 @@ export interface RenderSettings {
   readonly caFile: string | undefined;
   readonly extraGlobal: readonly string[];
   readonly extraFrontend: readonly string[];
+  /** SSL_BIND_OPTIONS / SSL_BIND_CIPHERS; undefined leaves HAProxy's (OpenSSL's) defaults. */
+  readonly ssl?: { readonly options: string | undefined; readonly ciphers: string | undefined };
   readonly compression: { readonly algo: readonly string[]; readonly type: readonly string[] };
   /**
    * STATS_*: HAProxy's stats page, or undefined (disabled). Its section lives in `credentials.cfg`
@@ -182,6 +184,8 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
     // Bounds how long an old worker drains after a reload (and so the memory of stacked workers).
     '    hard-stop-after 30s',
     `    log stdout format raw local0 ${settings.debug ? 'info' : 'notice'}`,
+    ...(settings.ssl?.options ? [`    ssl-default-bind-options ${settings.ssl.options}`, `    ssl-default-server-options ${settings.ssl.options}`] : []),
+    ...(settings.ssl?.ciphers ? [`    ssl-default-bind-ciphers ${settings.ssl.ciphers}`] : []),
     ...settings.extraGlobal.map((l) => `    ${l}`),
     '',
     'defaults',

@@ -62,9 +62,9 @@ interface Hello {
   readonly alpn: string | false;
 }
 
-function hello(port: number, servername: string, alpn = ['h2', 'http/1.1']): Promise<Hello> {
+function hello(port: number, servername: string, alpn = ['h2', 'http/1.1'], maxVersion: tls.SecureVersion = 'TLSv1.3'): Promise<Hello> {
   return new Promise((resolve, reject) => {
-    const sock = tls.connect({ host: '127.0.0.1', port, servername, rejectUnauthorized: false, ALPNProtocols: alpn }, () => {
+    const sock = tls.connect({ host: '127.0.0.1', port, servername, rejectUnauthorized: false, ALPNProtocols: alpn, maxVersion }, () => {
       const peer = sock.getPeerCertificate();
       const out = { cn: String(peer.subject?.CN ?? ''), fingerprint256: peer.fingerprint256, alpn: sock.alpnProtocol ?? false };
       sock.end();
@@ -339,6 +339,22 @@ describe('TLS termination with certificates', () => {
     assert.equal((await putCert(p3, 'd.com', d.bundle)).status, 200);
     await eventually('d.com on the other replica', () => hello(p2.tlsPort, 'd.com'), (h) => h.fingerprint256 === d.fingerprint256);
     assert.equal((await hello(p2.tlsPort, 'unknown.example')).cn, 'b.com');
+  });
+
+  it('SSL_BIND_OPTIONS and SSL_BIND_CIPHERS reach the TLS listeners', async () => {
+    const dir = path.join(tempDir(), 'certs');
+    mkdirSync(dir);
+    writeFileSync(path.join(dir, 'a.com.pem'), a.bundle);
+    const p = await proxy({ PROXY_INSTANCE_NAME: 'ssl-options', CERTS_DIR: dir, SSL_BIND_OPTIONS: 'ssl-min-ver TLSv1.3 no-tls-tickets', SSL_BIND_CIPHERS: 'ECDHE-RSA-AES128-GCM-SHA256:!aNULL' });
+    try {
+      const config = (await callApi(p, 'config')).text;
+      assert.match(config, /^ {4}ssl-default-bind-options ssl-min-ver TLSv1\.3 no-tls-tickets$/m);
+      assert.match(config, /^ {4}ssl-default-bind-ciphers ECDHE-RSA-AES128-GCM-SHA256:!aNULL$/m);
+      assert.equal((await hello(p.tlsPort, 'a.com')).cn, 'a.com', 'TLS 1.3 is served');
+      await assert.rejects(hello(p.tlsPort, 'a.com', ['http/1.1'], 'TLSv1.2'), 'TLS 1.2 is refused');
+    } finally {
+      rmSync(path.dirname(dir), { recursive: true, force: true });
+    }
   });
 
   it('serves a certificate from CERTS_DIR at start-up', async () => {

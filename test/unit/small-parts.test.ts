@@ -72,6 +72,8 @@ describe('settings from the environment', () => {
       ['DEFAULT_PORTS', '443:tls'],
       ['SERVICE_DOMAIN_ALGO', 'hdr_sub(host)'],
       ['CA_FILE', '/tmp/a b'],
+      ['SSL_BIND_OPTIONS', 'no-sslv3\nbackend x'],
+      ['SSL_BIND_CIPHERS', 'A B'],
       ['TIMEOUT_CLIENT', 'abc'],
       ['STATE_DIR', '/tmp/with space'],
       ['CONNECTION_MODE', 'forceclose'],
