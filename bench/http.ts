@@ -4,13 +4,16 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { loadSettings } from '../src/config/settings.js';
 import { ConsulAgent } from '../src/consul/agent.js';
+import { renderSettings } from '../src/proxy.js';
 import { register } from '../src/consul/registrator.js';
 import { MAP_FILES, MAP_NAMES, type RenderSettings, renderConfig } from '../src/render/haproxy-config.js';
 import type { ServiceState } from '../src/state/service-state.js';
 import { freePort } from '../src/util/ports.js';
 import { waitForExit } from '../src/util/process.js';
 import { PROJECT_ROOT } from '../src/util/project.js';
+import { ensureInstalled, keptNotes, machine, pct } from './common.js';
 import { spec } from '../src/spec/defaults.js';
 
 /**
@@ -39,14 +42,6 @@ const note = (s: string) => {
   out.push(s);
 };
 
-function ensure(bin: string, pkg: string): void {
-  try {
-    execFileSync('bash', ['-c', `command -v ${bin}`], { stdio: 'ignore' });
-  } catch {
-    console.log(`installing ${pkg} from Debian (apt-get install ${pkg})`);
-    execFileSync('bash', ['-c', `apt-get update -q >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -q ${pkg} >/dev/null`], { stdio: 'inherit' });
-  }
-}
 
 interface Wrk {
   rps: number;
@@ -65,18 +60,9 @@ async function wrk(url: string, host: string | undefined, seconds = SECONDS): Pr
   };
 }
 
-function pct(values: number[], p: number): number {
-  const s = [...values].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)] ?? Number.NaN;
-}
 
 const k = (n: number) => Math.round(n).toLocaleString('en');
 
-function machine(): string {
-  const cpu = /model name\s*:\s*(.*)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown CPU';
-  const haproxy = execFileSync('haproxy', ['-v'], { encoding: 'utf8' }).split('\n')[0] ?? '';
-  return `${os.cpus().length} cores (${cpu}), ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB RAM, Node ${process.version}, ${haproxy.replace(/ - https.*/, '')}, nginx-light as the backend`;
-}
 
 /** nginx with one worker answering 200 `ok` on a loopback port. */
 async function startNginx(dir: string): Promise<{ port: number; proc: ChildProcess }> {
@@ -142,28 +128,15 @@ async function dataPlane(dir: string, backendPort: number): Promise<void> {
     instances: instance,
   }));
   services.push({ spec: spec({ serviceName: 'wild', destinations: [{ servicePath: ['/'], serviceDomain: ['*.wild.example.com'] }] }), instances: instance });
+  // The proxy's defaults, as it derives them from an empty environment; only ports and paths set.
   const settings: RenderSettings = {
+    ...renderSettings(loadSettings({ STATE_DIR: dir, SECRETS_DIR: path.join(dir, 'no-secrets') }), path.join(dir, 'admin.sock')),
     listeners: [
       { port: plain, ssl: false, options: '' },
       { port: tls, ssl: true, options: '' },
     ],
-    timeouts: { connect: 5, client: 20, server: 20, queue: 30, tunnel: 3600, httpRequest: 5, httpKeepAlive: 15 },
-    connectionMode: 'http-keep-alive',
-    maxconn: 4000,
-    debug: false,
-    adminSocket: path.join(dir, 'admin.sock'),
     mapDir: dir,
-    serviceDomainAlgo: 'hdr_beg(host)',
-    httpsOnly: false,
-    users: [],
-    usersPassEncrypted: false,
-    userSecrets: new Map(),
     crtList,
-    enableH2: true,
-    caFile: undefined,
-    extraGlobal: [],
-    extraFrontend: [],
-    compression: { algo: [], type: [] },
   };
   const rendered = renderConfig(settings, services);
   for (const m of MAP_NAMES) writeFileSync(path.join(dir, MAP_FILES[m]), rendered.maps[m]);
@@ -322,13 +295,13 @@ async function controlPlane(dir: string, backendPort: number): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  ensure('wrk', 'wrk');
-  ensure('nginx', 'nginx-light');
+  ensureInstalled('wrk', 'wrk');
+  ensureInstalled('nginx', 'nginx-light');
   const started = new Date();
   const dir = mkdtempSync(path.join(os.tmpdir(), 'dfp-test-bench-http-'));
   const nginx = await startNginx(dir);
   try {
-    note(`# Benchmarks: the HTTP routing set\n\nRun ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC on ${machine()}.`);
+    note(`# Benchmarks: the HTTP routing set\n\nRun ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC on ${machine('nginx-light as the backend')}.`);
     note(
       `${QUICK ? '**Quick run (BENCH_QUICK=1): smaller sizes, fewer samples.** ' : ''}Produced by \`npm run bench:http\` (bench/http.ts). wrk, HAProxy, nginx, the proxy and Consul share the same cores: compare numbers within this run only.`,
     );
@@ -342,20 +315,10 @@ async function main(): Promise<void> {
   }
   const file = path.join(PROJECT_ROOT, QUICK ? 'bench-results/benchmarks-http-quick.md' : 'docs/benchmarks-http.md');
   mkdirSync(path.dirname(file), { recursive: true });
-  writeFileSync(file, `${out.join('\n')}\n${QUICK ? '' : keepNotes(file)}`);
+  writeFileSync(file, `${out.join('\n')}\n${QUICK ? '' : keptNotes(file)}`);
   console.log(`\nwritten to ${path.relative(PROJECT_ROOT, file)}`);
 }
 
-/** Keeps the hand-written notes below the generated part (everything from "## Notes"). */
-function keepNotes(file: string): string {
-  try {
-    const text = readFileSync(file, 'utf8');
-    const at = text.indexOf('\n## Notes');
-    return at >= 0 ? text.slice(at) : '';
-  } catch {
-    return '';
-  }
-}
 
 void main().catch((err: unknown) => {
   console.error(err);

@@ -1,5 +1,5 @@
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync, writeFileSync, rmSync, mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
@@ -9,6 +9,7 @@ import { deregister, register } from '../src/consul/registrator.js';
 import { freePort } from '../src/util/ports.js';
 import { waitForExit } from '../src/util/process.js';
 import { PROJECT_ROOT } from '../src/util/project.js';
+import { ensureInstalled, keptNotes, machine, pct } from './common.js';
 
 /**
  * `npm run bench`: the speed claims of docs/benchmarks.md, measured side by side in one run on this
@@ -30,21 +31,7 @@ const note = (s: string) => {
   out.push(s);
 };
 
-function ensureWrk(): void {
-  try {
-    execFileSync('wrk', ['--version'], { stdio: 'ignore' });
-  } catch (err) {
-    // wrk prints its version and exits 1; only a missing binary is a problem.
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return;
-    console.log('installing wrk from Debian (apt-get install wrk)');
-    execFileSync('bash', ['-c', 'apt-get update -q >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null'], { stdio: 'inherit' });
-  }
-}
 
-function pct(values: number[], p: number): number {
-  const s = [...values].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)] ?? Number.NaN;
-}
 
 const ms = (n: number) => `${n.toFixed(1)} ms`;
 
@@ -294,19 +281,14 @@ async function routeCost(env: Env, size: number): Promise<void> {
   note(`| ${size.toLocaleString('en')} | ${Math.round(firstRps).toLocaleString('en')} (${Math.round(a1.rps)}, ${Math.round(a2.rps)}) | ${Math.round(lastRps).toLocaleString('en')} (${Math.round(b1.rps)}, ${Math.round(b2.rps)}) | **${(lastRps / firstRps).toFixed(2)}** | ${a1.errors + a2.errors + b1.errors + b2.errors + a1.non2xx + a2.non2xx + b1.non2xx + b2.non2xx} |`);
 }
 
-function machine(): string {
-  const cpu = /model name\s*:\s*(.*)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown CPU';
-  const haproxy = execFileSync('haproxy', ['-v'], { encoding: 'utf8' }).split('\n')[0] ?? '';
-  return `${os.cpus().length} cores (${cpu}), ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB RAM, ${os.type()} ${os.release()}, Node ${process.version}, ${haproxy.replace(/ - https.*/, '')}, Consul 1.8.7 dev agent`;
-}
 
 async function main(): Promise<void> {
-  ensureWrk();
+  ensureInstalled('wrk', 'wrk');
   const started = new Date();
   const backends = spawn(process.execPath, [path.join(PROJECT_ROOT, 'dist/bench/backends.js'), '4'], { stdio: ['ignore', 'pipe', 'inherit'] });
   const env = await startAll(backends);
   try {
-    note(`# Benchmarks\n\nRun ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC on ${machine()}.`);
+    note(`# Benchmarks\n\nRun ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC on ${machine('Consul 1.8.7 dev agent')}.`);
     note(`${QUICK ? '**Quick run (BENCH_QUICK=1): smaller sizes, fewer samples.** ' : ''}Produced by \`npm run bench\` (bench/run.ts); wrk, HAProxy, the proxy, Consul and the Node backends share the same cores, so compare numbers within this run only.\n`);
     note('## New service live: API call until the first 200 on its route\n\nAim: <= 50 ms at 1,000 services, <= 100 ms at 10,000.\n');
     note('| services already routed | p50 | p99 | how it was applied |\n|---|---|---|---|');
@@ -347,21 +329,11 @@ async function main(): Promise<void> {
   }
   const file = path.join(PROJECT_ROOT, QUICK ? 'bench-results/benchmarks-quick.md' : 'docs/benchmarks.md');
   if (QUICK) execFileSync('mkdir', ['-p', path.dirname(file)]);
-  const prev = QUICK ? '' : readExisting(file);
+  const prev = QUICK ? '' : keptNotes(file);
   writeFileSync(file, `${out.join('\n')}\n${prev}`);
   console.log(`\nwritten to ${path.relative(PROJECT_ROOT, file)}`);
 }
 
-/** Keeps the hand-written notes below the generated part (everything from "## Notes"). */
-function readExisting(file: string): string {
-  try {
-    const text = readFileSync(file, 'utf8');
-    const at = text.indexOf('\n## Notes');
-    return at >= 0 ? text.slice(at) : '';
-  } catch {
-    return '';
-  }
-}
 
 void main().catch((err: unknown) => {
   console.error(err);

@@ -6,6 +6,7 @@ import { describe, it } from 'node:test';
 import { MAP_FILES, MAP_NAMES, type RenderedConfig, type RenderSettings, renderConfig, serverName } from '../../src/render/haproxy-config.js';
 import type { ServiceState } from '../../src/state/service-state.js';
 import { spec } from '../../src/spec/defaults.js';
+import { defaultRenderSettings } from '../helpers/render-settings.js';
 import { PROJECT_ROOT } from '../../src/util/project.js';
 import { tempDir } from '../helpers/harness.js';
 
@@ -15,29 +16,7 @@ import { tempDir } from '../helpers/harness.js';
  */
 const GOLDEN_DIR = path.join(PROJECT_ROOT, 'test/golden');
 
-const SETTINGS: RenderSettings = {
-  listeners: [
-    { port: 80, ssl: false, options: '' },
-    { port: 443, ssl: true, options: '' },
-  ],
-  serviceDomainAlgo: 'hdr_beg(host)',
-  httpsOnly: false,
-  users: [],
-  usersPassEncrypted: false,
-  userSecrets: new Map(),
-  crtList: undefined,
-  enableH2: true,
-  caFile: undefined,
-  extraGlobal: [],
-  extraFrontend: [],
-  compression: { algo: [], type: [] },
-  timeouts: { connect: 5, client: 20, server: 20, queue: 30, tunnel: 3600, httpRequest: 5, httpKeepAlive: 15 },
-  connectionMode: 'http-keep-alive',
-  maxconn: 4000,
-  debug: false,
-  adminSocket: '/var/lib/dfp/haproxy-admin.sock',
-  mapDir: '/var/lib/dfp',
-};
+const SETTINGS: RenderSettings = defaultRenderSettings();
 
 const inst = (id: string, port: number, address = '10.0.1.11') => ({ id, address, port });
 

@@ -10,6 +10,7 @@ import { type BackendAllocation, type RenderSettings, renderConfig } from '../..
 import { spec } from '../../src/spec/defaults.js';
 import type { ServiceSpec } from '../../src/spec/types.js';
 import type { ServiceState } from '../../src/state/service-state.js';
+import { defaultRenderSettings } from '../helpers/render-settings.js';
 
 /** STATS_* settings (start-up validation) and plan.ts reloadReasons (why a change needs a reload). */
 
@@ -67,26 +68,7 @@ describe('STATS_* settings', () => {
   });
 });
 
-const SETTINGS: RenderSettings = {
-  listeners: [{ port: 80, ssl: false, options: '' }],
-  serviceDomainAlgo: 'hdr_beg(host)',
-  httpsOnly: false,
-  users: [],
-  usersPassEncrypted: false,
-  userSecrets: new Map(),
-  crtList: undefined,
-  enableH2: true,
-  caFile: undefined,
-  extraGlobal: [],
-  extraFrontend: [],
-  compression: { algo: [], type: [] },
-  timeouts: { connect: 5, client: 20, server: 20, queue: 30, tunnel: 3600, httpRequest: 5, httpKeepAlive: 15 },
-  connectionMode: 'http-keep-alive',
-  maxconn: 4000,
-  debug: false,
-  adminSocket: '/var/lib/dfp/admin.sock',
-  mapDir: '/var/lib/dfp',
-};
+const SETTINGS: RenderSettings = defaultRenderSettings({ listeners: [{ port: 80, ssl: false, options: '' }], adminSocket: '/var/lib/dfp/admin.sock' });
 
 const one = [{ id: 'h:web.0', address: '10.0.0.1', port: 31000 }];
 const web = (extra: Partial<Omit<ServiceSpec, 'destinations'>> = {}, paths = ['/web']): ServiceState => ({
