@@ -51,6 +51,7 @@ export function renderSettings(settings: Settings, adminSocket: string): Omit<Re
     extraFrontend: h.extraFrontend,
     compression: h.compression,
     stats: settings.stats,
+    serverSlots: settings.serverSlots,
   };
 }
 
@@ -175,7 +176,6 @@ export class FlowProxy implements ProxyCore {
           watcher.sync(consulServices(state));
           proxy?.publisher?.publish();
         },
-        settings.consolidateAfter * 1000,
       );
       // HAProxy restarted from the last validated files: apply the desired state again (a reload).
       applier.afterRecovery = () => {
@@ -453,7 +453,8 @@ export class FlowProxy implements ProxyCore {
       Applies: this.applier.records().slice(-20),
       ApplyCounts: this.applier.totals(),
       Watches: this.watcher.stats(),
-      Runtime: this.applier.runtimeState(),
+      // Config-defined server slots (scale events fill and free them; a full backend reloads to grow).
+      Slots: this.applier.slotUsage(),
       Fleet: {
         InstanceName: this.settings.proxyInstanceName,
         ReplicaId: this.replicaId,

@@ -8,6 +8,7 @@ import type { ServiceState } from '../state/service-state.js';
 import type { Logger } from '../util/log.js';
 import { canonicalAllocation, reloadReasons, type RuntimeOp, runtimeAllocation, runtimeOps } from './plan.js';
 import { runRuntimeOps } from './runtime.js';
+import { slotUsage } from '../render/slots.js';
 
 export type ApplyKind = 'reload' | 'runtime' | 'none';
 
@@ -74,10 +75,6 @@ export class ConfigApplier {
   private mustReload: string | undefined;
   private backgroundCheck: Promise<void> = Promise.resolve();
   private pendingCheck: { services: readonly ServiceState[]; allocation: BackendAllocation } | undefined;
-  /** Servers in maintenance that HAProxy would not delete yet (see runRuntimeOps). */
-  private readonly parked = new Set<string>();
-  /** Servers added through the runtime API since the last reload. */
-  private dynamicServers = 0;
 
   /** The newest files `haproxy -c` accepted, to fall back on when HAProxy cannot load the live ones. */
   private lastGood: Files | undefined;
@@ -139,7 +136,7 @@ export class ConfigApplier {
 
   /** Writes and validates the first config, before HAProxy starts. */
   async init(services: readonly ServiceState[]): Promise<void> {
-    const allocation = canonicalAllocation(services, this.minSpares);
+    const allocation = this.canonical(services);
     await this.validate(services, allocation, this.paths.candidateDir);
     const rendered = this.render(services, allocation);
     this.writeLive(rendered);
@@ -179,7 +176,7 @@ export class ConfigApplier {
     if ('ops' in this.runtimePlan(services)) return;
     const dir = path.join(this.paths.candidateDir, `precheck-${++this.prechecks}`);
     try {
-      await this.validate(services, canonicalAllocation(services, this.minSpares), dir);
+      await this.validate(services, this.canonical(services), dir);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -189,7 +186,7 @@ export class ConfigApplier {
   preview(services: readonly ServiceState[]): ApplyPreview {
     const runtime = this.mustReload === undefined ? this.runtimePlan(services) : { reasons: [this.mustReload] };
     if ('ops' in runtime) return { kind: runtime.ops.length === 0 ? 'none' : 'runtime', rendered: runtime.rendered, ops: runtime.ops, reloadBecause: [] };
-    const rendered = this.render(services, canonicalAllocation(services, this.minSpares));
+    const rendered = this.render(services, this.canonical(services));
     const none = this.mustReload === undefined && this.live !== undefined && hashOf(rendered) === hashOf(this.live);
     return none ? { kind: 'none', rendered, ops: [], reloadBecause: [] } : { kind: 'reload', rendered, ops: [], reloadBecause: runtime.reasons };
   }
@@ -213,8 +210,7 @@ export class ConfigApplier {
       if (plan) {
         try {
           await this.haproxy.whenUp();
-          await runRuntimeOps(this.haproxy, plan.ops, this.mapFiles(), this.parked);
-          this.dynamicServers += plan.ops.filter((op) => op.kind === 'add-server').length;
+          await runRuntimeOps(this.haproxy, plan.ops, this.mapFiles());
           this.writeLive(plan.rendered);
           this.live = plan.rendered;
           this.allocation = plan.allocation;
@@ -236,8 +232,8 @@ export class ConfigApplier {
   /** The runtime API commands for these services, or why there are none (a reload is needed). */
   private runtimePlan(services: readonly ServiceState[]): RuntimePlan | { reasons: readonly string[] } {
     if (!this.live || !this.allocation) return { reasons: ['no live config yet'] };
-    const allocation = runtimeAllocation(this.allocation, services);
-    if (!allocation) return { reasons: ['no spare backend left'] };
+    const allocation = runtimeAllocation(this.allocation, services, this.settings.serverSlots);
+    if (typeof allocation === 'string') return { reasons: [allocation] };
     const rendered = this.render(services, allocation);
     const ops = runtimeOps(this.live, rendered);
     if (ops) return { rendered, allocation, ops };
@@ -253,7 +249,7 @@ export class ConfigApplier {
     fallback: string | undefined,
     reasons: readonly string[] | undefined = undefined,
   ): Promise<ApplyRecord> {
-    const allocation = canonicalAllocation(services, this.minSpares);
+    const allocation = this.canonical(services);
     const rendered = this.render(services, allocation);
     if (!force && fallback === undefined && this.live !== undefined && hashOf(rendered) === hashOf(this.live)) {
       this.counts.none++;
@@ -273,9 +269,6 @@ export class ConfigApplier {
     this.lastGood = rendered;
     this.allocation = allocation;
     this.mustReload = undefined;
-    // A reload rebuilds every server from the config: runtime-only state is gone.
-    this.parked.clear();
-    this.dynamicServers = 0;
     const record = this.record(
       { kind: 'reload', trigger, durationMs: performance.now() - started, ...(fallback ? { fallback } : {}), ...(reasons && reasons.length > 0 ? { reloadBecause: reasons } : {}) },
       rendered,
@@ -322,21 +315,14 @@ export class ConfigApplier {
     });
   }
 
-  /**
-   * HAProxy 2.6 does not pool server-side connections of servers added at run time (measured:
-   * ~9.6k req/s against ~35k for a config server on the same backend), and parked servers linger.
-   * A reload folds them into the config; the reconciler does it once changes have gone quiet.
-   */
-  runtimeState(): { dynamicServers: number; parkedServers: number } {
-    return { dynamicServers: this.dynamicServers, parkedServers: this.parked.size };
+  /** Server slots in use and in total, over every backend. */
+  slotUsage(): { used: number; total: number } {
+    return slotUsage(this.allocation?.slots.values() ?? []);
   }
 
-  needsConsolidation(): boolean {
-    if (this.dynamicServers > 0 || this.parked.size > 0) return true;
-    // Spare names in use or retired backends: a reload renames them canonically, so replicas with
-    // the same settings end up with byte-identical configs whatever order they saw changes in.
-    const a = this.allocation;
-    return a !== undefined && (a.retired.length > 0 || [...a.names].some(([key, name]) => key !== name));
+  /** The allocation of a reload: canonical names, slot holders kept from the live one. */
+  private canonical(services: readonly ServiceState[]): BackendAllocation {
+    return canonicalAllocation(services, this.minSpares, this.settings.serverSlots, this.allocation);
   }
 
   /** Waits for pending background checks (tests, shutdown). */

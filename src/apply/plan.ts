@@ -1,4 +1,5 @@
-import { type BackendAllocation, MAP_NAMES, type MapName, type RenderedConfig, type RenderedServer } from '../render/haproxy-config.js';
+import { type BackendAllocation, MAP_NAMES, type MapName, type RenderedConfig } from '../render/haproxy-config.js';
+import { assignSlots, type SlotTable } from '../render/slots.js';
 import type { ServiceState } from '../state/service-state.js';
 import { backendName } from '../spec/types.js';
 
@@ -9,77 +10,92 @@ import { backendName } from '../spec/types.js';
 
 export const SPARE_PREFIX = 'dfp-spare-';
 
-/** Every backend key the services need. */
-export function backendKeys(services: readonly ServiceState[]): string[] {
-  return services.flatMap(({ spec }) => spec.destinations.map((d) => backendName(spec, d)));
+/** Every backend key the services need, with the IDs of the instances its slots hold. */
+function backendIds(services: readonly ServiceState[]): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  for (const { spec, instances } of services) {
+    const ids = [...new Set(instances.map((i) => i.id))];
+    for (const d of spec.destinations) out.set(backendName(spec, d), ids);
+  }
+  return out;
 }
 
 /**
  * The allocation a reload uses: every backend under its canonical name, plus spares for the
  * services that will be added before the next reload. The pool grows with the service count, so
- * running out (and paying a reload) happens geometrically less often.
+ * running out (and paying a reload) happens geometrically less often. Slot holders carry over from
+ * `previous` (a sticky cookie names a slot), and full tables grow (render/slots.ts).
  */
-export function canonicalAllocation(services: readonly ServiceState[], minSpares: number): BackendAllocation {
-  const keys = backendKeys(services);
-  const count = Math.max(minSpares, Math.ceil(keys.length / 4));
-  return {
-    names: new Map(keys.map((k) => [k, k])),
-    spares: Array.from({ length: count }, (_, i) => `${SPARE_PREFIX}${i + 1}`),
-    retired: [],
-  };
+export function canonicalAllocation(services: readonly ServiceState[], minSpares: number, minSlots: number, previous?: BackendAllocation): BackendAllocation {
+  const keys = backendIds(services);
+  const count = Math.max(minSpares, Math.ceil(keys.size / 4));
+  const slots = new Map<string, SlotTable>();
+  for (const [key, ids] of keys) {
+    const was = previous?.slots.get(previous.names.get(key) ?? key);
+    slots.set(key, assignSlots(was, ids, minSlots, true) ?? []);
+  }
+  const spares = Array.from({ length: count }, (_, i) => `${SPARE_PREFIX}${i + 1}`);
+  for (const name of spares) slots.set(name, Array.from({ length: minSlots }, () => undefined));
+  return { names: new Map([...keys.keys()].map((k) => [k, k])), spares, retired: [], slots };
 }
 
 /**
- * The allocation after a change applied at run time: known backends keep their names, new ones
- * take spares, removed ones are retired (emptied, never reused before a reload, so stats never
- * show one service under another's name). Undefined when the spares run out.
+ * The allocation after a change applied at run time: known backends keep their names and slot
+ * holders, new ones take spares, removed ones are retired (emptied, never reused before a reload,
+ * so stats never show one service under another's name); newcomers take free slots. A string (why)
+ * when that is impossible without a reload: no spare backend or no free slot left.
  */
-export function runtimeAllocation(previous: BackendAllocation, services: readonly ServiceState[]): BackendAllocation | undefined {
-  const keys = new Set(backendKeys(services));
+export function runtimeAllocation(previous: BackendAllocation, services: readonly ServiceState[], minSlots: number): BackendAllocation | string {
+  const keys = backendIds(services);
   const spares = [...previous.spares];
   const names = new Map<string, string>();
-  for (const key of keys) {
-    const known = previous.names.get(key);
-    if (known !== undefined) {
-      names.set(key, known);
-      continue;
+  const slots = new Map<string, SlotTable>();
+  for (const [key, ids] of keys) {
+    let name = previous.names.get(key);
+    if (name === undefined) {
+      name = spares.shift();
+      if (name === undefined) return 'no spare backend left';
     }
-    const spare = spares.shift();
-    if (spare === undefined) return undefined;
-    names.set(key, spare);
+    names.set(key, name);
+    const was = previous.slots.get(name) ?? Array.from({ length: minSlots }, () => undefined);
+    const table = assignSlots(was, ids, minSlots, false);
+    if (table === undefined) return `backend ${key} (${ids.length} instances, ${was.length} server slots)`;
+    slots.set(name, table);
   }
   const retired = [...previous.retired];
   for (const [key, name] of previous.names) if (!keys.has(key)) retired.push(name);
-  return { names, spares, retired };
+  for (const name of [...spares, ...retired]) {
+    const was = previous.slots.get(name);
+    if (was) slots.set(name, was.map(() => undefined));
+  }
+  return { names, spares, retired, slots };
 }
 
 export type RuntimeOp =
-  | { readonly kind: 'add-server'; readonly backend: string; readonly server: RenderedServer; readonly options: string }
-  | { readonly kind: 'set-addr'; readonly backend: string; readonly server: RenderedServer }
-  | { readonly kind: 'del-server'; readonly backend: string; readonly server: string }
+  /** Point a slot at an instance and put it in rotation (also for an instance that moved). */
+  | { readonly kind: 'fill-slot'; readonly backend: string; readonly slot: string; readonly address: string; readonly port: number }
+  /** Take a departed instance's slot out of rotation: requests in flight finish. */
+  | { readonly kind: 'free-slot'; readonly backend: string; readonly slot: string }
   | { readonly kind: 'set-map'; readonly map: MapName; readonly key: string; readonly value: string; readonly isNew: boolean }
   | { readonly kind: 'del-map'; readonly map: MapName; readonly key: string };
 
 /**
  * The runtime API commands that turn `before` into `after`, or undefined when something other
- * than servers and map entries differs (then only a reload is correct; reloadReasons says why).
+ * than slot addresses and map entries differs (then only a reload is correct; reloadReasons says why).
  */
 export function runtimeOps(before: RenderedConfig, after: RenderedConfig): RuntimeOp[] | undefined {
   if (before.skeleton !== after.skeleton || before.secrets !== after.secrets) return undefined;
-  if (serverReasons(before, after).length > 0) return undefined;
-  const adds: RuntimeOp[] = [];
-  const moves: RuntimeOp[] = [];
-  const dels: RuntimeOp[] = [];
+  const fills: RuntimeOp[] = [];
+  const frees: RuntimeOp[] = [];
   for (const [backend, b] of after.backends) {
-    const before_ = before.backends.get(backend);
-    const prev = new Map((before_?.servers ?? []).map((s) => [s.name, s]));
-    for (const srv of b.servers) {
-      const old = prev.get(srv.name);
-      if (old === undefined) adds.push({ kind: 'add-server', backend, server: srv, options: b.serverOptions(srv) });
-      else if (old.address !== srv.address || old.port !== srv.port) moves.push({ kind: 'set-addr', backend, server: srv });
-      prev.delete(srv.name);
-    }
-    for (const name of prev.keys()) dels.push({ kind: 'del-server', backend, server: name });
+    const was = before.backends.get(backend)?.slots ?? [];
+    b.slots.forEach((slot, i) => {
+      const old = was[i]?.instance;
+      const now = slot.instance;
+      if (now && (old === undefined || old.address !== now.address || old.port !== now.port)) {
+        fills.push({ kind: 'fill-slot', backend, slot: slot.name, address: now.address, port: now.port });
+      } else if (!now && old) frees.push({ kind: 'free-slot', backend, slot: slot.name });
+    });
   }
   const mapOps: RuntimeOp[] = [];
   const mapDels: RuntimeOp[] = [];
@@ -93,21 +109,7 @@ export function runtimeOps(before: RenderedConfig, after: RenderedConfig): Runti
   }
   // Servers first, so a new route never points at a backend that is still being filled; routes
   // go away before their servers do.
-  return [...adds, ...moves, ...mapOps, ...mapDels, ...dels];
-}
-
-/**
- * Server changes the runtime API cannot make, per backend: HAProxy 2.6 cannot put a cookie on a
- * server added at run time (sticky backends), nor turn a server's health check on or off.
- */
-function serverReasons(before: RenderedConfig, after: RenderedConfig, label: (backend: string, what: string) => string = (b, what) => `backend ${b} (${what})`): string[] {
-  const out: string[] = [];
-  for (const [backend, b] of after.backends) {
-    const prev = new Map((before.backends.get(backend)?.servers ?? []).map((s) => [s.name, s]));
-    if (b.sticky && b.servers.some((s) => !prev.has(s.name))) out.push(label(backend, 'sticky backend servers'));
-    if (b.servers.some((s) => prev.has(s.name) && prev.get(s.name)?.check !== s.check)) out.push(label(backend, 'server check changed'));
-  }
-  return out;
+  return [...fills, ...mapOps, ...mapDels, ...frees];
 }
 
 /** The skeleton split at its section headers (`global`, `defaults`, `frontend services`, `backend x`): header -> text. */
@@ -132,7 +134,8 @@ export function skeletonSections(skeleton: string): Map<string, string> {
 /**
  * Why `after` cannot go live through the runtime API from `before`: each config section whose
  * lines differ (`global`, `defaults`, `frontend services`, `backend web-be_0 (lines changed)`,
- * `(new)`, `(removed)`), `credentials file` (credentials.cfg), and server changes the runtime API cannot make. Empty when
+ * `(new)`, `(removed)`; a backend's server slot count and keywords are among its lines), and
+ * `credentials file` (credentials.cfg). Empty when
  * runtimeOps can do it. `keys` maps HAProxy backend names to backend keys, so a backend serving on
  * a spare's name is named after its service.
  */
@@ -160,7 +163,6 @@ export function reloadReasons(before: RenderedConfig, after: RenderedConfig, key
   }
   // Named without the file's name: what status shows must not even hint at the userlists' content.
   if (before.secrets !== after.secrets) reasons.push('credentials file');
-  reasons.push(...serverReasons(before, after, label));
   return reasons;
 }
 

@@ -31,15 +31,12 @@ export class Reconciler {
   private queue: Pending[] = [];
   private running = false;
   private closed = false;
-  private consolidateTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly applier: ConfigApplier,
     private readonly log: Logger,
     /** Called whenever a new state went live (the watcher follows its services). */
     private readonly onApplied: (state: DesiredState) => void = () => undefined,
-    /** Quiet time after runtime applies before one reload folds dynamic servers into the config; 0 = never. */
-    private readonly consolidateAfterMs = 0,
   ) {}
 
   snapshot(): DesiredState {
@@ -57,7 +54,6 @@ export class Reconciler {
   /** Refuses new changes and waits for the ones in flight. */
   async close(): Promise<void> {
     this.closed = true;
-    clearTimeout(this.consolidateTimer);
     while (this.running) await new Promise((r) => setTimeout(r, 10));
   }
 
@@ -79,20 +75,6 @@ export class Reconciler {
     } finally {
       this.running = false;
     }
-    this.scheduleConsolidation();
-  }
-
-  /** Every apply restarts the quiet period; when it ends, one reload if runtime changes need it. */
-  private scheduleConsolidation(): void {
-    clearTimeout(this.consolidateTimer);
-    if (this.consolidateAfterMs <= 0 || this.closed || !this.applier.needsConsolidation()) return;
-    this.consolidateTimer = setTimeout(() => {
-      if (this.running || this.queue.length > 0 || !this.applier.needsConsolidation()) return;
-      this.submit('consolidate runtime changes into the config', (s) => s, { force: true }).catch((err: unknown) =>
-        this.log.warn(`consolidation reload failed: ${(err as Error).message}`),
-      );
-    }, this.consolidateAfterMs);
-    this.consolidateTimer.unref();
   }
 
   private async applyBatch(batch: Pending[]): Promise<void> {

@@ -37,8 +37,8 @@ export interface Settings {
   readonly consulMaxWatches: number;
   /** Empty backends kept for services added without a reload (at least; grows with services). */
   readonly spareBackends: number;
-  /** Seconds of quiet after runtime-API changes before one reload folds them into the config; 0 = never. */
-  readonly consolidateAfter: number;
+  /** SERVER_SLOTS: the fewest config-defined server slots per backend (render/slots.ts). */
+  readonly serverSlots: number;
   /** This replica's name in the fleet's replica list; default `<hostname>:<API port>`. */
   readonly replicaId: string | undefined;
   /** How long `wait=all` (and `distribute=true`) waits for every replica, seconds. */
@@ -280,7 +280,7 @@ export function loadSettings(env: Env = process.env): Settings {
     consulWatchWait: int(env, 'CONSUL_WATCH_WAIT', 300, 1, 600),
     consulMaxWatches: int(env, 'CONSUL_MAX_WATCHES', 150, 0, 100_000),
     spareBackends: int(env, 'SPARE_BACKENDS', 16, 0, 100_000),
-    consolidateAfter: int(env, 'CONSOLIDATE_AFTER', 30, 0, 86_400),
+    serverSlots: int(env, 'SERVER_SLOTS', 4, 1, 1024),
     replicaId: lookup(env, 'REPLICA_ID'),
     replicaWaitTimeout: int(env, 'REPLICA_WAIT_TIMEOUT', 10, 1, 3600),
   };

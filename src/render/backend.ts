@@ -1,6 +1,6 @@
-import { createHash } from 'node:crypto';
 import type { Instance } from '../discovery/types.js';
 import { backendName, type Destination, type ServiceSpec } from '../spec/types.js';
+import { slotName } from './slots.js';
 
 /**
  * Backends as structs: mode, option lines and servers. Everything but the servers is the backend's
@@ -8,43 +8,25 @@ import { backendName, type Destination, type ServiceSpec } from '../spec/types.j
  * and a dry run can name the backend whose lines forced a reload.
  */
 
-export interface RenderedServer {
+/** One config-defined server of a backend (render/slots.ts): free, or pointed at an instance. */
+export interface Slot {
   readonly name: string;
-  readonly address: string;
-  readonly port: number;
-  readonly check: boolean;
+  readonly instance?: Instance | undefined;
 }
 
 export interface Backend {
   readonly name: string;
   /** Every line of the section but the server lines, in order. */
   readonly lines: readonly string[];
-  readonly servers: readonly RenderedServer[];
-  /** Extra keywords on every server line (`ssl verify none`, `cookie <name>`). */
-  readonly serverOptions: (server: RenderedServer) => string;
-  /** Servers carry cookies: HAProxy 2.6 cannot add such servers at run time, so changes reload. */
-  readonly sticky: boolean;
+  readonly slots: readonly Slot[];
+  /** Keywords on every server line (`check`, `ssl verify none`, `cookie <slot>`): part of the skeleton. */
+  readonly serverOptions: (slot: string) => string;
 }
 
 export interface BackendContext {
   /** Userlist names: the service's own, or the global one, or none. */
   readonly userlist: (spec: ServiceSpec) => string | undefined;
 }
-
-/** Stable server name from the registry ID: readable, unique, safe for HAProxy. */
-export function serverName(instance: Pick<Instance, 'id'>): string {
-  let name = serverNames.get(instance.id);
-  if (name === undefined) {
-    const readable = instance.id.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 40);
-    name = `${readable}_${createHash('sha256').update(instance.id).digest('hex').slice(0, 8)}`;
-    if (serverNames.size > 100_000) serverNames.clear();
-    serverNames.set(instance.id, name);
-  }
-  return name;
-}
-
-/** Memo of serverName (a pure function of the ID): rendering 10,000 services hashes no ID twice. */
-const serverNames = new Map<string, string>();
 
 export function serverAddress(instance: Pick<Instance, 'address' | 'port'>): string {
   return instance.address.includes(':') ? `ipv6@${instance.address}:${instance.port}` : `${instance.address}:${instance.port}`;
@@ -55,25 +37,11 @@ export function quote(value: string): string {
   return `"${value.replace(/[\\"$]/g, (c) => `\\${c}`)}"`;
 }
 
-function cmp(a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0;
-}
-
-export function serversOf(spec: ServiceSpec, instances: readonly Instance[]): RenderedServer[] {
-  return [...instances]
-    .sort((a, b) => cmp(a.id, b.id))
-    .map((inst) => ({ name: serverName(inst), address: inst.address, port: inst.port, check: !spec.skipCheck }));
-}
-
 /** The backend of one destination of a service. */
-export function buildBackend(spec: ServiceSpec, dest: Destination, servers: readonly RenderedServer[], ctx: BackendContext, name = backendName(spec, dest)): Backend {
+export function buildBackend(spec: ServiceSpec, dest: Destination, slots: readonly Slot[], ctx: BackendContext, name = backendName(spec, dest)): Backend {
   const lines = ['mode http'];
   const sticky = spec.sessionType === 'sticky-server';
   if (sticky) lines.push(`cookie ${spec.aclName} insert indirect nocache`);
-  // TLS to the instances is part of the skeleton: the runtime API cannot switch it on an existing
-  // server, so turning sslVerifyNone on or off must reload. The server lines repeat it, because a
-  // server added at run time takes its options from its own command.
-  if (dest.sslVerifyNone) lines.push('default-server ssl verify none');
   if (spec.connectionMode) lines.push(`option ${spec.connectionMode}`);
   if (dest.timeoutServer !== undefined) lines.push(`timeout server ${dest.timeoutServer}s`);
   if (dest.timeoutTunnel !== undefined) lines.push(`timeout tunnel ${dest.timeoutTunnel}s`);
@@ -101,9 +69,10 @@ export function buildBackend(spec: ServiceSpec, dest: Destination, servers: read
   for (const item of spec.delResHeader) lines.push(`http-response del-header ${item}`);
   for (const item of spec.setResHeader) lines.push(headerRule('http-response set-header', item));
   for (const item of spec.addResHeader) lines.push(headerRule('http-response add-header', item));
-  const serverOptions = (s: RenderedServer) =>
-    `${s.check ? ' check' : ''}${dest.sslVerifyNone ? ' ssl verify none' : ''}${sticky ? ` cookie ${s.name}` : ''}`;
-  return { name, lines, servers, serverOptions, sticky };
+  // Server keywords are part of the skeleton (the runtime API cannot switch TLS or checks on a
+  // server): changing them reloads. A sticky cookie names the slot, so it survives reloads.
+  const serverOptions = (slot: string) => `${spec.skipCheck ? '' : ' check'}${dest.sslVerifyNone ? ' ssl verify none' : ''}${sticky ? ` cookie ${slot}` : ''}`;
+  return { name, lines, slots, serverOptions };
 }
 
 function headerRule(rule: string, item: string): string {
@@ -111,8 +80,20 @@ function headerRule(rule: string, item: string): string {
   return `${rule} ${item.slice(0, i)} ${quote(item.slice(i + 1))}`;
 }
 
-export function renderBackend(b: Backend, withServers: boolean): string[] {
+/** A spare backend, ready for a service added at run time: it looks like a plain service's backend. */
+export function spareBackend(name: string, slots: number): Backend {
+  return { name, lines: ['mode http'], slots: Array.from({ length: slots }, (_, i) => ({ name: slotName(i) })), serverOptions: () => ' check' };
+}
+
+/**
+ * The section's text. In the skeleton (`withAddresses` false) every slot reads `<slot>`: the
+ * skeletons of two configs are equal when they differ only in what the runtime API can change.
+ */
+export function renderBackend(b: Backend, withAddresses: boolean): string[] {
   const out = ['', `backend ${b.name}`, ...b.lines.map((l) => `    ${l}`)];
-  if (withServers) for (const s of b.servers) out.push(`    server ${s.name} ${serverAddress(s)}${b.serverOptions(s)}`);
+  for (const s of b.slots) {
+    const where = !withAddresses ? '<slot>' : s.instance ? serverAddress(s.instance) : '0.0.0.0:0 disabled';
+    out.push(`    server ${s.name} ${where}${b.serverOptions(s.name)}`);
+  }
   return out;
 }

@@ -1,11 +1,12 @@
 import type { StatsSettings, Timeouts } from '../config/settings.js';
 import { backendName, type ConnectionMode, type Destination, type DomainAlgo, REDIRECT_CODES, type ServiceSpec } from '../spec/types.js';
 import type { ServiceState } from '../state/service-state.js';
-import { type Backend, type BackendContext, buildBackend, quote, type RenderedServer, renderBackend, serversOf } from './backend.js';
+import { type Backend, type BackendContext, buildBackend, quote, renderBackend, type Slot, spareBackend } from './backend.js';
+import { assignSlots, type SlotTable, slotName } from './slots.js';
 import { type AclRoute, buildRoutes, byAclName, FALLBACK, MAP_FILES, MAP_NAMES, type MapName, mapText, type RouteConflict, WILDCARD_DEPTH } from './routes.js';
 
 export { MAP_FILES, MAP_NAMES, type MapName, type RouteConflict } from './routes.js';
-export { type RenderedServer, serverAddress, serverName } from './backend.js';
+export { type Slot, serverAddress } from './backend.js';
 
 /**
  * The renderer: a pure function from settings + desired state + instances to HAProxy's files.
@@ -59,6 +60,8 @@ export interface RenderSettings {
    * (it carries `stats auth`); `frontend services` only routes its URI there, by name.
    */
   readonly stats?: StatsSettings | undefined;
+  /** SERVER_SLOTS: the fewest server slots a backend has (render/slots.ts). */
+  readonly serverSlots: number;
 }
 
 /**
@@ -74,9 +77,11 @@ export interface BackendAllocation {
   readonly spares: readonly string[];
   /** Emptied backends of services removed at run time; gone at the next reload. */
   readonly retired: readonly string[];
+  /** Server slots per HAProxy backend name (render/slots.ts); a backend without one gets a fresh table. */
+  readonly slots: ReadonlyMap<string, SlotTable>;
 }
 
-export const CANONICAL: BackendAllocation = { names: new Map(), spares: [], retired: [] };
+export const CANONICAL: BackendAllocation = { names: new Map(), spares: [], retired: [], slots: new Map() };
 
 export interface RenderedConfig {
   readonly config: string;
@@ -85,7 +90,7 @@ export interface RenderedConfig {
   readonly secrets: string;
   /** Routes claimed by several services: the first by aclName wins, like the original's ordering. */
   readonly conflicts: readonly RouteConflict[];
-  /** Every backend by HAProxy name (spares and retired ones empty). */
+  /** Every backend by HAProxy name (the slots of spares and retired ones all free). */
   readonly backends: ReadonlyMap<string, Backend>;
   /** The config without its server lines: equal skeletons differ only in what the runtime API can change. */
   readonly skeleton: string;
@@ -214,14 +219,19 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
   // --- backends ---
   const backends = new Map<string, Backend>();
   for (const { spec, instances } of ordered) {
-    const servers = serversOf(spec, instances);
+    const byId = new Map(instances.map((i) => [i.id, i]));
+    const ids = [...byId.keys()];
     for (const dest of [...spec.destinations].sort((a, b) => a.index - b.index)) {
       const name = nameOf(spec, dest);
-      backends.set(name, buildBackend(spec, dest, servers, ctx, name));
+      const given = allocation.slots.get(name);
+      const table = (given && assignSlots(given, ids, settings.serverSlots, false)) ?? assignSlots(given, ids, settings.serverSlots, true) ?? [];
+      const slots: Slot[] = table.map((id, i) => ({ name: slotName(i), instance: id === undefined ? undefined : byId.get(id) }));
+      backends.set(name, buildBackend(spec, dest, slots, ctx, name));
     }
   }
-  const empty: RenderedServer[] = [];
-  for (const name of [...allocation.spares, ...allocation.retired]) backends.set(name, { name, lines: ['mode http'], servers: empty, serverOptions: () => '', sticky: false });
+  for (const name of [...allocation.spares, ...allocation.retired]) {
+    backends.set(name, spareBackend(name, allocation.slots.get(name)?.length ?? settings.serverSlots));
+  }
   const skeleton = [...lines];
   for (const [, b] of [...backends].sort((a, b) => (a[0] < b[0] ? -1 : 1))) {
     lines.push(...renderBackend(b, true));

@@ -23,6 +23,7 @@ interface Apply {
   kind: string;
   trigger: string;
   durationMs: number;
+  reloadBecause?: string[];
 }
 
 async function applies(p: TestProxy): Promise<Apply[]> {
@@ -75,8 +76,9 @@ describe('live discovery and the runtime fast path', () => {
     const runtime = (await applies(proxy)).filter((a) => a.trigger.startsWith('consul: go-demo'));
     assert.ok(runtime.length >= 2 && runtime.every((a) => a.kind === 'runtime'), JSON.stringify(runtime));
     // The runtime changes are in the files too, so a reload keeps them.
-    const servers = (await liveConfig(proxy)).split('\n').filter((l) => l.includes('server host1_go-demo'));
-    assert.equal(servers.length, 2);
+    // go-demo is the only service with instances so far.
+    const config = await liveConfig(proxy);
+    assert.equal(config.match(/^ {4}server s\d+ 127\.0\.0\.1:\d+ check$/gm)?.length, 2, config);
     assert.equal((await callApi(proxy, 'reload')).status, 200);
     assert.deepEqual(await spread(proxy, '/demo'), ['go-demo.0', 'go-demo.2']);
   });
@@ -124,7 +126,7 @@ describe('live discovery and the runtime fast path', () => {
     assert.equal(runtime.body.DryRun, true);
     assert.equal(runtime.body.ApplyKind, 'runtime');
     assert.match(String(runtime.body.Diff), /^\+\/dry dfp-spare-\d+$/m);
-    assert.ok((runtime.body.Commands as string[]).some((c) => /^add server dfp-spare-\d+\/host1_dry\.0_8080_\w+ 127\.0\.0\.1:\d+ check$/.test(c)));
+    assert.ok((runtime.body.Commands as string[]).some((c) => /^set server dfp-spare-\d+\/s1 addr 127\.0\.0\.1 port \d+$/.test(c)));
     const reload = await callApi(proxy, 'reconfigure', { serviceName: 'dry', servicePath: '^/dry', pathType: 'path_reg', dryRun: 'true' });
     assert.equal(reload.body.ApplyKind, 'reload');
     assert.match(String(reload.body.Diff), /^\+ {4}acl url_dry-be_0 path_reg -- \^\/dry$/m);
@@ -204,43 +206,45 @@ describe('services past CONSUL_MAX_WATCHES follow Consul through the change dete
   });
 });
 
-describe('runtime-only state is folded into the config', () => {
-  it('a server with a request in flight is parked in maintenance, the request completes, the server comes back without a reload, and the quiet-time reload cleans up', async () => {
+describe('server slots (regression: servers added at run time were not pooled, half the throughput)', () => {
+  it("a departed instance's slot finishes its request in flight, then serves a new instance over fresh connections; a full backend grows with one reload", async () => {
     const consul = await startConsul();
-    const proxy = await startProxy(consul.address, { CONSUL_WATCH_WAIT: '30', CONSOLIDATE_AFTER: '2' });
-    const b0 = await startBackend('park.0');
+    const proxy = await startProxy(consul.address, { CONSUL_WATCH_WAIT: '30' });
+    const backends = await Promise.all(['slot.0', 'slot.1', 'slot.2', 'slot.3', 'slot.4', 'slot.5'].map((n) => startBackend(n)));
+    const reg = (i: number) => registerLikeRegistrator(consul.address, { name: 'slot', container: `slot.${i}`, exposedPort: 80, hostPort: backends[i]?.port ?? 0 });
     const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
     try {
-      assert.equal((await callApi(proxy, 'reconfigure', { serviceName: 'park', servicePath: '/park' })).status, 200);
-      // Added at run time (after the route existed), so it is a dynamic server.
-      await registerLikeRegistrator(consul.address, { name: 'park', container: 'park.0', exposedPort: 80, hostPort: b0.port });
-      await eventually('park.0 serves', () => through(proxy, '/park'), (r) => r.instance === 'park.0');
+      await reg(0);
+      assert.equal((await callApi(proxy, 'reconfigure', { serviceName: 'slot', servicePath: '/slot' })).status, 200);
+      assert.match(await liveConfig(proxy), /^ {4}server s1 127\.0\.0\.1:\d+ check\n {4}server s2 0\.0\.0\.0:0 disabled check$/m);
       const gen = await haproxyGeneration(proxy);
-      const inFlight = keepAliveGet(agent, `${proxy.http}/park/slow`);
+      // HAProxy now holds an idle server-side connection to slot.0, which must not serve slot.1 later.
+      for (let i = 0; i < 5; i++) assert.equal((await through(proxy, '/slot')).instance, 'slot.0');
+      const inFlight = keepAliveGet(agent, `${proxy.http}/slot/slow`);
       await new Promise((r) => setTimeout(r, 200));
-      await deregister(consul.address, 'host1:park.0:80');
-      await eventually('park.0 parked', async () => (await callApi(proxy, 'status')).body.Runtime as { parkedServers: number }, (r) => r.parkedServers === 1);
-      assert.equal((await through(proxy, '/park')).status, 503, 'a parked server takes no new request');
+      await deregister(consul.address, 'host1:slot.0:80');
+      await eventually('slot.0 out of rotation', () => through(proxy, '/slot'), (r) => r.status === 503);
       assert.equal(await inFlight, 200, 'the request in flight completed');
-      await registerLikeRegistrator(consul.address, { name: 'park', container: 'park.0', exposedPort: 80, hostPort: b0.port });
-      await eventually('park.0 back', () => through(proxy, '/park'), (r) => r.instance === 'park.0');
-      assert.equal(await haproxyGeneration(proxy), gen, 'no reload so far');
-      agent.destroy();
-      // Quiet for CONSOLIDATE_AFTER: one reload turns the dynamic server into a config server.
-      const applies = await eventually(
-        'the consolidation reload',
-        async () => (await callApi(proxy, 'status')).body.Applies as { kind: string; trigger: string }[],
-        (a) => a.some((x) => x.kind === 'reload' && x.trigger.startsWith('consolidate')),
-        15_000,
-      );
-      assert.ok(applies.length > 0);
-      assert.notEqual(await haproxyGeneration(proxy), gen);
-      assert.deepEqual((await callApi(proxy, 'status')).body.Runtime, { dynamicServers: 0, parkedServers: 0 });
-      assert.equal((await through(proxy, '/park')).instance, 'park.0');
+      await reg(1);
+      await eventually('slot.1 serves', () => through(proxy, '/slot'), (r) => r.instance === 'slot.1');
+      for (let i = 0; i < 20; i++) assert.equal((await through(proxy, '/slot')).instance, 'slot.1', 'no request reaches the old address');
+      assert.match(await liveConfig(proxy), /^ {4}server s1 127\.0\.0\.1:\d+ check$/m, 'the freed slot was reused');
+      for (const i of [2, 3, 4]) await reg(i);
+      await eventually('four instances', () => spread(proxy, '/slot'), (s) => s.length === 4);
+      assert.equal(await haproxyGeneration(proxy), gen, 'no reload while slots were free');
+      assert.ok((await applies(proxy)).filter((a) => a.trigger.startsWith('consul: slot')).every((a) => a.kind === 'runtime'));
+      // The fifth instance does not fit in four slots: one reload grows the backend to eight.
+      await reg(5);
+      await eventually('five instances', () => spread(proxy, '/slot'), (s) => s.length === 5);
+      // Traffic can reach the new worker a moment before the apply is recorded.
+      const grown = await eventually('the reload recorded', async () => (await applies(proxy)).find((a) => a.kind === 'reload' && a.trigger.startsWith('consul: slot')), (a) => a !== undefined);
+      assert.deepEqual(grown?.reloadBecause, ['backend slot-be_0 (5 instances, 4 server slots)']);
+      assert.match(await liveConfig(proxy), /^ {4}server s8 0\.0\.0\.0:0 disabled check$/m);
+      assert.deepEqual((await callApi(proxy, 'status')).body.Slots, { used: 5, total: 8 + 16 * 4 });
     } finally {
       agent.destroy();
       await proxy.stop();
-      await b0.close();
+      await Promise.all(backends.map((b) => b.close()));
       await stopConsul(consul);
     }
   });

@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { MAP_FILES, MAP_NAMES, type RenderedConfig, type RenderSettings, renderConfig, serverName } from '../../src/render/haproxy-config.js';
+import { MAP_FILES, MAP_NAMES, type RenderedConfig, type RenderSettings, renderConfig } from '../../src/render/haproxy-config.js';
 import type { ServiceState } from '../../src/state/service-state.js';
 import { spec } from '../../src/spec/defaults.js';
 import { defaultRenderSettings } from '../helpers/render-settings.js';
@@ -158,15 +158,6 @@ describe('renderer golden files', () => {
     ]);
     assert.match(r.config, /^ {4}acl domain_reg-be_0 var\(txn\.dfp_host\) -m str -- r\.com$/m);
     assert.match(r.config, /^ {4}acl domain_own-be_0 var\(txn\.dfp_host\) -m beg -- o\.com$/m);
-  });
-
-  it('server names are stable, unique and safe for HAProxy', () => {
-    const a = serverName({ id: 'host1:go-demo.0:8080' });
-    assert.equal(a, serverName({ id: 'host1:go-demo.0:8080' }));
-    assert.notEqual(a, serverName({ id: 'host1:go-demo.0:8081' }));
-    assert.match(a, /^[A-Za-z0-9._-]+$/);
-    assert.match(serverName({ id: 'x y#"\n' }), /^[A-Za-z0-9._-]+$/);
-    assert.notEqual(serverName({ id: 'a b' }), serverName({ id: 'a_b' }));
   });
 
   it('every golden config passes haproxy -c', () => {

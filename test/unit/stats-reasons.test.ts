@@ -95,7 +95,7 @@ describe('reloadReasons', () => {
   });
 
   it('a backend on a spare name is named after its service', () => {
-    const allocation: BackendAllocation = { names: new Map([['web-be_0', 'dfp-spare-1']]), spares: [], retired: [] };
+    const allocation: BackendAllocation = { names: new Map([['web-be_0', 'dfp-spare-1']]), spares: [], retired: [], slots: new Map() };
     assert.deepEqual(reasons([web()], [web({ setResHeader: ['X-A b'] })], {}, allocation), ['backend web-be_0 (lines changed; live as dfp-spare-1)']);
   });
 
@@ -114,11 +114,11 @@ describe('reloadReasons', () => {
     assert.deepEqual(reasons([web()], [web()], { stats: { uri: '/s', port: undefined, auth: { user: 'a', pass: 'b' } } }), ['frontend services', 'credentials file']);
   });
 
-  it('a new server of a sticky backend, and a health check switched, cannot go through the runtime API', () => {
+  it('a new server of a sticky backend fills a slot; a health check switched changes the server lines', () => {
     const two = [...one, { id: 'h:web.1', address: '10.0.0.2', port: 31000 }];
     const sticky = (instances: typeof one): ServiceState => ({ spec: spec({ serviceName: 'web', sessionType: 'sticky-server', destinations: [{ servicePath: ['/web'] }] }), instances });
-    assert.deepEqual(reasons([sticky(one)], [sticky(two)]), ['backend web-be_0 (sticky backend servers)']);
-    assert.deepEqual(reasons([web()], [web({ skipCheck: true })]), ['backend web-be_0 (server check changed)']);
+    assert.deepEqual(reasons([sticky(one)], [sticky(two)]), []);
+    assert.deepEqual(reasons([web()], [web({ skipCheck: true })]), ['backend web-be_0 (lines changed)']);
   });
 
   it('skeletonSections splits at section headers', () => {
