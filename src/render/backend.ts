@@ -92,8 +92,11 @@ export function spareBackend(name: string, slots: number): Backend {
 export function renderBackend(b: Backend, withAddresses: boolean): string[] {
   const out = ['', `backend ${b.name}`, ...b.lines.map((l) => `    ${l}`)];
   for (const s of b.slots) {
-    const where = !withAddresses ? '<slot>' : s.instance ? serverAddress(s.instance) : '0.0.0.0:0 disabled';
-    out.push(`    server ${s.name} ${where}${b.serverOptions(s.name)}`);
+    if (!withAddresses) out.push(`    server ${s.name} <slot>${b.serverOptions(s.name)}`);
+    else if (!s.instance) out.push(`    server ${s.name} 0.0.0.0:0 disabled${b.serverOptions(s.name)}`);
+    // The registry ID as a comment: HAProxy's stats name the slot, the config says who holds it.
+    // IDs are printable ASCII without spaces (discovery checks), and nothing ends a comment but a newline.
+    else out.push(`    server ${s.name} ${serverAddress(s.instance)}${b.serverOptions(s.name)}  # ${s.instance.id}`);
   }
   return out;
 }

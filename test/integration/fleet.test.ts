@@ -73,7 +73,7 @@ describe('shared state in Consul KV', () => {
     assert.equal((await through(p2, '/users/1')).instance, 'users-blue.0');
     assert.equal((await through(p2, '/u/profile')).instance, 'users-blue.0');
     assert.equal((await through(p2, '/books')).instance, 'books.0');
-    assert.match((await callApi(p2, 'config')).text, /server s1 127\.0\.0\.1:\d+\n/, 'skipCheck came back');
+    assert.match((await callApi(p2, 'config')).text, /server s1 127\.0\.0\.1:\d+ {2}# host1:users-blue\.0:8080\n/, 'skipCheck came back');
   });
 
   it('proxies with another PROXY_INSTANCE_NAME never see these services', async () => {

@@ -103,8 +103,7 @@ describe('HTTP routing on a real HAProxy', { concurrency: true }, () => {
   });
 
   async function proxy(instanceName: string, env: Record<string, string> = {}): Promise<TestProxy> {
-    // CONSOLIDATE_AFTER=0: no background reload folds runtime changes in while a test counts reloads.
-    const p = await startProxy(consul.address, { PROXY_INSTANCE_NAME: instanceName, CONSOLIDATE_AFTER: '0', ...env });
+    const p = await startProxy(consul.address, { PROXY_INSTANCE_NAME: instanceName, ...env });
     proxies.push(p);
     return p;
   }

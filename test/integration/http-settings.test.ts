@@ -173,8 +173,7 @@ describe('HTTP settings on a real HAProxy', { concurrency: true }, () => {
   });
 
   async function proxy(instanceName: string, env: Record<string, string> = {}): Promise<TestProxy> {
-    // CONSOLIDATE_AFTER=0: no background reload changes what a test counts.
-    const p = await startProxy(consul.address, { PROXY_INSTANCE_NAME: instanceName, CONSOLIDATE_AFTER: '0', CONSUL_WATCH_WAIT: '30', ...env });
+    const p = await startProxy(consul.address, { PROXY_INSTANCE_NAME: instanceName, CONSUL_WATCH_WAIT: '30', ...env });
     proxies.push(p);
     return p;
   }

@@ -78,7 +78,7 @@ describe('live discovery and the runtime fast path', () => {
     // The runtime changes are in the files too, so a reload keeps them.
     // go-demo is the only service with instances so far.
     const config = await liveConfig(proxy);
-    assert.equal(config.match(/^ {4}server s\d+ 127\.0\.0\.1:\d+ check$/gm)?.length, 2, config);
+    assert.equal(config.match(/^ {4}server s\d+ 127\.0\.0\.1:\d+ check {2}# host1:go-demo\.\d:8080$/gm)?.length, 2, config);
     assert.equal((await callApi(proxy, 'reload')).status, 200);
     assert.deepEqual(await spread(proxy, '/demo'), ['go-demo.0', 'go-demo.2']);
   });
@@ -216,7 +216,7 @@ describe('server slots (regression: servers added at run time were not pooled, h
     try {
       await reg(0);
       assert.equal((await callApi(proxy, 'reconfigure', { serviceName: 'slot', servicePath: '/slot' })).status, 200);
-      assert.match(await liveConfig(proxy), /^ {4}server s1 127\.0\.0\.1:\d+ check\n {4}server s2 0\.0\.0\.0:0 disabled check$/m);
+      assert.match(await liveConfig(proxy), /^ {4}server s1 127\.0\.0\.1:\d+ check {2}# host1:slot\.0:80\n {4}server s2 0\.0\.0\.0:0 disabled check$/m);
       const gen = await haproxyGeneration(proxy);
       // HAProxy now holds an idle server-side connection to slot.0, which must not serve slot.1 later.
       for (let i = 0; i < 5; i++) assert.equal((await through(proxy, '/slot')).instance, 'slot.0');
@@ -228,7 +228,7 @@ describe('server slots (regression: servers added at run time were not pooled, h
       await reg(1);
       await eventually('slot.1 serves', () => through(proxy, '/slot'), (r) => r.instance === 'slot.1');
       for (let i = 0; i < 20; i++) assert.equal((await through(proxy, '/slot')).instance, 'slot.1', 'no request reaches the old address');
-      assert.match(await liveConfig(proxy), /^ {4}server s1 127\.0\.0\.1:\d+ check$/m, 'the freed slot was reused');
+      assert.match(await liveConfig(proxy), /^ {4}server s1 127\.0\.0\.1:\d+ check {2}# host1:slot\.1:80$/m, 'the freed slot was reused');
       for (const i of [2, 3, 4]) await reg(i);
       await eventually('four instances', () => spread(proxy, '/slot'), (s) => s.length === 4);
       assert.equal(await haproxyGeneration(proxy), gen, 'no reload while slots were free');

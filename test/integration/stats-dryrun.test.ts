@@ -61,7 +61,7 @@ describe('stats page and dry-run reload reasons', { concurrency: true }, () => {
   });
 
   async function proxy(instanceName: string, env: Record<string, string> = {}): Promise<TestProxy> {
-    const p = await startProxy(consul.address, { PROXY_INSTANCE_NAME: instanceName, CONSOLIDATE_AFTER: '0', ...env });
+    const p = await startProxy(consul.address, { PROXY_INSTANCE_NAME: instanceName, ...env });
     proxies.push(p);
     return p;
   }

@@ -42,7 +42,7 @@ describe('server slots', () => {
   it('a scale event is slot commands only: fill, re-point, free; never add or del server', () => {
     const a0 = canonicalAllocation([web(1)], 2, 4);
     const r0 = renderConfig(SETTINGS, [web(1)], a0);
-    assert.match(r0.config, /^ {4}server s1 10\.0\.0\.1:31001 check\n {4}server s2 0\.0\.0\.0:0 disabled check$/m);
+    assert.match(r0.config, /^ {4}server s1 10\.0\.0\.1:31001 check {2}# h:web\.1\n {4}server s2 0\.0\.0\.0:0 disabled check$/m);
     const a1 = step(a0, [web(1, 2)]);
     const r1 = renderConfig(SETTINGS, [web(1, 2)], a1);
     assert.deepEqual(runtimeOps(r0, r1), [{ kind: 'fill-slot', backend: 'web-be_0', slot: 's2', address: '10.0.0.1', port: 31002 }]);
