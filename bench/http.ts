@@ -1,9 +1,8 @@
-import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import http from 'node:http';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { loadSettings } from '../src/config/settings.js';
 import { ConsulAgent } from '../src/consul/agent.js';
 import { renderSettings } from '../src/proxy.js';
@@ -13,7 +12,7 @@ import type { ServiceState } from '../src/state/service-state.js';
 import { freePort } from '../src/util/ports.js';
 import { waitForExit } from '../src/util/process.js';
 import { PROJECT_ROOT } from '../src/util/project.js';
-import { ensureInstalled, keptNotes, machine, pct } from './common.js';
+import { ensureInstalled, keptNotes, machine, pct, startNginx, type WrkResult, wrk } from './common.js';
 import { spec } from '../src/spec/defaults.js';
 
 /**
@@ -35,7 +34,6 @@ const DOMAINS = QUICK ? 1000 : 10_000;
 const ROUTED = Number(process.env.BENCH_ROUTED ?? (QUICK ? 200 : 1000));
 const SECONDS = QUICK ? 3 : 8;
 const SAMPLES = QUICK ? 5 : 20;
-const run = promisify(execFile);
 const out: string[] = [];
 const note = (s: string) => {
   console.log(s);
@@ -43,49 +41,8 @@ const note = (s: string) => {
 };
 
 
-interface Wrk {
-  rps: number;
-  errors: number;
-  non2xx: number;
-}
-
-async function wrk(url: string, host: string | undefined, seconds = SECONDS): Promise<Wrk> {
-  const args = ['-t1', '-c32', `-d${seconds}s`, ...(host ? ['-H', `Host: ${host}`] : []), url];
-  const { stdout } = await run('wrk', args, { timeout: (seconds + 30) * 1000 });
-  const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(stdout);
-  return {
-    rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(stdout)?.[1] ?? 0),
-    errors: sock ? sock.slice(1).reduce((a, b) => a + Number(b), 0) : 0,
-    non2xx: Number(/Non-2xx or 3xx responses: (\d+)/.exec(stdout)?.[1] ?? 0),
-  };
-}
-
-
 const k = (n: number) => Math.round(n).toLocaleString('en');
 
-
-/** nginx with one worker answering 200 `ok` on a loopback port. */
-async function startNginx(dir: string): Promise<{ port: number; proc: ChildProcess }> {
-  const port = await freePort();
-  const conf = path.join(dir, 'nginx.conf');
-  writeFileSync(
-    conf,
-    `daemon off; worker_processes 1; pid ${dir}/nginx.pid; error_log stderr error;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 100000;
-  server { listen 127.0.0.1:${port}; location / { return 200 'ok'; } } }\n`,
-  );
-  // Its own process group: the master and its worker are stopped together.
-  const proc = spawn('nginx', ['-c', conf, '-p', dir], { stdio: ['ignore', 'ignore', 'inherit'], detached: true });
-  for (let i = 0; i < 100; i++) {
-    try {
-      if ((await fetch(`http://127.0.0.1:${port}/`)).ok) return { port, proc };
-    } catch {
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-  throw new Error('nginx did not start');
-}
 
 function selfSigned(dir: string, cn: string): string {
   const key = path.join(dir, `${cn}.key`);
@@ -184,10 +141,10 @@ backend b
       { label: `${k(DOMAINS)}th domain, TLS`, url: `https://127.0.0.1:${tls}/x`, host: domain(DOMAINS) },
     ];
     // Two rounds, cases interleaved, so drift on a noisy machine hits every case alike.
-    const results = new Map<string, Wrk[]>();
+    const results = new Map<string, WrkResult[]>();
     for (let round = 0; round < 2; round++) {
       for (const c of cases) {
-        const r = await wrk(c.url, c.host);
+        const r = await wrk(c.url, { seconds: SECONDS, ...(c.host ? { host: c.host } : {}) });
         results.set(c.label, [...(results.get(c.label) ?? []), r]);
       }
     }
@@ -306,11 +263,11 @@ async function main(): Promise<void> {
       `${QUICK ? '**Quick run (BENCH_QUICK=1): smaller sizes, fewer samples.** ' : ''}Produced by \`npm run bench:http\` (bench/http.ts). wrk, HAProxy, nginx, the proxy and Consul share the same cores: compare numbers within this run only.`,
     );
     // BENCH_PART=data or control runs one part alone (investigations; the doc is written either way).
-    if (process.env.BENCH_PART !== 'control') await dataPlane(dir, nginx.port);
-    if (process.env.BENCH_PART !== 'data') await controlPlane(dir, nginx.port);
+    const port = nginx.ports[0] ?? 0;
+    if (process.env.BENCH_PART !== 'control') await dataPlane(dir, port);
+    if (process.env.BENCH_PART !== 'data') await controlPlane(dir, port);
   } finally {
-    if (nginx.proc.pid !== undefined) process.kill(-nginx.proc.pid, 'SIGKILL');
-    await waitForExit(nginx.proc.pid ?? 0, 5000);
+    await nginx.stop();
     rmSync(dir, { recursive: true, force: true });
   }
   const file = path.join(PROJECT_ROOT, QUICK ? 'bench-results/benchmarks-http-quick.md' : 'docs/benchmarks-http.md');
