@@ -14,8 +14,19 @@ import type { Logger } from './util/log.js';
 /** Hash of a set of specs, independent of order and of anything host-specific. */
 export function specsHash(specs: Iterable<ServiceSpec>): string {
   const h = createHash('sha256');
-  for (const json of [...specs].map(specToJson).sort()) h.update(json).update('\n');
+  for (const json of [...specs].map(jsonOf).sort()) h.update(json).update('\n');
   return h.digest('hex').slice(0, 16);
+}
+
+/** Specs are immutable: each is serialised once, not on every replica report (O(services) each). */
+const jsonMemo = new WeakMap<ServiceSpec, string>();
+function jsonOf(spec: ServiceSpec): string {
+  let json = jsonMemo.get(spec);
+  if (json === undefined) {
+    json = specToJson(spec);
+    jsonMemo.set(spec, json);
+  }
+  return json;
 }
 
 /**

@@ -287,7 +287,6 @@ export class FlowProxy implements ProxyCore {
       ['withdrawing the replica report', () => this.publisher?.stop()],
       ['stopping the Consul watches', () => this.watcher.stop()],
       ['finishing the apply in flight', () => this.reconciler.close()],
-      ['finishing background checks', () => this.applier.idle()],
       ['stopping HAProxy', () => this.haproxy.stop()],
       ['stopping the local Consul', () => this.localConsul?.stop()],
     ];

@@ -58,8 +58,11 @@ type Files = { readonly config: string; readonly maps: Readonly<Record<MapName, 
 /**
  * Turns desired state into live HAProxy config, the cheapest correct way:
  * - nothing changed in the rendered files: nothing happens;
- * - only servers and map entries changed (scaling, a moved instance, a new path-routed service on a
- *   spare backend): runtime API commands, no reload, and the same change written to the files;
+ * - only slot addresses and map entries changed (scaling, a moved instance, a new route of a
+ *   service on a spare backend): runtime API commands, no reload, and the same change written to
+ *   the files. No `haproxy -c`: the skeleton is byte-identical to one that passed it, and every
+ *   address and map entry passed our grammar (a check costs ~0.6 s of CPU at 10,000 services,
+ *   which every later change would queue behind on a small machine);
  * - anything else: validate the candidate with `haproxy -c`, swap the files in atomically, reload
  *   and confirm; if the reload fails the previous files go back, so disk always matches what serves.
  * Callers serialise applies (apply/reconciler.ts); this class assumes one at a time.
@@ -71,10 +74,8 @@ export class ConfigApplier {
   private readonly history: ApplyRecord[] = [];
   /** Applies since start, by kind (the history above keeps only the last 50). */
   private readonly counts: Record<ApplyKind, number> = { reload: 0, runtime: 0, none: 0 };
-  /** Set when a runtime-written file failed its background check: the next apply reloads. */
+  /** Set when runtime commands failed half-way or HAProxy restarted from old files: the next apply reloads. */
   private mustReload: string | undefined;
-  private backgroundCheck: Promise<void> = Promise.resolve();
-  private pendingCheck: { services: readonly ServiceState[]; allocation: BackendAllocation } | undefined;
 
   /** The newest files `haproxy -c` accepted, to fall back on when HAProxy cannot load the live ones. */
   private lastGood: Files | undefined;
@@ -91,8 +92,8 @@ export class ConfigApplier {
   }
 
   /**
-   * HAProxy died and will not start from the live files (a runtime-written file its background
-   * check had not judged yet, or a file damaged on disk): put the last validated files back, and
+   * HAProxy died and will not start from the live files (a file damaged on disk, or one a runtime
+   * apply wrote, which no `haproxy -c` has read): put the last validated files back, and
    * make the next apply a full reload so the in-memory state and HAProxy meet again.
    */
   private restoreLastGood(): void {
@@ -119,6 +120,7 @@ export class ConfigApplier {
   /** Takes effect with the next apply (the TLS binds appear or go). */
   setCrtList(file: string | undefined): void {
     this.crtList = file;
+    this.lastPlan = undefined;
   }
 
   /**
@@ -191,6 +193,12 @@ export class ConfigApplier {
     return none ? { kind: 'none', rendered, ops: [], reloadBecause: [] } : { kind: 'reload', rendered, ops: [], reloadBecause: runtime.reasons };
   }
 
+  /** The record of an apply that had nothing to do (the state did not change). */
+  unchanged(trigger: string): ApplyRecord {
+    this.counts.none++;
+    return { generation: this.generation, kind: 'none', trigger, durationMs: 0, hash: this.live ? hashOf(this.live) : '', at: new Date().toISOString() };
+  }
+
   apply(services: readonly ServiceState[], trigger: string, force = false): Promise<ApplyRecord> {
     return this.exclusive(() => this.applyNow(services, trigger, force));
   }
@@ -214,7 +222,6 @@ export class ConfigApplier {
           this.writeLive(plan.rendered);
           this.live = plan.rendered;
           this.allocation = plan.allocation;
-          this.checkInBackground(services, plan.allocation);
           const record = this.record({ kind: 'runtime', trigger, durationMs: performance.now() - started }, plan.rendered);
           this.log.info(`applied generation ${record.generation} (${trigger}) through the runtime API in ${record.durationMs.toFixed(1)} ms (${plan.ops.length} commands)`);
           return record;
@@ -229,16 +236,36 @@ export class ConfigApplier {
     return this.reload(services, trigger, started, force, fallback, reasons);
   }
 
+  /**
+   * The last plan and what it was made from: a reconfigure asks for the plan twice (precheck, then
+   * apply) and rendering every service is the dominant cost of a change, so the second ask is free
+   * when nothing moved in between. Specs and instance lists are immutable, so references suffice.
+   */
+  private lastPlan:
+    | { readonly refs: readonly unknown[]; readonly live: RenderedConfig; readonly allocation: BackendAllocation; readonly plan: RuntimePlan | { reasons: readonly string[] } }
+    | undefined;
+
   /** The runtime API commands for these services, or why there are none (a reload is needed). */
   private runtimePlan(services: readonly ServiceState[]): RuntimePlan | { reasons: readonly string[] } {
     if (!this.live || !this.allocation) return { reasons: ['no live config yet'] };
-    const allocation = runtimeAllocation(this.allocation, services, this.settings.serverSlots);
+    const refs = services.flatMap((s) => [s.spec, s.instances]);
+    const last = this.lastPlan;
+    if (last && last.live === this.live && last.allocation === this.allocation && last.refs.length === refs.length && last.refs.every((r, i) => r === refs[i])) {
+      return last.plan;
+    }
+    const plan = this.planFor(services, this.live, this.allocation);
+    this.lastPlan = { refs, live: this.live, allocation: this.allocation, plan };
+    return plan;
+  }
+
+  private planFor(services: readonly ServiceState[], live: RenderedConfig, previous: BackendAllocation): RuntimePlan | { reasons: readonly string[] } {
+    const allocation = runtimeAllocation(previous, services, this.settings.serverSlots);
     if (typeof allocation === 'string') return { reasons: [allocation] };
     const rendered = this.render(services, allocation);
-    const ops = runtimeOps(this.live, rendered);
+    const ops = runtimeOps(live, rendered);
     if (ops) return { rendered, allocation, ops };
     const keys = new Map([...allocation.names].map(([key, name]) => [name, key]));
-    return { reasons: reloadReasons(this.live, rendered, keys) };
+    return { reasons: reloadReasons(live, rendered, keys) };
   }
 
   private async reload(
@@ -288,33 +315,6 @@ export class ConfigApplier {
     await validateConfig(this.haproxyBin, [file, secrets]);
   }
 
-  /**
-   * A runtime apply changes only server lines and map entries of a config that passed `haproxy -c`,
-   * with values that passed our grammar, so it goes live unchecked; the written file is still
-   * checked off the critical path, and if HAProxy disagrees the next apply is a full reload.
-   */
-  private checkInBackground(services: readonly ServiceState[], allocation: BackendAllocation): void {
-    // Only the newest written file matters: a burst of runtime applies costs one check in flight
-    // plus one for the latest (each `haproxy -c` takes ~0.6 s of CPU at 10,000 services).
-    const first = this.pendingCheck === undefined;
-    this.pendingCheck = { services, allocation };
-    if (!first) return;
-    this.backgroundCheck = this.backgroundCheck.then(async () => {
-      while (this.pendingCheck) {
-        const { services: s, allocation: a } = this.pendingCheck;
-        try {
-          await this.validate(s, a, path.join(this.paths.candidateDir, 'runtime-check'));
-          // Still the live state? Then the files on disk are known good.
-          if (this.pendingCheck?.services === s && this.live) this.lastGood = this.live;
-        } catch (err) {
-          this.mustReload = `the config written after a runtime apply failed haproxy -c: ${(err as Error).message}`;
-          this.log.error(this.mustReload);
-        }
-        if (this.pendingCheck.services === s) this.pendingCheck = undefined;
-      }
-    });
-  }
-
   /** Server slots in use and in total, over every backend. */
   slotUsage(): { used: number; total: number } {
     return slotUsage(this.allocation?.slots.values() ?? []);
@@ -323,11 +323,6 @@ export class ConfigApplier {
   /** The allocation of a reload: canonical names, slot holders kept from the live one. */
   private canonical(services: readonly ServiceState[]): BackendAllocation {
     return canonicalAllocation(services, this.minSpares, this.settings.serverSlots, this.allocation);
-  }
-
-  /** Waits for pending background checks (tests, shutdown). */
-  async idle(): Promise<void> {
-    await this.backgroundCheck;
   }
 
   mapFiles(): Record<MapName, string> {

@@ -45,7 +45,9 @@ export function withoutService(state: DesiredState, serviceName: string): Desire
 }
 
 export function withInstances(state: DesiredState, consulName: string, instances: readonly Instance[]): DesiredState {
-  if (!state.instances.has(consulName)) return state;
+  const known = state.instances.get(consulName);
+  // Unchanged (a watch's first answer, a re-read): the same state, so nothing is rendered.
+  if (known === undefined || sameInstances(known, instances)) return state;
   const byConsul = new Map(state.instances);
   byConsul.set(consulName, instances);
   return { services: state.services, instances: byConsul };
@@ -60,4 +62,8 @@ function prune(state: DesiredState): DesiredState {
 
 export function serviceStates(state: DesiredState): ServiceState[] {
   return [...state.services.values()].map((spec) => ({ spec, instances: state.instances.get(consulServiceName(spec)) ?? [] }));
+}
+
+function sameInstances(a: readonly Instance[], b: readonly Instance[]): boolean {
+  return a.length === b.length && a.every((x, i) => x.id === b[i]?.id && x.address === b[i]?.address && x.port === b[i]?.port);
 }
