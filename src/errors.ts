@@ -15,6 +15,7 @@ export type ErrorCode =
   | 'DFP_ERR_SETTINGS' // bad environment at start-up
   | 'DFP_ERR_SHUTTING_DOWN'
   | 'DFP_ERR_REPLICAS_LAGGING' // wait=all timed out: some live replicas have not applied the change
+  | 'DFP_ERR_REPLICAS_UNKNOWN' // Consul refused the replica list (e.g. an ACL): whether they applied it cannot be known
   | 'DFP_ERR_NOT_READY' // start-up restore has not finished
   | 'DFP_ERR_INTERNAL';
 
@@ -105,6 +106,19 @@ export class ReplicasLaggingError extends DfpError {
   constructor(laggards: readonly string[], timeoutMs: number) {
     super('DFP_ERR_REPLICAS_LAGGING', `applied here, but not on every live replica within ${timeoutMs} ms; lagging: ${laggards.join(', ')}`);
     this.laggards = laggards;
+  }
+}
+
+/**
+ * Consul answered, but not with the replica list (a 403 from an ACL that does not grant `list` on
+ * the prefix, say). That is not "no replicas": agreement is unknown, and `wait=all` cannot wait.
+ */
+export class ReplicasUnknownError extends DfpError {
+  /** Why the list could not be read, as Consul put it (status shows it as `Fleet.ReplicasUnknown`). */
+  readonly reason: string;
+  constructor(reason: string, context = 'the live replicas cannot be listed') {
+    super('DFP_ERR_REPLICAS_UNKNOWN', `${context}: ${reason}`);
+    this.reason = reason;
   }
 }
 

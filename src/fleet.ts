@@ -2,8 +2,8 @@ import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { repeatWithBackoff, retryUntilDone } from './consul/kv.js';
 import type { Reconciler } from './apply/reconciler.js';
-import { ConfigRejectedError, ReplicasLaggingError } from './errors.js';
-import { listReplicas, type ReplicaReport } from './consul/replicas.js';
+import { ConfigRejectedError, ReplicasLaggingError, ReplicasUnknownError } from './errors.js';
+import { listReplicas, noReportsReason, type ReplicaReport } from './consul/replicas.js';
 import type { ConsulSpecStore } from './consul/spec-store.js';
 import type { InstanceSource } from './discovery/types.js';
 import { specToJson } from './spec/from-json.js';
@@ -115,14 +115,22 @@ export class Fleet {
     await this.watching;
   }
 
-  /** Waits until every live replica has applied the shared specs up to `index`. */
+  /**
+   * Waits until every live replica has applied the shared specs up to `index`. A replica list
+   * Consul refuses fails at once: waiting would not make it readable. A list still empty at the
+   * deadline (not even this replica's report) is unknown too, not "lagging" with no laggard named.
+   */
   async waitForAll(index: number, timeoutMs: number): Promise<ReplicaReport[]> {
     const deadline = Date.now() + timeoutMs;
+    const unknown = 'applied here, but whether every live replica applied it too is unknown: the replica list cannot be read';
     let laggards: string[] = [];
     for (;;) {
-      const replicas = await listReplicas(this.consulForReplicas, this.replicaPrefix);
+      const replicas = await listReplicas(this.consulForReplicas, this.replicaPrefix).catch((err: unknown) => {
+        throw err instanceof ReplicasUnknownError ? new ReplicasUnknownError(err.reason, unknown) : err;
+      });
       laggards = replicas.filter((r) => r.kvIndex < index).map((r) => r.id);
       if (laggards.length === 0 && replicas.length > 0) return replicas;
+      if (Date.now() > deadline && replicas.length === 0) throw new ReplicasUnknownError(noReportsReason(this.replicaPrefix), unknown);
       if (Date.now() > deadline) throw new ReplicasLaggingError(laggards, timeoutMs);
       await sleep(20);
     }

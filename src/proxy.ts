@@ -2,7 +2,7 @@ import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import os from 'node:os';
 import type { ChangeOptions, DryRunResult, ProxyCore } from './api/core.js';
-import { listReplicas, ReplicaPublisher, type ReplicaReport } from './consul/replicas.js';
+import { ReplicaPublisher, type ReplicaReport, readReplicas } from './consul/replicas.js';
 import { ConsulSpecStore } from './consul/spec-store.js';
 import { ConfigRejectedError, DfpError } from './errors.js';
 import { Fleet, specsHash } from './fleet.js';
@@ -340,10 +340,7 @@ export class FlowProxy implements ProxyCore {
         await this.reconciler.submit(`reconfigure ${spec.serviceName}`, change, { fromRequest: true });
       } catch (err) {
         // Not applied here: take it back out of the shared store, so no replica applies it either.
-        landed = await (previous ? this.store.put(previous).then((at) => at()) : this.store.delete(spec.serviceName)).catch((e: unknown) => {
-          this.log.error(`could not roll back the stored spec of ${spec.serviceName}: ${(e as Error).message}`);
-          return undefined;
-        });
+        landed = await this.takeBack(spec.serviceName, previous, landedAt);
         throw err;
       }
       landed = await landedAt().catch((err: unknown) => {
@@ -362,6 +359,23 @@ export class FlowProxy implements ProxyCore {
     );
     if (options.waitAll && landed !== undefined) await this.fleet?.waitForAll(landed, this.settings.replicaWaitTimeout * 1000);
     return { warnings };
+  }
+
+  /**
+   * Takes a stored spec that failed to apply here back out of the shared store, with check-and-set
+   * on the index this replica's write landed at. If another replica has written the service since,
+   * that write is newer than ours and stays: this replica then follows it like any other change.
+   * Returns the index the take-back landed at, if it did.
+   */
+  private async takeBack(serviceName: string, previous: ServiceSpec | undefined, landedAt: () => Promise<number>): Promise<number | undefined> {
+    try {
+      const undone = await this.store.undo(serviceName, await landedAt(), previous);
+      if (undone === undefined) this.log.warn(`not rolling back the stored spec of ${serviceName}: another write replaced it after this one's, and that newer write stays`);
+      return undone;
+    } catch (err) {
+      this.log.error(`could not roll back the stored spec of ${serviceName}: ${(err as Error).message}`);
+      return undefined;
+    }
   }
 
   async remove(serviceName: string, aclName?: string, options: Partial<ChangeOptions> = {}): Promise<{ removed: boolean; serviceName: string; dryRun?: DryRunResult }> {
@@ -443,7 +457,7 @@ export class FlowProxy implements ProxyCore {
     const state = this.reconciler.snapshot();
     const { generation, hash } = this.applier.current();
     const mine = specsHash(state.services.values());
-    const replicas = this.fleet ? await listReplicas(this.consul, this.fleet.replicaPrefix).catch(() => undefined) : undefined;
+    const { replicas, unknown } = this.fleet ? await readReplicas(this.consul, this.fleet.replicaPrefix) : { replicas: null, unknown: 'not part of the fleet yet' };
     return {
       Ready: this.ready,
       Generation: generation,
@@ -460,8 +474,10 @@ export class FlowProxy implements ProxyCore {
         SpecsHash: mine,
         KvIndex: this.fleet?.kvIndex ?? 0,
         InvalidSpecs: this.fleet?.invalid ?? [],
-        // Unknown (null) while Consul cannot be read; otherwise every live replica and whether it agrees.
-        InAgreement: replicas === undefined ? null : replicas.every((r) => r.specsHash === mine),
+        // Unknown (null, and ReplicasUnknown says why) while Consul cannot be read, refuses the list
+        // or lists no report at all; otherwise every live replica and whether it agrees.
+        InAgreement: replicas === null || unknown !== null ? null : replicas.every((r) => r.specsHash === mine),
+        ReplicasUnknown: unknown,
         Replicas: replicas?.map((r) => ({ ...r, Agrees: r.specsHash === mine })) ?? null,
       },
       Services: [...state.services.values()].map((spec) => ({

@@ -1,4 +1,4 @@
-import { type BackendAllocation, MAP_NAMES, type MapName, type RenderedConfig } from '../render/haproxy-config.js';
+import { type BackendAllocation, instanceIds, MAP_NAMES, type MapName, type RenderedConfig } from '../render/haproxy-config.js';
 import { assignSlots, type SlotTable } from '../render/slots.js';
 import type { ServiceState } from '../state/service-state.js';
 import { backendName } from '../spec/types.js';
@@ -11,10 +11,10 @@ import { backendName } from '../spec/types.js';
 export const SPARE_PREFIX = 'dfp-spare-';
 
 /** Every backend key the services need, with the IDs of the instances its slots hold. */
-function backendIds(services: readonly ServiceState[]): Map<string, string[]> {
-  const out = new Map<string, string[]>();
+function backendIds(services: readonly ServiceState[]): Map<string, readonly string[]> {
+  const out = new Map<string, readonly string[]>();
   for (const { spec, instances } of services) {
-    const ids = [...new Set(instances.map((i) => i.id))];
+    const ids = instanceIds(instances);
     for (const d of spec.destinations) out.set(backendName(spec, d), ids);
   }
   return out;
@@ -88,18 +88,22 @@ export function runtimeOps(before: RenderedConfig, after: RenderedConfig): Runti
   const fills: RuntimeOp[] = [];
   const frees: RuntimeOp[] = [];
   for (const [backend, b] of after.backends) {
-    const was = before.backends.get(backend)?.slots ?? [];
+    const old = before.backends.get(backend);
+    // Rendering memoises sections: an untouched backend is the very same object.
+    if (old === b) continue;
+    const was = old?.slots ?? [];
     b.slots.forEach((slot, i) => {
-      const old = was[i]?.instance;
+      const held = was[i]?.instance;
       const now = slot.instance;
-      if (now && (old === undefined || old.address !== now.address || old.port !== now.port)) {
+      if (now && (held === undefined || held.address !== now.address || held.port !== now.port)) {
         fills.push({ kind: 'fill-slot', backend, slot: slot.name, address: now.address, port: now.port });
-      } else if (!now && old) frees.push({ kind: 'free-slot', backend, slot: slot.name });
+      } else if (!now && held) frees.push({ kind: 'free-slot', backend, slot: slot.name });
     });
   }
   const mapOps: RuntimeOp[] = [];
   const mapDels: RuntimeOp[] = [];
   for (const map of MAP_NAMES) {
+    if (before.maps[map] === after.maps[map]) continue;
     const prev = parseMap(before.maps[map]);
     const next = parseMap(after.maps[map]);
     for (const [key, value] of next) {

@@ -30,6 +30,8 @@ export interface AgentOptions {
    * agents have; only a benchmark that says so may raise it.
    */
   readonly httpMaxConnsPerClient?: number;
+  /** More HCL for the agent's configuration (tests: a Consul with ACLs enforced). */
+  readonly hcl?: readonly string[];
 }
 
 async function randomPorts(): Promise<AgentPorts> {
@@ -110,7 +112,7 @@ export class ConsulAgent {
     const ip = options.bindIp ?? '127.0.0.1';
     const common = ['-bind', ip, '-client', ip, '-http-port', `${ports.http}`, '-server-port', `${ports.server}`, '-serf-lan-port', `${ports.serfLan}`, '-dns-port', '-1', '-grpc-port', '-1', '-log-level', 'warn'];
     const max = options.httpMaxConnsPerClient;
-    const hcl = max === undefined ? [] : ['-hcl', `limits { http_max_conns_per_client = ${max} }`];
+    const hcl = [...(max === undefined ? [] : [`limits { http_max_conns_per_client = ${max} }`]), ...(options.hcl ?? [])].flatMap((h) => ['-hcl', h]);
     const args =
       options.mode === 'dev'
         ? ['agent', '-dev', '-node', `dev-${ports.http}`, ...common, '-serf-wan-port', '-1', ...hcl]

@@ -1,4 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
+import { ReplicasUnknownError } from '../errors.js';
 import type { Logger } from '../util/log.js';
 import type { ConsulClient } from './client.js';
 
@@ -115,11 +116,15 @@ export class ReplicaPublisher {
   }
 }
 
-/** The live replicas' reports. */
+/**
+ * The live replicas' reports. Only a 404 means "none" (nothing under the prefix); any other answer
+ * (a 403 from an ACL, say) leaves them unknown, and saying "none" would make `status` claim
+ * agreement and `wait=all` wait for nobody.
+ */
 export async function listReplicas(consul: ConsulClient, prefix: string): Promise<ReplicaReport[]> {
   const res = await consul.request(`/v1/kv/${prefix}?recurse`);
   if (res.status === 404) return [];
-  if (res.status !== 200) return [];
+  if (res.status !== 200) throw new ReplicasUnknownError(`Consul answered ${res.status} reading ${prefix} (${res.body.trim().slice(0, 200) || 'no reason given'})`);
   const out: ReplicaReport[] = [];
   for (const e of JSON.parse(res.body) as KvEntry[]) {
     try {
@@ -129,4 +134,23 @@ export async function listReplicas(consul: ConsulClient, prefix: string): Promis
     }
   }
   return out.sort((a, b) => (a.id < b.id ? -1 : 1));
+}
+
+/**
+ * Why an empty list proves nothing: every replica publishes its own report, so none at all means
+ * the reports are hidden (without `enable_key_list_policy`, Consul leaves out the entries a token
+ * cannot read and answers as if there were none) or not published yet.
+ */
+export function noReportsReason(prefix: string): string {
+  return `Consul lists no replica report under ${prefix}, not even this replica's: the proxy's token may lack read on that prefix (Consul then hides the reports), or none is published yet`;
+}
+
+/** The replicas, and why they are unknown if they are (for `status`, which reports rather than fails). */
+export async function readReplicas(consul: ConsulClient, prefix: string): Promise<{ replicas: ReplicaReport[] | null; unknown: string | null }> {
+  try {
+    const replicas = await listReplicas(consul, prefix);
+    return { replicas, unknown: replicas.length === 0 ? noReportsReason(prefix) : null };
+  } catch (err) {
+    return { replicas: null, unknown: err instanceof ReplicasUnknownError ? err.reason : (err as Error).message };
+  }
 }

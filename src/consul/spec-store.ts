@@ -27,6 +27,32 @@ interface KvEntry {
   ModifyIndex: number;
 }
 
+/** A check-and-set operation of a Consul transaction (`Value` base64, as the txn API wants it). */
+interface CasOp {
+  readonly Verb: 'cas' | 'delete-cas';
+  readonly Key: string;
+  readonly Value?: string;
+  readonly Index: number;
+}
+
+interface TxnAnswer {
+  Results: { KV: KvEntry }[] | null;
+  Errors: { OpIndex: number; What: string }[] | null;
+}
+
+function base64(text: string): string {
+  return Buffer.from(text, 'utf8').toString('base64');
+}
+
+/** The reasons a rolled-back transaction gives. */
+function txnErrors(body: string): string[] {
+  try {
+    return ((JSON.parse(body) as TxnAnswer).Errors ?? []).map((e) => e.What);
+  } catch {
+    return [];
+  }
+}
+
 /** How long a write keeps retrying while Consul has no leader (an election takes ~3 s). */
 const WRITE_RETRY_MS = 10_000;
 
@@ -54,31 +80,66 @@ export class ConsulSpecStore {
 
   /**
    * Writes a spec with check-and-set. A new service is tried as create-only (`cas=0`) first, which
-   * saves a read; a failed CAS (200 `false`, not 409) means someone wrote in between: read, retry.
-   * Returns a function that reads the KV index the write landed at (Consul's KV PUT does not say
-   * it): one more request, made once the change is live here, off the path to "live".
+   * saves a read; a failed CAS means someone wrote in between: read, retry. Returns a function
+   * giving the KV index this write landed at, known from the write itself (see casOp), so it is
+   * this write's index even if another replica has written the key since; the rollback of a failed
+   * apply checks-and-sets against it.
    */
   async put(spec: ServiceSpec, knownNew = false): Promise<() => Promise<number>> {
+    const key = this.key(spec.serviceName);
     const value = storedDocument(spec);
-    const url = `/v1/kv/${this.key(spec.serviceName)}`;
-    await this.retrying(`storing ${spec.serviceName}`, async () => {
+    const landed = await this.retrying(`storing ${spec.serviceName}`, async () => {
       let cas: number | undefined = knownNew ? 0 : undefined;
       for (let attempt = 0; attempt < 20; attempt++) {
-        if (cas === undefined) {
-          const current = await this.consul.request(url);
-          cas = current.status === 404 ? 0 : ((JSON.parse(current.body) as KvEntry[])[0]?.ModifyIndex ?? 0);
-        }
-        const res = await this.consul.request(`${url}?cas=${cas}`, { method: 'PUT', body: value });
-        if (res.status !== 200) throw new ConsulUnavailableError(`Consul refused the write of ${spec.serviceName}: ${res.status} ${res.body.slice(0, 200)}`, undefined, res.status >= 500);
-        if (res.body.trim() === 'true') return;
+        cas ??= await this.modifyIndex(key);
+        const at = await this.casOp({ Verb: 'cas', Key: key, Value: base64(value), Index: cas }, `the write of ${spec.serviceName}`);
+        if (at !== 'stale') return at ?? 0;
         cas = undefined;
       }
       throw new ConsulUnavailableError(`could not store ${spec.serviceName}: the key kept changing under concurrent writes`);
     });
-    return async () => {
-      const after = await this.consul.request(url);
-      return after.status === 200 ? ((JSON.parse(after.body) as KvEntry[])[0]?.ModifyIndex ?? after.index ?? 0) : (after.index ?? 0);
-    };
+    return async () => landed;
+  }
+
+  /**
+   * Takes back this replica's write of a service that landed at `landedIndex` and then failed to
+   * apply here: puts `previous` back, or deletes the key when there was none, with check-and-set on
+   * that index. Returns the index the take-back landed at, or undefined when the key has changed
+   * since: that write is another replica's, newer than ours, and must not be undone.
+   */
+  async undo(serviceName: string, landedIndex: number, previous: ServiceSpec | undefined): Promise<number | undefined> {
+    const key = this.key(serviceName);
+    const op: CasOp = previous ? { Verb: 'cas', Key: key, Value: base64(storedDocument(previous)), Index: landedIndex } : { Verb: 'delete-cas', Key: key, Index: landedIndex };
+    return this.retrying(`rolling back ${serviceName}`, async () => {
+      const at = await this.casOp(op, `the rollback of ${serviceName}`);
+      if (at === 'stale') return undefined;
+      // A delete's answer carries no index; the prefix's index includes the delete.
+      return at ?? (await this.consul.request(`/v1/kv/${this.prefix}?keys`)).index ?? 0;
+    });
+  }
+
+  /** The key's ModifyIndex, 0 when it does not exist (what `cas` expects for "create"). */
+  private async modifyIndex(key: string): Promise<number> {
+    const res = await this.consul.request(`/v1/kv/${key}`);
+    if (res.status === 404) return 0;
+    if (res.status !== 200) throw new ConsulUnavailableError(`Consul answered ${res.status} reading ${key}: ${res.body.slice(0, 200)}`);
+    return (JSON.parse(res.body) as KvEntry[])[0]?.ModifyIndex ?? 0;
+  }
+
+  /**
+   * One check-and-set operation through `/v1/txn`. Unlike a KV PUT (which answers only `true`), a
+   * transaction answers with the entry as written, so the ModifyIndex is this write's own; reading
+   * the key afterwards could already see another replica's. Returns that index (undefined for a
+   * delete), or 'stale' when the key changed since `Index`.
+   */
+  private async casOp(op: CasOp, what: string): Promise<number | undefined | 'stale'> {
+    const res = await this.consul.request('/v1/txn', { method: 'PUT', body: JSON.stringify([{ KV: op }]) });
+    if (res.status === 200) return (JSON.parse(res.body) as TxnAnswer).Results?.[0]?.KV.ModifyIndex;
+    // A failed check rolls the transaction back with 409, as does a refusal (an ACL's "Permission
+    // denied"); only the error text tells them apart ("failed to set key ..., index is stale").
+    const errors = res.status === 409 ? txnErrors(res.body) : [];
+    if (errors.length > 0 && errors.every((e) => /index is stale/.test(e))) return 'stale';
+    throw new ConsulUnavailableError(`Consul refused ${what}: ${res.status} ${errors.join('; ') || res.body.slice(0, 200)}`, undefined, res.status >= 500);
   }
 
   /** Create-only (`cas=0`): false when the key exists already. */

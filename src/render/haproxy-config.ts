@@ -1,6 +1,7 @@
 import type { StatsSettings, Timeouts } from '../config/settings.js';
 import { backendName, type ConnectionMode, type Destination, type DomainAlgo, REDIRECT_CODES, type ServiceSpec } from '../spec/types.js';
 import type { ServiceState } from '../state/service-state.js';
+import type { Instance } from '../discovery/types.js';
 import { type Backend, type BackendContext, buildBackend, quote, renderBackend, type Slot, spareBackend } from './backend.js';
 import { assignSlots, type SlotTable, slotName } from './slots.js';
 import { type AclRoute, buildRoutes, byAclName, FALLBACK, MAP_FILES, MAP_NAMES, type MapName, mapText, type RouteConflict, WILDCARD_DEPTH } from './routes.js';
@@ -218,29 +219,83 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
 
   // --- backends ---
   const backends = new Map<string, Backend>();
+  const texts = new Map<string, Section>();
   for (const { spec, instances } of ordered) {
-    const byId = new Map(instances.map((i) => [i.id, i]));
-    const ids = [...byId.keys()];
-    for (const dest of [...spec.destinations].sort((a, b) => a.index - b.index)) {
+    const ids = instanceIds(instances);
+    for (const dest of spec.destinations) {
       const name = nameOf(spec, dest);
       const given = allocation.slots.get(name);
-      const table = (given && assignSlots(given, ids, settings.serverSlots, false)) ?? assignSlots(given, ids, settings.serverSlots, true) ?? [];
-      const slots: Slot[] = table.map((id, i) => ({ name: slotName(i), instance: id === undefined ? undefined : byId.get(id) }));
-      backends.set(name, buildBackend(spec, dest, slots, ctx, name));
+      const table = given ?? assignSlots(undefined, ids, settings.serverSlots, true) ?? [];
+      const section = backendSection(spec, dest, name, ctx.userlist(spec), table, instances, ids, settings.serverSlots);
+      texts.set(name, section);
+      backends.set(name, section.backend);
     }
   }
   for (const name of [...allocation.spares, ...allocation.retired]) {
-    backends.set(name, spareBackend(name, allocation.slots.get(name)?.length ?? settings.serverSlots));
+    const b = spareBackend(name, allocation.slots.get(name)?.length ?? settings.serverSlots);
+    texts.set(name, { backend: b, text: renderBackend(b, true).join('\n'), skeleton: renderBackend(b, false).join('\n') });
+    backends.set(name, b);
   }
-  const skeleton = [...lines];
-  for (const [, b] of [...backends].sort((a, b) => (a[0] < b[0] ? -1 : 1))) {
-    lines.push(...renderBackend(b, true));
-    skeleton.push(...renderBackend(b, false));
-  }
-  lines.push('');
-  skeleton.push('');
+  const head = lines.join('\n');
+  const sorted = [...texts].sort((a, b) => (a[0] < b[0] ? -1 : 1)).map(([, t]) => t);
+  const config = `${head}${sorted.map((t) => `\n${t.text}`).join('')}\n`;
+  const skeleton = `${head}${sorted.map((t) => `\n${t.skeleton}`).join('')}\n`;
   const maps = Object.fromEntries(MAP_NAMES.map((m) => [m, mapText(routes.maps[m])])) as Record<MapName, string>;
-  return { config: lines.join('\n'), maps, secrets: secrets.join('\n'), conflicts: routes.conflicts, backends, skeleton: skeleton.join('\n') };
+  return { config, maps, secrets: secrets.join('\n'), conflicts: routes.conflicts, backends, skeleton };
+}
+
+interface Section {
+  readonly backend: Backend;
+  readonly text: string;
+  readonly skeleton: string;
+}
+
+/**
+ * One backend's section, memoised per spec and destination (both immutable): a change renders the
+ * backends it touched, and the config is spliced from the rest. The entry is reused only while the
+ * name, userlist, slot table and instance list are the very same values.
+ */
+const sectionMemo = new WeakMap<ServiceSpec, Map<number, Section & { readonly key: readonly unknown[] }>>();
+
+function backendSection(
+  spec: ServiceSpec,
+  dest: Destination,
+  name: string,
+  userlist: string | undefined,
+  given: SlotTable,
+  instances: readonly Instance[],
+  ids: readonly string[],
+  minSlots: number,
+): Section {
+  let perSpec = sectionMemo.get(spec);
+  if (perSpec === undefined) {
+    perSpec = new Map();
+    sectionMemo.set(spec, perSpec);
+  }
+  const key = [name, userlist, given, instances];
+  const known = perSpec.get(dest.index);
+  if (known && known.key.every((k, i) => k === key[i])) return known;
+  // The allocation's table, unless it does not hold exactly these instances (a caller that
+  // allocated for other instances): then a fresh one, so the output always matches the input.
+  const table = assignSlots(given, ids, minSlots, false) ?? assignSlots(given, ids, minSlots, true) ?? [];
+  const byId = new Map(instances.map((i) => [i.id, i]));
+  const slots: Slot[] = table.map((id, i) => ({ name: slotName(i), instance: id === undefined ? undefined : byId.get(id) }));
+  const backend = buildBackend(spec, dest, slots, { userlist: () => userlist }, name);
+  const section = { key, backend, text: renderBackend(backend, true).join('\n'), skeleton: renderBackend(backend, false).join('\n') };
+  perSpec.set(dest.index, section);
+  return section;
+}
+
+const idMemo = new WeakMap<readonly Instance[], readonly string[]>();
+
+/** Distinct instance IDs, memoised per (immutable) instance list. */
+export function instanceIds(instances: readonly Instance[]): readonly string[] {
+  let ids = idMemo.get(instances);
+  if (ids === undefined) {
+    ids = [...new Set(instances.map((i) => i.id))];
+    idMemo.set(instances, ids);
+  }
+  return ids;
 }
 
 /**

@@ -115,58 +115,86 @@ export function buildRoutes(
   const maps = Object.fromEntries(MAP_NAMES.map((m) => [m, new Map<string, string>()])) as Record<MapName, Map<string, string>>;
   const acl: AclRoute[] = [];
   const conflicts: RouteConflict[] = [];
-  const owner = new Map<string, Route>();
+  const owners = Object.fromEntries(MAP_NAMES.map((m) => [m, new Map<string, Route>()])) as Record<MapName, Map<string, Route>>;
 
   const claim = (map: MapName, key: string, value: string, route: Route, label: string) => {
     const table = maps[map];
     const had = table.get(key);
     if (had === undefined) {
       table.set(key, value);
-      owner.set(`${map} ${key}`, route);
+      owners[map].set(key, route);
     } else if (had !== value) {
-      conflicts.push({ route: label, winner: owner.get(`${map} ${key}`)?.spec.aclName ?? '?', loser: route.spec.aclName });
+      conflicts.push({ route: label, winner: owners[map].get(key)?.spec.aclName ?? '?', loser: route.spec.aclName });
     }
   };
 
   for (const spec of [...specs].sort(byAclName)) {
-    const algo = spec.serviceDomainAlgo ?? defaultAlgo;
-    const firstDest = [...spec.destinations].sort((a, b) => a.index - b.index)[0];
-    if (spec.isDefaultBackend && firstDest) {
-      const backend = backendOf(spec, firstDest);
-      claim('fallback', FALLBACK.default, backend, { backend, spec, dest: firstDest }, 'default backend');
-    }
-    for (const dest of [...spec.destinations].sort((a, b) => a.index - b.index)) {
-      const backend = backendOf(spec, dest);
-      const route: Route = { backend, spec, dest };
-      const flags = flagsOf(spec, dest);
-      if (flags !== '') claim('flags', backend, flags, route, `flags of ${backend}`);
-      // Redirects are keyed by host alone: they apply whatever kind of route the destination is.
-      const first = dest.serviceDomain[0];
-      for (const from of dest.redirectFromDomain) if (first !== undefined) claim('redirects', from, first, route, `redirect from ${from}`);
-      const conditional = dest.serviceHeader.length > 0 || dest.userAgent.length > 0 || dest.srcPort !== undefined;
-      if (conditional || !MAP_PATH_TYPES.has(dest.pathType)) {
-        acl.push({ ...route, stage: conditional ? 'conditional' : 'pattern' });
-        continue;
-      }
-      const vhosts = dest.serviceDomain.map((d) => vhostOf(d, algo));
-      for (const v of vhosts) for (const e of v.entries) claim(e.map, e.key, v.id, route, `host ${e.key}`);
-      const scopes = vhosts.length > 0 ? vhosts.map((v) => v.id) : [''];
-      const table: MapName = dest.pathType === 'path' ? 'exact' : 'prefix';
-      for (const scope of scopes) {
-        for (const p of dest.servicePath) {
-          if (scope === '' && table === 'prefix' && p === '/') {
-            // The host-less catch-all: after every other route, from a map like the rest.
-            claim('fallback', FALLBACK.root, backend, route, '/');
-            continue;
-          }
-          claim(table, `${scope}${p}`, backend, route, `${scope}${p}`);
-        }
-      }
-      // Exclusions: `<backend><path>` prefixes, checked once a backend is chosen.
-      for (const x of dest.servicePathExclude) claim('excludes', `${backend}${x}`, '1', route, `exclude ${x}`);
-    }
+    const names = spec.destinations.map((d) => backendOf(spec, d));
+    const flags = spec.destinations.map((d) => flagsOf(spec, d));
+    const plan = claimsOf(spec, names, flags, spec.serviceDomainAlgo ?? defaultAlgo);
+    for (const c of plan.claims) claim(c.map, c.key, c.value, c.route, c.label);
+    acl.push(...plan.acl);
   }
   return { maps, acl, conflicts };
+}
+
+interface Claim {
+  readonly map: MapName;
+  readonly key: string;
+  readonly value: string;
+  readonly route: Route;
+  readonly label: string;
+}
+
+/**
+ * One service's claims on the maps and its ACL routes, memoised per spec (specs are immutable):
+ * a change re-derives only the services it touched, and the table is assembled from the rest.
+ */
+const claimMemo = new WeakMap<ServiceSpec, { readonly key: string; readonly claims: readonly Claim[]; readonly acl: readonly AclRoute[] }>();
+
+function claimsOf(spec: ServiceSpec, names: readonly string[], flagsList: readonly string[], algo: DomainAlgo): { claims: readonly Claim[]; acl: readonly AclRoute[] } {
+  const memoKey = `${names.join('\0')}\n${flagsList.join('\0')}\n${algo}`;
+  const known = claimMemo.get(spec);
+  if (known?.key === memoKey) return known;
+  const claims: Claim[] = [];
+  const acl: AclRoute[] = [];
+  const byIndex = spec.destinations.map((dest, i) => ({ dest, backend: names[i] ?? '', flags: flagsList[i] ?? '' })).sort((a, b) => a.dest.index - b.dest.index);
+  const add = (map: MapName, key: string, value: string, route: Route, label: string) => claims.push({ map, key, value, route, label });
+  const firstDest = byIndex[0];
+  if (spec.isDefaultBackend && firstDest) {
+    add('fallback', FALLBACK.default, firstDest.backend, { backend: firstDest.backend, spec, dest: firstDest.dest }, 'default backend');
+  }
+  for (const { dest, backend, flags } of byIndex) {
+    const route: Route = { backend, spec, dest };
+    if (flags !== '') add('flags', backend, flags, route, `flags of ${backend}`);
+    // Redirects are keyed by host alone: they apply whatever kind of route the destination is.
+    const first = dest.serviceDomain[0];
+    for (const from of dest.redirectFromDomain) if (first !== undefined) add('redirects', from, first, route, `redirect from ${from}`);
+    const conditional = dest.serviceHeader.length > 0 || dest.userAgent.length > 0 || dest.srcPort !== undefined;
+    if (conditional || !MAP_PATH_TYPES.has(dest.pathType)) {
+      acl.push({ ...route, stage: conditional ? 'conditional' : 'pattern' });
+      continue;
+    }
+    const vhosts = dest.serviceDomain.map((d) => vhostOf(d, algo));
+    for (const v of vhosts) for (const e of v.entries) add(e.map, e.key, v.id, route, `host ${e.key}`);
+    const scopes = vhosts.length > 0 ? vhosts.map((v) => v.id) : [''];
+    const table: MapName = dest.pathType === 'path' ? 'exact' : 'prefix';
+    for (const scope of scopes) {
+      for (const p of dest.servicePath) {
+        if (scope === '' && table === 'prefix' && p === '/') {
+          // The host-less catch-all: after every other route, from a map like the rest.
+          add('fallback', FALLBACK.root, backend, route, '/');
+          continue;
+        }
+        add(table, `${scope}${p}`, backend, route, `${scope}${p}`);
+      }
+    }
+    // Exclusions: `<backend><path>` prefixes, checked once a backend is chosen.
+    for (const x of dest.servicePathExclude) add('excludes', `${backend}${x}`, '1', route, `exclude ${x}`);
+  }
+  const plan = { key: memoKey, claims, acl };
+  claimMemo.set(spec, plan);
+  return plan;
 }
 
 export function mapText(table: ReadonlyMap<string, string>): string {

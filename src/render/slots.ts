@@ -39,6 +39,8 @@ export function assignSlots(previous: SlotTable | undefined, ids: readonly strin
     if (size < fit || size >= fit * 4) size = fit;
   }
   if (size < ids.length) return undefined;
+  // Unchanged: the very same table, so everything memoised on it (rendered sections) stays valid.
+  if (previous !== undefined && size === previous.length && holdsExactly(previous, wanted)) return previous;
   const table: (string | undefined)[] = new Array<string | undefined>(size).fill(undefined);
   const placed = new Set<string>();
   const movers: string[] = [];
@@ -57,6 +59,16 @@ export function assignSlots(previous: SlotTable | undefined, ids: readonly strin
     table[free] = id;
   }
   return table;
+}
+
+function holdsExactly(table: SlotTable, wanted: ReadonlySet<string>): boolean {
+  let held = 0;
+  for (const id of table) {
+    if (id === undefined) continue;
+    if (!wanted.has(id)) return false;
+    held++;
+  }
+  return held === wanted.size;
 }
 
 /** Slots in use and in total over every table. */
