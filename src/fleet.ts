@@ -200,7 +200,8 @@ export class Fleet {
     const current = this.reconciler.snapshot();
     const changed = [...specs.values()].filter((s) => {
       const have = current.services.get(s.serviceName);
-      return have === undefined || specToJson(have) !== specToJson(s);
+      // The store hands back the same object for an entry it has parsed before: no serialising.
+      return have === undefined || (have !== s && jsonOf(have) !== jsonOf(s));
     });
     const removed = [...current.services.keys()].filter((name) => !specs.has(name));
     if (changed.length === 0 && removed.length === 0 && !replaceAll) return;

@@ -99,7 +99,7 @@ export class ConfigApplier {
   private restoreLastGood(): void {
     if (!this.lastGood) return;
     this.log.warn('restoring the last config that passed haproxy -c');
-    this.writeLive(this.lastGood);
+    this.writeLive(this.lastGood, true);
     this.mustReload = 'HAProxy was restarted from the last validated config';
     this.afterRecovery();
   }
@@ -329,16 +329,24 @@ export class ConfigApplier {
     return Object.fromEntries(MAP_NAMES.map((m) => [m, path.join(this.paths.stateDir, MAP_FILES[m])])) as Record<MapName, string>;
   }
 
-  private writeLive(files: Files): void {
-    const atomic = (file: string, text: string, mode = 0o644) => {
+  /** What the last writeLive put on disk: files whose text is unchanged are not written again. */
+  private written: Files | undefined;
+
+  /** `all`: every file, whatever was written before (a file on disk may be damaged). */
+  private writeLive(files: Files, all = false): void {
+    const before = all ? undefined : this.written;
+    const atomic = (file: string, text: string, was: string | undefined, mode = 0o644) => {
+      if (text === was) return;
       const tmp = `${file}.tmp`;
       writeFileSync(tmp, text, { mode });
       renameSync(tmp, file);
     };
     const maps = this.mapFiles();
-    for (const name of MAP_NAMES) atomic(maps[name], files.maps[name]);
-    atomic(this.paths.secrets, files.secrets, 0o600);
-    atomic(this.paths.config, files.config);
+    this.written = undefined;
+    for (const name of MAP_NAMES) atomic(maps[name], files.maps[name], before?.maps[name]);
+    atomic(this.paths.secrets, files.secrets, before?.secrets, 0o600);
+    atomic(this.paths.config, files.config, before?.config);
+    this.written = files;
   }
 
   private record(r: Pick<ApplyRecord, 'kind' | 'trigger' | 'durationMs' | 'fallback' | 'reloadBecause'>, files: Files): ApplyRecord {
@@ -350,7 +358,19 @@ export class ConfigApplier {
   }
 }
 
+/** Rendered files are immutable: each is hashed once (replica reports ask on every apply). */
+const hashes = new WeakMap<Files, string>();
+
 export function hashOf(files: Files): string {
+  let hash = hashes.get(files);
+  if (hash === undefined) {
+    hash = computeHash(files);
+    hashes.set(files, hash);
+  }
+  return hash;
+}
+
+function computeHash(files: Files): string {
   const h = createHash('sha256').update(files.config);
   for (const name of MAP_NAMES) h.update(`\0${name}\0`).update(files.maps[name]);
   h.update('\0secrets\0').update(files.secrets);

@@ -53,6 +53,12 @@ function txnErrors(body: string): string[] {
   }
 }
 
+interface Parsed {
+  readonly modifyIndex: number;
+  /** Undefined: the entry is not a valid spec (logged once, when it was read). */
+  readonly spec: ServiceSpec | undefined;
+}
+
 /** How long a write keeps retrying while Consul has no leader (an election takes ~3 s). */
 const WRITE_RETRY_MS = 10_000;
 
@@ -167,18 +173,33 @@ export class ConsulSpecStore {
     const read = await readKvPrefix(this.consul, this.prefix, index, waitSeconds, signal);
     const specs = new Map<string, ServiceSpec>();
     const invalid: string[] = [];
+    const parsed = new Map<string, Parsed>();
     for (const e of read.entries) {
-      try {
-        const doc = JSON.parse(e.value) as { v?: number; spec?: unknown };
-        const spec = specFromJson(doc.spec, this.separator);
-        if (this.key(spec.serviceName) !== e.key) throw new Error(`key does not match serviceName ${spec.serviceName}`);
-        specs.set(spec.serviceName, spec);
-      } catch (err) {
-        invalid.push(e.key);
-        this.log.error(`ignoring ${e.key}: not a valid service spec (${(err as Error).message})`);
-      }
+      // Unchanged entries (same ModifyIndex) keep their parsed spec, the very same object: a read
+      // costs parsing only what changed, and everything memoised on a spec stays valid.
+      const known = this.parsed.get(e.key);
+      const entry = known?.modifyIndex === e.modifyIndex ? known : this.parseEntry(e.key, e.value, e.modifyIndex);
+      parsed.set(e.key, entry);
+      if (entry.spec) specs.set(entry.spec.serviceName, entry.spec);
+      else invalid.push(e.key);
     }
+    this.parsed = parsed;
     return { specs, index: read.index, invalid, hash: read.hash };
+  }
+
+  /** The last read's entries by key, parsed (see list). */
+  private parsed = new Map<string, Parsed>();
+
+  private parseEntry(key: string, value: string, modifyIndex: number): Parsed {
+    try {
+      const doc = JSON.parse(value) as { v?: number; spec?: unknown };
+      const spec = specFromJson(doc.spec, this.separator);
+      if (this.key(spec.serviceName) !== key) throw new Error(`key does not match serviceName ${spec.serviceName}`);
+      return { modifyIndex, spec };
+    } catch (err) {
+      this.log.error(`ignoring ${key}: not a valid service spec (${(err as Error).message})`);
+      return { modifyIndex, spec: undefined };
+    }
   }
 
   /**

@@ -24,6 +24,8 @@ export function withService(state: DesiredState, spec: ServiceSpec, instances: r
     if (other.aclName === spec.aclName) {
       throw new InvalidParamError('aclName', `aclName ${spec.aclName} is already used by service ${other.serviceName}`);
     }
+    // Backend names are `<aclName>-be…`: equal names need one aclName to be a prefix of the other.
+    if (!spec.aclName.startsWith(other.aclName) && !other.aclName.startsWith(spec.aclName)) continue;
     for (const d of other.destinations) {
       if (mine.has(backendName(other, d))) {
         throw new InvalidParamError('aclName', `backend ${backendName(other, d)} already belongs to service ${other.serviceName}; choose another aclName`);
@@ -31,10 +33,13 @@ export function withService(state: DesiredState, spec: ServiceSpec, instances: r
     }
   }
   const services = new Map(state.services);
+  const replaced = services.get(spec.serviceName);
   services.set(spec.serviceName, spec);
   const byConsul = new Map(state.instances);
   byConsul.set(consulServiceName(spec), instances);
-  return prune({ services, instances: byConsul });
+  // Only a replaced spec that used another Consul service can leave an instance list unused.
+  const next = { services, instances: byConsul };
+  return replaced !== undefined && consulServiceName(replaced) !== consulServiceName(spec) ? prune(next) : next;
 }
 
 export function withoutService(state: DesiredState, serviceName: string): DesiredState {
