@@ -1,15 +1,14 @@
-import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
-import { promisify } from 'node:util';
 import { ConsulAgent } from '../src/consul/agent.js';
 import { deregister, register } from '../src/consul/registrator.js';
 import { freePort } from '../src/util/ports.js';
 import { waitForExit } from '../src/util/process.js';
 import { PROJECT_ROOT } from '../src/util/project.js';
-import { ensureInstalled, keptNotes, machine, pct } from './common.js';
+import { ensureInstalled, keptNotes, machine, pct, type WrkResult, wrk } from './common.js';
 
 /**
  * `npm run bench`: the speed claims of docs/benchmarks.md, measured side by side in one run on this
@@ -18,13 +17,16 @@ import { ensureInstalled, keptNotes, machine, pct } from './common.js';
  */
 
 const QUICK = process.env.BENCH_QUICK === '1';
-const SIZES = QUICK ? [10, 200] : [10, 1000, 10000];
+const SIZES = (process.env.BENCH_SIZES ?? (QUICK ? '10,200' : '10,2000,10000')).split(',').map(Number);
+/** Instances per service (the issue's 10,000 x 3). */
+const INSTANCES = 3;
+/** Concurrent API clients while the services are routed. */
+const CLIENTS = 8;
 const LIVE_SAMPLES = QUICK ? 5 : 20;
 const SCALE_SAMPLES = QUICK ? 10 : 50;
 const CHURN_EVENTS = QUICK ? 20 : 100;
 const LOAD_SECONDS = { keepAlive: QUICK ? 10 : 40, close: QUICK ? 10 : 75 };
 const ROUTE_SECONDS = QUICK ? 5 : 10;
-const run = promisify(execFile);
 const out: string[] = [];
 const note = (s: string) => {
   console.log(s);
@@ -35,107 +37,118 @@ const note = (s: string) => {
 
 const ms = (n: number) => `${n.toFixed(1)} ms`;
 
+interface Proxy {
+  proc: ChildProcess;
+  api: string;
+  http: string;
+  stateDir: string;
+}
+
 interface Env {
   consul: ConsulAgent;
+  /** The first of the three proxies (API calls go here unless a phase says otherwise). */
   api: string;
   http: string;
   proxy: ChildProcess;
+  proxies: Proxy[];
   stateDir: string;
   backendPorts: number[];
 }
 
-async function startAll(backends: ChildProcess): Promise<Env> {
-  const stateDir = mkdtempSync(path.join(os.tmpdir(), 'dfp-test-bench-'));
-  // Raised limit, as the runs in docs/benchmarks.md used (a user's agent allows 200: see its notes).
-  const consul = await ConsulAgent.start({ bin: path.join(PROJECT_ROOT, '.tools/bin/consul'), mode: 'dev', dataDir: path.join(stateDir, 'consul'), httpMaxConnsPerClient: 16384 });
+/** One proxy as users run it: no tuning variables, only addresses, ports and its state directory. */
+async function startProxy(consulAddress: string, stateDir: string): Promise<Proxy> {
   const apiPort = await freePort();
   const httpPort = await freePort();
-  const proxy = spawn(process.execPath, ['--max-old-space-size=4096', path.join(PROJECT_ROOT, 'dist/src/main.js')], {
-    env: {
-      ...process.env,
-      CONSUL_ADDRESS: consul.address,
-      STATE_DIR: path.join(stateDir, 'proxy'),
-      PORT: String(apiPort),
-      IP: '127.0.0.1',
-      DEFAULT_PORTS: String(httpPort),
-      LOG_LEVEL: 'warn',
-      MAXCONN: '4000',
-      CONSUL_MAX_WATCHES: '20000',
-    },
+  const proc = spawn(process.execPath, [path.join(PROJECT_ROOT, 'dist/src/main.js')], {
+    env: { ...process.env, CONSUL_ADDRESS: consulAddress, STATE_DIR: stateDir, PORT: String(apiPort), IP: '127.0.0.1', DEFAULT_PORTS: String(httpPort), LOG_LEVEL: 'warn' },
     stdio: ['ignore', 'inherit', 'inherit'],
   });
-  const api = `http://127.0.0.1:${apiPort}/v1/docker-flow-proxy`;
-  for (let i = 0; ; i++) {
+  return { proc, api: `http://127.0.0.1:${apiPort}/v1/docker-flow-proxy`, http: `http://127.0.0.1:${httpPort}`, stateDir };
+}
+
+async function untilOk(url: string, timeoutMs = 60_000): Promise<number> {
+  const t0 = performance.now();
+  for (;;) {
     try {
-      if ((await fetch(`${api}/ping`)).ok) break;
+      if ((await fetch(url)).ok) return performance.now() - t0;
     } catch {
-      if (i > 600) throw new Error('proxy did not start');
-      await new Promise((r) => setTimeout(r, 50));
+      // starting
     }
+    if (performance.now() - t0 > timeoutMs) throw new Error(`${url} did not answer 200 within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+async function startAll(backends: ChildProcess): Promise<Env> {
+  const stateDir = mkdtempSync(path.join(os.tmpdir(), 'dfp-test-bench-'));
+  // Consul's default limits (200 connections per client address): what users run.
+  // Telemetry kept for Prometheus so the bench can count Consul's requests; no limit is raised.
+  const consul = await ConsulAgent.start({
+    bin: path.join(PROJECT_ROOT, '.tools/bin/consul'),
+    mode: 'dev',
+    dataDir: path.join(stateDir, 'consul'),
+    hcl: ['telemetry { prometheus_retention_time = "10m" }'],
+  });
+  // Three proxies of one fleet behind one Consul agent, the seed's HA set-up.
+  const proxies: Proxy[] = [];
+  for (let i = 0; i < 3; i++) proxies.push(await startProxy(consul.address, path.join(stateDir, `proxy${i}`)));
+  for (const p of proxies) await untilOk(`${p.api}/successfulinitreload`);
   const ports = await new Promise<number[]>((resolve) => {
     createInterface({ input: backends.stdout as NodeJS.ReadableStream }).once('line', (l) => resolve((JSON.parse(l) as { ports: number[] }).ports));
   });
-  return { consul, api, http: `http://127.0.0.1:${httpPort}`, proxy, stateDir, backendPorts: ports };
+  const first = proxies[0] as Proxy;
+  return { consul, api: first.api, http: first.http, proxy: first.proc, proxies, stateDir, backendPorts: ports };
 }
 
-/** Three more proxies of one fleet (their own PROXY_INSTANCE_NAME) on the same Consul. */
-async function fleetBench(env: Env): Promise<void> {
-  const procs: { proc: ChildProcess; api: string; http: string }[] = [];
-  try {
-    for (let i = 0; i < 3; i++) {
-      const apiPort = await freePort();
-      const httpPort = await freePort();
-      const proc = spawn(process.execPath, [path.join(PROJECT_ROOT, 'dist/src/main.js')], {
-        env: {
-          ...process.env,
-          CONSUL_ADDRESS: env.consul.address,
-          PROXY_INSTANCE_NAME: 'bench-fleet',
-          STATE_DIR: path.join(env.stateDir, `fleet${i}`),
-          PORT: String(apiPort),
-          IP: '127.0.0.1',
-          DEFAULT_PORTS: String(httpPort),
-          LOG_LEVEL: 'warn',
-        },
-        stdio: ['ignore', 'inherit', 'inherit'],
-      });
-      procs.push({ proc, api: `http://127.0.0.1:${apiPort}/v1/docker-flow-proxy`, http: `http://127.0.0.1:${httpPort}` });
-    }
-    for (const p of procs) {
-      for (let i = 0; ; i++) {
-        try {
-          if ((await fetch(`${p.api}/successfulinitreload`)).ok) break;
-        } catch {
-          // starting
-        }
-        if (i > 600) throw new Error('fleet proxy did not start');
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    }
-    const samples: number[] = [];
-    const waited: number[] = [];
-    for (let k = 0; k < LIVE_SAMPLES * 2; k++) {
-      const name = `fleet-${k}`;
-      await register(env.consul.address, { name, container: `${name}.0`, exposedPort: 80, hostPort: env.backendPorts[0] ?? 0 });
-      await new Promise((r) => setTimeout(r, 100));
-      const target = procs[k % 3];
-      if (!target) continue;
-      const t0 = performance.now();
-      const res = await fetch(`${target.api}/reconfigure?serviceName=${name}&servicePath=/${name}/`);
-      if (res.status !== 200) throw new Error(`fleet reconfigure: ${res.status}`);
-      await Promise.all(procs.map((p) => firstOk(`${p.http}/${name}/`)));
-      samples.push(performance.now() - t0);
-      const t1 = performance.now();
-      const all = await fetch(`${target.api}/reconfigure?serviceName=${name}&servicePath=/${name}/,/${name}-b/&wait=all`);
-      if (all.status !== 200) throw new Error(`fleet reconfigure wait=all: ${all.status}`);
-      waited.push(performance.now() - t1);
-    }
-    note(`| change sent to one of 3 proxies, until its route answers 200 on all 3 | ${ms(pct(samples, 50))} | ${ms(pct(samples, 99))} |`);
-    note(`| the same with \`wait=all\`: until the API call returns (all 3 report the change applied) | ${ms(pct(waited, 50))} | ${ms(pct(waited, 99))} |`);
-  } finally {
-    for (const p of procs) p.proc.kill('SIGTERM');
-    for (const p of procs) await waitForExit(p.proc.pid ?? 0, 30_000);
+/** Established TCP connections from a process to a local port, from `ss` (captured, then matched). */
+function connectionsTo(pid: number, port: number): number {
+  const out = execFileSync('ss', ['-Htnp', 'state', 'established', 'dport', `= :${port}`], { encoding: 'utf8' });
+  return out.split('\n').filter((l) => l.includes(`pid=${pid},`)).length;
+}
+
+/** Requests Consul's HTTP server has answered so far: its cumulative Prometheus counters, every endpoint summed. */
+async function consulRequests(address: string): Promise<number> {
+  const text = await (await fetch(`${address}/v1/agent/metrics?format=prometheus`)).text();
+  let n = 0;
+  for (const line of text.split('\n')) {
+    const m = /^consul_http_\w+_count(?:\{[^}]*\})? (\d+(?:\.\d+)?(?:e\+\d+)?)$/.exec(line);
+    if (m?.[1]) n += Number(m[1]);
   }
+  return n;
+}
+
+/** The three proxies: a change sent to one, until it is live on all three. */
+async function fleetBench(env: Env): Promise<void> {
+  const procs = env.proxies;
+  const samples: number[] = [];
+  const fresh: number[] = [];
+  const waited: number[] = [];
+  for (let k = 0; k < LIVE_SAMPLES * 2; k++) {
+    const name = `fleet-${k}`;
+    await register(env.consul.address, { name, container: `${name}.0`, exposedPort: 80, hostPort: env.backendPorts[0] ?? 0 });
+    await new Promise((r) => setTimeout(r, 100));
+    const target = procs[k % 3];
+    if (!target) continue;
+    // A new service, then a change to it (a second path), each until live on all three.
+    const t0 = performance.now();
+    const res = await fetch(`${target.api}/reconfigure?serviceName=${name}&servicePath=/${name}/`);
+    if (res.status !== 200) throw new Error(`fleet reconfigure: ${res.status}`);
+    await Promise.all(procs.map((p) => firstOk(`${p.http}/${name}/`)));
+    fresh.push(performance.now() - t0);
+    const t1 = performance.now();
+    const other = procs[(k + 1) % 3] ?? target;
+    const changed = await fetch(`${other.api}/reconfigure?serviceName=${name}&servicePath=/${name}/,/${name}-b/`);
+    if (changed.status !== 200) throw new Error(`fleet reconfigure: ${changed.status}`);
+    await Promise.all(procs.map((p) => firstOk(`${p.http}/${name}-b/`)));
+    samples.push(performance.now() - t1);
+    const t2 = performance.now();
+    const all = await fetch(`${target.api}/reconfigure?serviceName=${name}&servicePath=/${name}/,/${name}-b/,/${name}-c/&wait=all`);
+    if (all.status !== 200) throw new Error(`fleet reconfigure wait=all: ${all.status}`);
+    waited.push(performance.now() - t2);
+  }
+  note(`| a new service sent to one of 3 proxies, until its route answers 200 on all 3 | ${ms(pct(fresh, 50))} | ${ms(pct(fresh, 99))} |`);
+  note(`| a change to it sent to another one, until live on all 3 | ${ms(pct(samples, 50))} | ${ms(pct(samples, 99))} |`);
+  note(`| a change with \`wait=all\`: until the API call returns (all 3 report the change applied) | ${ms(pct(waited, 50))} | ${ms(pct(waited, 99))} |`);
 }
 
 async function reconfigure(env: Env, params: Record<string, string>): Promise<void> {
@@ -168,20 +181,62 @@ async function firstOk(url: string, want?: string, timeoutMs = 30_000): Promise<
 
 const svc = (i: number) => `svc${String(i).padStart(5, '0')}`;
 
-/** Registers and routes services [from, to) with bounded concurrency. */
-async function populate(env: Env, from: number, to: number): Promise<void> {
-  const ids = Array.from({ length: to - from }, (_, k) => from + k);
+/** Registers services [from, to) with INSTANCES instances each, then routes them with CLIENTS concurrent API clients. */
+async function populate(env: Env, from: number, to: number): Promise<{ errors: string[]; seconds: number }> {
+  const ids = Array.from({ length: (to - from) * INSTANCES }, (_, k) => k);
   const worker = async () => {
-    for (let i = ids.shift(); i !== undefined; i = ids.shift()) {
-      await register(env.consul.address, { name: svc(i), container: `${svc(i)}.0`, exposedPort: 80, hostPort: env.backendPorts[i % env.backendPorts.length] ?? 0 });
+    for (let k = ids.shift(); k !== undefined; k = ids.shift()) {
+      const i = from + Math.floor(k / INSTANCES);
+      const n = k % INSTANCES;
+      await register(env.consul.address, { name: svc(i), container: `${svc(i)}.${n}`, exposedPort: 80, hostPort: env.backendPorts[(i + n) % 4] ?? 0 });
     }
   };
   await Promise.all(Array.from({ length: 16 }, worker));
-  const ids2 = Array.from({ length: to - from }, (_, k) => from + k);
-  const worker2 = async () => {
-    for (let i = ids2.shift(); i !== undefined; i = ids2.shift()) await reconfigure(env, { serviceName: svc(i), servicePath: `/${svc(i)}/` });
+  const t0 = performance.now();
+  const errors: string[] = [];
+  const queue = Array.from({ length: to - from }, (_, k) => from + k);
+  const client = async (c: number) => {
+    // Every client talks to one of the three proxies: the fleet shares the work through Consul KV.
+    const api = env.proxies[c % env.proxies.length]?.api ?? env.api;
+    for (let i = queue.shift(); i !== undefined; i = queue.shift()) {
+      const res = await fetch(`${api}/reconfigure?${new URLSearchParams({ serviceName: svc(i), servicePath: `/${svc(i)}/` })}`);
+      if (res.status !== 200) errors.push(`${res.status} ${(await res.text()).slice(0, 200)}`);
+      else await res.arrayBuffer();
+    }
   };
-  await Promise.all(Array.from({ length: 32 }, worker2));
+  await Promise.all(Array.from({ length: CLIENTS }, (_, c) => client(c)));
+  return { errors, seconds: (performance.now() - t0) / 1000 };
+}
+
+/** Connections to Consul per proxy, Consul requests over a quiet period, and RSS per proxy. */
+async function consulLoad(env: Env, size: number): Promise<void> {
+  const port = Number(new URL(env.consul.address).port);
+  await new Promise((r) => setTimeout(r, 2000));
+  const before = await consulRequests(env.consul.address);
+  const quiet = 10;
+  await new Promise((r) => setTimeout(r, quiet * 1000));
+  const after = await consulRequests(env.consul.address);
+  const conns = env.proxies.map((p) => connectionsTo(p.proc.pid ?? 0, port));
+  const rss = env.proxies.map((p) => Number(execFileSync('ps', ['-o', 'rss=', '-p', String(p.proc.pid)], { encoding: 'utf8' }).trim()) / 1024);
+  // The metrics read itself is one request.
+  note(`| ${size.toLocaleString('en')} | ${conns.join(', ')} | ${after - before - 1} in ${quiet} s | ${rss.map((r) => r.toFixed(0)).join(', ')} MB |`);
+}
+
+/** A fourth proxy with a fresh STATE_DIR while every service is in KV: API up until ready, and until the last service routes. */
+async function coldRestart(env: Env, size: number): Promise<void> {
+  const p = await startProxy(env.consul.address, path.join(env.stateDir, `cold${size}`));
+  try {
+    await untilOk(`${p.api.replace('/v1/docker-flow-proxy', '')}/v1/docker-flow-proxy/ping`);
+    const t0 = performance.now();
+    await untilOk(`${p.api}/successfulinitreload`);
+    const ready = performance.now() - t0;
+    await firstOk(`${p.http}/${svc(size - 1)}/`);
+    await firstOk(`${p.http}/${svc(0)}/`);
+    note(`| ${size.toLocaleString('en')} | ${ms(ready)} | ${ms(performance.now() - t0)} |`);
+  } finally {
+    p.proc.kill('SIGTERM');
+    await waitForExit(p.proc.pid ?? 0, 45_000);
+  }
 }
 
 async function newServiceLive(env: Env, size: number): Promise<void> {
@@ -207,11 +262,11 @@ async function scaleEvents(env: Env): Promise<void> {
   const before = (await status(env)).ApplyCounts;
   const samples: number[] = [];
   for (let k = 0; k < SCALE_SAMPLES; k++) {
-    const port = env.backendPorts[1 + (k % (env.backendPorts.length - 1))] ?? 0;
+    // Backends b4 and b5 serve no service: traffic from one of them is the new instance's.
+    const which = 4 + (k % 2);
     const t0 = performance.now();
-    const id = await register(env.consul.address, { name: base, container: `${base}.scale${k}`, exposedPort: 80, hostPort: port });
-    // The new instance answers with its own name: wait for it.
-    await firstOk(`${env.http}/${base}/`, `"b${1 + (k % (env.backendPorts.length - 1))}"`);
+    const id = await register(env.consul.address, { name: base, container: `${base}.scale${k}`, exposedPort: 80, hostPort: env.backendPorts[which] ?? 0 });
+    await firstOk(`${env.http}/${base}/`, `"b${which}"`);
     samples.push(performance.now() - t0);
     await deregister(env.consul.address, id);
     await new Promise((r) => setTimeout(r, 50));
@@ -222,28 +277,14 @@ async function scaleEvents(env: Env): Promise<void> {
   );
 }
 
-interface WrkResult {
-  requests: number;
-  errors: number;
-  non2xx: number;
-  rps: number;
-}
-
-async function wrk(url: string, seconds: number, close: boolean, connections = 20): Promise<WrkResult> {
-  const args = ['-t2', `-c${connections}`, `-d${seconds}s`, ...(close ? ['-H', 'Connection: close'] : []), url];
-  const { stdout } = await run('wrk', args, { timeout: (seconds + 30) * 1000 });
-  const requests = Number(/(\d+) requests in/.exec(stdout)?.[1] ?? 0);
-  const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(stdout);
-  const errors = sock ? sock.slice(1).reduce((a, b) => a + Number(b), 0) : 0;
-  const non2xx = Number(/Non-2xx or 3xx responses: (\d+)/.exec(stdout)?.[1] ?? 0);
-  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(stdout)?.[1] ?? 0);
-  return { requests, errors, non2xx, rps };
+function load(url: string, seconds: number, close: boolean, connections = 20): Promise<WrkResult> {
+  return wrk(url, { seconds, close, connections, threads: 2 });
 }
 
 async function churnUnderLoad(env: Env, close: boolean): Promise<void> {
   const seconds = close ? LOAD_SECONDS.close : LOAD_SECONDS.keepAlive;
   const base = svc(1);
-  const load = wrk(`${env.http}/${base}/`, seconds, close);
+  const loaded = load(`${env.http}/${base}/`, seconds, close);
   const before = (await status(env)).ApplyCounts;
   const pause = ((seconds - 4) * 1000) / (CHURN_EVENTS * 2);
   let reconfigures = 0;
@@ -262,7 +303,7 @@ async function churnUnderLoad(env: Env, close: boolean): Promise<void> {
     scales++;
     await new Promise((r) => setTimeout(r, pause));
   }
-  const result = await load;
+  const result = await loaded;
   const after = (await status(env)).ApplyCounts;
   note(
     `| ${close ? '`Connection: close`' : 'keep-alive'} | ${seconds} s | ${result.requests.toLocaleString('en')} | ${reconfigures} + ${scales} | ${result.errors} | ${result.non2xx} | ${Math.round(result.rps).toLocaleString('en')} | ${after.reload - before.reload} reloads, ${after.runtime - before.runtime} runtime |`,
@@ -272,10 +313,10 @@ async function churnUnderLoad(env: Env, close: boolean): Promise<void> {
 async function routeCost(env: Env, size: number): Promise<void> {
   const first = `${env.http}/${svc(0)}/`;
   const last = `${env.http}/${svc(size - 1)}/`;
-  const a1 = await wrk(first, ROUTE_SECONDS, false, 50);
-  const b1 = await wrk(last, ROUTE_SECONDS, false, 50);
-  const a2 = await wrk(first, ROUTE_SECONDS, false, 50);
-  const b2 = await wrk(last, ROUTE_SECONDS, false, 50);
+  const a1 = await load(first, ROUTE_SECONDS, false, 50);
+  const b1 = await load(last, ROUTE_SECONDS, false, 50);
+  const a2 = await load(first, ROUTE_SECONDS, false, 50);
+  const b2 = await load(last, ROUTE_SECONDS, false, 50);
   const firstRps = (a1.rps + a2.rps) / 2;
   const lastRps = (b1.rps + b2.rps) / 2;
   note(`| ${size.toLocaleString('en')} | ${Math.round(firstRps).toLocaleString('en')} (${Math.round(a1.rps)}, ${Math.round(a2.rps)}) | ${Math.round(lastRps).toLocaleString('en')} (${Math.round(b1.rps)}, ${Math.round(b2.rps)}) | **${(lastRps / firstRps).toFixed(2)}** | ${a1.errors + a2.errors + b1.errors + b2.errors + a1.non2xx + a2.non2xx + b1.non2xx + b2.non2xx} |`);
@@ -285,19 +326,22 @@ async function routeCost(env: Env, size: number): Promise<void> {
 async function main(): Promise<void> {
   ensureInstalled('wrk', 'wrk');
   const started = new Date();
-  const backends = spawn(process.execPath, [path.join(PROJECT_ROOT, 'dist/bench/backends.js'), '4'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const backends = spawn(process.execPath, [path.join(PROJECT_ROOT, 'dist/bench/backends.js'), '6'], { stdio: ['ignore', 'pipe', 'inherit'] });
   const env = await startAll(backends);
+  const loads: string[] = [];
   try {
     note(`# Benchmarks\n\nRun ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC on ${machine('Consul 1.8.7 dev agent')}.`);
-    note(`${QUICK ? '**Quick run (BENCH_QUICK=1): smaller sizes, fewer samples.** ' : ''}Produced by \`npm run bench\` (bench/run.ts); wrk, HAProxy, the proxy, Consul and the Node backends share the same cores, so compare numbers within this run only.\n`);
-    note('## New service live: API call until the first 200 on its route\n\nAim: <= 50 ms at 1,000 services, <= 100 ms at 10,000.\n');
+    note(
+      `${QUICK ? '**Quick run (BENCH_QUICK=1): smaller sizes, fewer samples.** ' : ''}Produced by \`npm run bench\` (bench/run.ts). What users run: three proxies of one fleet with their **default settings** (no tuning variable; only addresses, ports and state directories) on **one Consul dev agent with Consul's default limits** (200 connections per client address). Each service has ${INSTANCES} instances; ${CLIENTS} concurrent API clients route them, spread over the three proxies. wrk, HAProxy, the proxies, Consul and the Node backends share the same cores, so compare numbers within this run only.\n`,
+    );
+    note('## New service live: API call until the first 200 on its route\n\nAim: <= 50 ms p50 at 2,000 services, <= 100 ms p50 and <= 250 ms p99 at 10,000.\n');
     note('| services already routed | p50 | p99 | how it was applied |\n|---|---|---|---|');
     let populated = 0;
     for (const size of SIZES) {
-      const t0 = performance.now();
-      await populate(env, populated, size);
+      const { errors, seconds } = await populate(env, populated, size);
       populated = size;
-      console.log(`(populated ${size} services in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+      loads.push(`| ${size.toLocaleString('en')} | ${seconds.toFixed(0)} s | ${errors.length}${errors.length ? ` (first: ${errors[0]})` : ''} |`);
+      console.log(`(populated ${size} services in ${seconds.toFixed(1)} s, ${errors.length} errors)`);
       await newServiceLive(env, size);
       if (size === SIZES[0]) {
         note('\n## Scale event: instance registered in Consul until it gets traffic\n\nAim: <= 20 ms p50, 0 reloads.\n');
@@ -307,22 +351,32 @@ async function main(): Promise<void> {
         note('| clients | duration | requests | reconfigures + scale events | socket errors | non-2xx | req/s | reloads |\n|---|---|---|---|---|---|---|---|');
         await churnUnderLoad(env, false);
         await churnUnderLoad(env, true);
-        note('\n## Fleet: a change on one of three proxies until it is live on all three\n\nAim: p99 <= 150 ms. Three proxies of one fleet (own PROXY_INSTANCE_NAME) on the same Consul; each change goes to a different one in turn.\n');
+        note('\n## Fleet: a change on one of three proxies until it is live on all three\n\nAim: p99 <= 150 ms, for new services and for changes to existing ones.\n');
         note('| what | p50 | p99 |\n|---|---|---|');
         await fleetBench(env);
         note('\n## New service live, continued\n\n| services already routed | p50 | p99 | how it was applied |\n|---|---|---|---|');
+      } else {
+        const port = Number(new URL(env.consul.address).port);
+        console.log(`(connections to Consul: ${env.proxies.map((p) => connectionsTo(p.proc.pid ?? 0, port)).join(', ')})`);
       }
     }
+    note('\n## Scale event at the largest size\n\n| what | p50 | p99 | reloads |\n|---|---|---|---|');
+    await scaleEvents(env);
+    note(`\n## Routing ${SIZES.map((n) => n.toLocaleString('en')).join(' / ')} services with ${CLIENTS} concurrent API clients\n\nAim: no Consul error.\n`);
+    note('| services | time to route them | failed reconfigures |\n|---|---|---|');
+    for (const l of loads) note(l);
+    note(`\n## Consul load and memory at ${populated.toLocaleString('en')} services x ${INSTANCES} instances\n\nAim: at most 10 connections per proxy to Consul, no request while nothing changes apart from blocking-query renewals (and the replica report's session renewal, one per 5 s per proxy), control-plane RSS <= 150 MB.\n`);
+    note('| services | connections to Consul (per proxy) | Consul requests while quiet (all proxies) | RSS (per proxy) |\n|---|---|---|---|');
+    await consulLoad(env, populated);
+    note('\n## Cold restart: a new proxy with a fresh STATE_DIR, every service in KV\n\nAim: ready and every route live within 5 s of the API coming up.\n');
+    note('| services | API up until ready | API up until the first and last service route |\n|---|---|---|');
+    await coldRestart(env, populated);
     note(`\n## Route cost: the 1st vs the ${populated.toLocaleString('en')}th route\n\nAim: ratio >= 0.9. wrk -t2 -c50, ${ROUTE_SECONDS} s per run, runs alternated (first, last, first, last).\n`);
     note('| services | 1st route req/s (runs) | last route req/s (runs) | last / first | errors |\n|---|---|---|---|---|');
-    // Measure routing, not server kinds: fold any runtime-added servers into the config first.
-    await fetch(`${env.api}/reload`);
     await routeCost(env, populated);
-    const rss = execFileSync('ps', ['-o', 'rss=', '-p', String(env.proxy.pid)], { encoding: 'utf8' }).trim();
-    note(`\nControl plane (Node) RSS with ${populated.toLocaleString('en')} services: ${(Number(rss) / 1024).toFixed(0)} MB.`);
   } finally {
-    env.proxy.kill('SIGTERM');
-    await waitForExit(env.proxy.pid ?? 0, 30_000);
+    for (const p of env.proxies) p.proc.kill('SIGTERM');
+    for (const p of env.proxies) await waitForExit(p.proc.pid ?? 0, 45_000);
     await env.consul.stop('SIGKILL');
     backends.kill('SIGKILL');
     rmSync(env.stateDir, { recursive: true, force: true });
