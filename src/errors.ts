@@ -103,9 +103,12 @@ export class SettingsError extends DfpError {
 
 export class ReplicasLaggingError extends DfpError {
   readonly laggards: readonly string[];
-  constructor(laggards: readonly string[], timeoutMs: number) {
+  /** Per-replica results, when the endpoint gives them (`cert` with `distribute`/`wait=all`): the body's `Replicas`. */
+  readonly results: readonly object[] | undefined;
+  constructor(laggards: readonly string[], timeoutMs: number, results?: readonly object[]) {
     super('DFP_ERR_REPLICAS_LAGGING', `applied here, but not on every live replica within ${timeoutMs} ms; lagging: ${laggards.join(', ')}`);
     this.laggards = laggards;
+    this.results = results;
   }
 }
 

@@ -2,13 +2,13 @@ import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import os from 'node:os';
 import type { ChangeOptions, DryRunResult, ProxyCore } from './api/core.js';
-import { ReplicaPublisher, type ReplicaReport, readReplicas } from './consul/replicas.js';
+import { listReplicas, ReplicaPublisher, type ReplicaReport, readReplicas } from './consul/replicas.js';
 import { ConsulSpecStore } from './consul/spec-store.js';
 import { ConfigRejectedError, DfpError } from './errors.js';
 import { Fleet, specsHash } from './fleet.js';
 import { ApiServer } from './api/server.js';
 import { ConfigApplier } from './apply/applier.js';
-import { CertManager, type CertListing } from './certs/manager.js';
+import { CertManager, type CertListing, type CertOutcome } from './certs/manager.js';
 import { certNameFrom, parseCertBundle } from './certs/pem.js';
 import { ConsulCertStore } from './certs/store.js';
 import type { Change } from './apply/reconciler.js';
@@ -70,6 +70,11 @@ export function statePaths(stateDir: string) {
     certsLive: path.join(stateDir, 'certs-live'),
     crtList: path.join(stateDir, 'crt-list.txt'),
   };
+}
+
+/** Where the fleet's replicas publish their reports. */
+function replicaPrefixOf(settings: Settings): string {
+  return `${settings.proxyInstanceName}/_dfp/replicas/`;
 }
 
 function consulServices(state: DesiredState): Set<string> {
@@ -147,8 +152,13 @@ export class FlowProxy implements ProxyCore {
         },
         log: log.child('certs'),
         waitSeconds: settings.consulWatchWait,
+        fleet: {
+          prefix: replicaPrefixOf(settings),
+          list: () => listReplicas(consul, replicaPrefixOf(settings)),
+          timeoutMs: settings.replicaWaitTimeout * 1000,
+        },
       });
-      certs.loadLocal(settings.http.certsDir, settings.secretsDir);
+      certs.loadLocal(settings.http.certsDir, settings.secretsDir, settings.http.crtListPath);
       await applier.init(serviceStates(EMPTY_STATE));
       await haproxy.start();
       const source = new ConsulInstanceSource(consul, log.child('discovery'), settings.consulPassingOnly);
@@ -186,6 +196,7 @@ export class FlowProxy implements ProxyCore {
       const store = new ConsulSpecStore(consul, settings.proxyInstanceName, log.child('kv'), settings.separator);
       proxy = new FlowProxy(settings, log, haproxy, applier, reconciler, source, watcher, consul, store, localConsul, undefined);
       proxy.certs = certs;
+      certs.onApplied = () => proxy?.publisher?.publish();
       const h = settings.http;
       const api = new ApiServer(
         proxy,
@@ -217,7 +228,7 @@ export class FlowProxy implements ProxyCore {
    * replica's state. Until the restore is live, `successfulinitreload` answers 503.
    */
   private joinFleet(): void {
-    const replicaPrefix = `${this.settings.proxyInstanceName}/_dfp/replicas/`;
+    const replicaPrefix = replicaPrefixOf(this.settings);
     this.replicaId = this.settings.replicaId ?? `${os.hostname()}:${this.apiPort}`;
     const fleet = new Fleet(
       this.store,
@@ -269,6 +280,8 @@ export class FlowProxy implements ProxyCore {
       configHash: hash,
       specsHash: specsHash(this.reconciler.snapshot().services.values()),
       kvIndex: this.fleet?.kvIndex ?? 0,
+      certsIndex: this.certs?.appliedIndex ?? 0,
+      certsRefused: this.certs?.refusedNames() ?? [],
       ready: this.ready,
       at: new Date().toISOString(),
     };
@@ -435,10 +448,17 @@ export class FlowProxy implements ProxyCore {
   }
 
   /** `PUT cert` and `serviceCert`: validated, stored in Consul KV for every replica, then live here. */
-  async putCert(name: string, pem: string, parameter = 'body'): Promise<void> {
-    this.assertReady();
+  async putCert(name: string, pem: string, parameter = 'body', options: Partial<ChangeOptions> = {}): Promise<CertOutcome> {
+    if (!options.dryRun) this.assertReady();
     if (!this.certs) throw new DfpError('DFP_ERR_NOT_READY', 'the proxy is still starting');
-    await this.certs.put(name, pem, parameter);
+    return this.certs.put(name, pem, parameter, options);
+  }
+
+  /** `DELETE cert`: out of Consul KV (every replica follows) and out of HAProxy here. */
+  async deleteCert(name: string, options: Partial<ChangeOptions> = {}): Promise<CertOutcome> {
+    if (!options.dryRun) this.assertReady();
+    if (!this.certs) throw new DfpError('DFP_ERR_NOT_READY', 'the proxy is still starting');
+    return this.certs.delete(name, options);
   }
 
   certList(): CertListing[] {

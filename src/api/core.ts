@@ -1,4 +1,4 @@
-import type { CertListing } from '../certs/manager.js';
+import type { CertListing, CertOutcome } from '../certs/manager.js';
 import type { ServiceSpec } from '../spec/types.js';
 
 /** What the API needs from the proxy; keeps HTTP concerns out of the pipeline and vice versa. */
@@ -19,8 +19,13 @@ export interface ProxyCore {
   /** Removes by serviceName, or by aclName when no service has that name. */
   remove(serviceName: string, aclName?: string, options?: Partial<ChangeOptions>): Promise<{ removed: boolean; serviceName: string; dryRun?: DryRunResult }>;
   reload(recreate: boolean): Promise<void>;
-  /** Stores a certificate (PEM chain + key); 400 naming `parameter` when it is not one. */
-  putCert(name: string, pem: string, parameter?: string): Promise<void>;
+  /**
+   * Stores a certificate (PEM chain + key); 400 naming `parameter` when it is not one. With dryRun,
+   * what it would do; with waitAll, every live replica's result.
+   */
+  putCert(name: string, pem: string, parameter?: string, options?: Partial<ChangeOptions>): Promise<CertOutcome>;
+  /** Deletes a stored certificate (404 naming certName when there is none); dryRun and waitAll as putCert. */
+  deleteCert(name: string, options?: Partial<ChangeOptions>): Promise<CertOutcome>;
   /** Certificate metadata for the `certs` endpoint: never key material. */
   certList(): CertListing[];
   liveConfig(): string;

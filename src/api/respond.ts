@@ -43,6 +43,6 @@ export function sendError(res: ServerResponse, err: DfpError): void {
     Message: err.message,
     Code: err.code,
     ...(err.parameter === undefined ? {} : { Parameter: err.parameter }),
-    ...(err instanceof ReplicasLaggingError ? { Laggards: err.laggards } : {}),
+    ...(err instanceof ReplicasLaggingError ? { Laggards: err.laggards, ...(err.results ? { Replicas: err.results } : {}) } : {}),
   });
 }

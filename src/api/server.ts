@@ -5,6 +5,7 @@ import { checkCertName } from '../certs/pem.js';
 import { Params } from '../spec/params.js';
 import { type ChangeOptions, flag, type ParseOptions, parseChangeOptions, parseReconfigure, parseRemove } from '../spec/parse.js';
 import type { Logger } from '../util/log.js';
+import type { CertOutcome } from '../certs/manager.js';
 import type { DryRunResult, ProxyCore } from './core.js';
 export type { ChangeOptions };
 import { serviceModel } from './model.js';
@@ -109,20 +110,39 @@ export class ApiServer {
     }
   }
 
-  /** `PUT cert?certName=<name>`, body = PEM chain + private key. Other methods: 405. */
+  /**
+   * `PUT cert?certName=<name>`, body = PEM chain + private key; `DELETE cert?certName=<name>` (ours:
+   * the original had no way to delete one). Both take `dryRun`, `distribute` and `wait`. Other
+   * methods: 405.
+   */
   private async cert(req: IncomingMessage, url: URL, res: ServerResponse): Promise<void> {
-    if (req.method !== 'PUT') {
+    if (req.method !== 'PUT' && req.method !== 'DELETE') {
       req.resume();
-      res.setHeader('Allow', 'PUT');
-      return sendJson(res, 405, { Status: 'NOK', Message: 'cert accepts PUT only', Code: 'DFP_ERR_METHOD_NOT_ALLOWED' });
+      res.setHeader('Allow', 'PUT, DELETE');
+      return sendJson(res, 405, { Status: 'NOK', Message: 'cert accepts PUT (store) and DELETE (remove) only', Code: 'DFP_ERR_METHOD_NOT_ALLOWED' });
     }
     const params = new Params([...url.searchParams]);
     const name = checkCertName('certName', params.get('certName'));
-    const pem = await rawBody(req, MAX_CERT_BODY);
-    await this.core.putCert(name, pem, 'body');
-    // Never the certificate or its key in the answer or the log.
-    this.log.info(`certificate ${name} stored`);
-    return sendJson(res, 200, { Status: 'OK', Message: '', CertName: name });
+    const options = parseChangeOptions(params);
+    let outcome: CertOutcome;
+    if (req.method === 'DELETE') {
+      req.resume();
+      outcome = await this.core.deleteCert(name, options);
+      if (!outcome.dryRun) this.log.info(`certificate ${name} deleted`);
+    } else {
+      const pem = await rawBody(req, MAX_CERT_BODY);
+      outcome = await this.core.putCert(name, pem, 'body', options);
+      // Never the certificate or its key in the answer or the log.
+      if (!outcome.dryRun) this.log.info(`certificate ${name} stored`);
+    }
+    return sendJson(res, 200, {
+      Status: 'OK',
+      Message: outcome.dryRun ? `dry run: nothing was changed${outcome.note ? `; ${outcome.note}` : ''}` : options.distribute ? 'Distributed to all instances' : '',
+      CertName: name,
+      ...(options.distribute ? { Distribute: true } : {}),
+      ...(outcome.replicas ? { Replicas: outcome.replicas } : {}),
+      ...dryRunFields(outcome.dryRun),
+    });
   }
 
   private async reconfigure(params: Params, res: ServerResponse): Promise<void> {

@@ -24,33 +24,56 @@ export class ConsulCertStore {
     this.prefix = `${instanceName}/_dfp/certs/`;
   }
 
-  async put(name: string, pem: string): Promise<void> {
-    const body = JSON.stringify({ v: 1, pem });
-    await retryTransient(
+  /**
+   * Stores a certificate; returns the KV index the write landed at. Written through `/v1/txn`,
+   * which answers with the entry as written (a plain KV PUT answers only `true`), so the index is
+   * this write's own: `distribute` waits for every replica to have applied it.
+   */
+  async put(name: string, pem: string): Promise<number> {
+    const value = Buffer.from(JSON.stringify({ v: 1, pem })).toString('base64');
+    return retryTransient(
       async () => {
-        const res = await this.consul.request(`/v1/kv/${this.prefix}${name}`, { method: 'PUT', body });
-        if (res.status !== 200 || res.body.trim() !== 'true') {
-          throw new ConsulUnavailableError(`Consul refused to store certificate ${name}: ${res.status}`, undefined, res.status >= 500);
-        }
+        const res = await this.consul.request('/v1/txn', { method: 'PUT', body: JSON.stringify([{ KV: { Verb: 'set', Key: `${this.prefix}${name}`, Value: value } }]) });
+        const index = res.status === 200 ? (JSON.parse(res.body) as { Results?: { KV: { ModifyIndex: number } }[] }).Results?.[0]?.KV.ModifyIndex : undefined;
+        // Never Consul's answer text here: a refused transaction may echo the value (the key).
+        if (index === undefined) throw new ConsulUnavailableError(`Consul refused to store certificate ${name}: ${res.status}`, undefined, res.status >= 500);
+        return index;
       },
       10_000,
       (err) => this.log.warn(`storing certificate ${name}: ${err.message}; retrying`),
     );
   }
 
-  async delete(name: string): Promise<void> {
-    await retryTransient(async () => {
+  /** Whether a certificate document exists under this name (valid or not). */
+  async has(name: string): Promise<boolean> {
+    const res = await this.consul.request(`/v1/kv/${this.prefix}${name}?keys`);
+    if (res.status === 404) return false;
+    if (res.status !== 200) throw new ConsulUnavailableError(`Consul answered ${res.status} reading ${this.prefix}${name}`, undefined, res.status >= 500);
+    return (JSON.parse(res.body) as string[]).includes(`${this.prefix}${name}`);
+  }
+
+  /** Deletes a certificate; returns a KV index at or after the delete (the prefix's, which includes it). */
+  async delete(name: string): Promise<number> {
+    return retryTransient(async () => {
       const res = await this.consul.request(`/v1/kv/${this.prefix}${name}`, { method: 'DELETE' });
       if (res.status !== 200) throw new ConsulUnavailableError(`Consul refused to delete certificate ${name}: ${res.status}`, undefined, res.status >= 500);
+      // A KV DELETE answers without X-Consul-Index; the prefix's index includes the delete.
+      const after = await this.consul.request(`/v1/kv/${this.prefix}?keys`);
+      return after.index ?? 0;
     });
   }
 
-  /** Every stored certificate (a blocking read when `index` is given). Bad values are skipped. */
-  async list(index = 0, waitSeconds = 300, signal?: AbortSignal): Promise<{ certs: StoredCert[]; index: number; hash: string }> {
+  /**
+   * Every stored certificate (a blocking read when `index` is given). Bad values are skipped, but
+   * their names are in `names`: a damaged document is not a deleted certificate.
+   */
+  async list(index = 0, waitSeconds = 300, signal?: AbortSignal): Promise<{ certs: StoredCert[]; names: Set<string>; index: number; hash: string }> {
     const read = await readKvPrefix(this.consul, this.prefix, index, waitSeconds, signal);
     const certs: StoredCert[] = [];
+    const names = new Set<string>();
     for (const e of read.entries) {
       const name = e.key.slice(this.prefix.length);
+      names.add(name);
       try {
         const doc = JSON.parse(e.value) as { v?: number; pem?: unknown };
         if (typeof doc.pem !== 'string' || name === '' || name.includes('/')) throw new Error('not a certificate document');
@@ -59,6 +82,6 @@ export class ConsulCertStore {
         this.log.error(`ignoring ${e.key}: not a stored certificate`);
       }
     }
-    return { certs, index: read.index, hash: read.hash };
+    return { certs, names, index: read.index, hash: read.hash };
   }
 }

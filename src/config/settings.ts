@@ -78,6 +78,8 @@ export interface HttpSettings {
   readonly compression: { readonly algo: readonly string[]; readonly type: readonly string[] };
   /** PREFERRED_CERTIFICATE: globs of certificate names listed first in the crt-list (the default for unknown names). */
   readonly preferredCertificates: readonly string[];
+  /** CRT_LIST_PATH: an operator's crt-list, checked line by line and merged with the managed certificates at start-up (src/certs/crt-list.ts). */
+  readonly crtListPath: string | undefined;
 }
 
 export interface Timeouts {
@@ -270,6 +272,7 @@ export function loadSettings(env: Env = process.env): Settings {
         type: list(env, 'COMPRESSION_TYPE', (t) => checkMime('COMPRESSION_TYPE', t), ' '),
       },
       preferredCertificates: list(env, 'PREFERRED_CERTIFICATE', (g) => g),
+      crtListPath: filePath(env, 'CRT_LIST_PATH'),
     },
     haproxyBin: lookup(env, 'HAPROXY_BIN') ?? 'haproxy',
     consulBin: lookup(env, 'CONSUL_BIN') ?? path.join(PROJECT_ROOT, '.tools/bin/consul'),

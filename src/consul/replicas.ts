@@ -15,6 +15,10 @@ export interface ReplicaReport {
   readonly specsHash: string;
   /** The KV index of the shared specs it has applied: `wait=all` waits for every replica to reach a write's index. */
   readonly kvIndex: number;
+  /** The KV index up to which the shared certificates are live here (`cert` with `distribute` waits on it). */
+  readonly certsIndex?: number;
+  /** Stored certificates this replica's HAProxy refused. */
+  readonly certsRefused?: readonly string[];
   readonly ready: boolean;
   readonly at: string;
 }

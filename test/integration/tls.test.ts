@@ -1,151 +1,19 @@
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { X509Certificate } from 'node:crypto';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
-import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
-import tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
 import { certNameFrom, checkCertName, orderCertNames } from '../../src/certs/pem.js';
-import { loadSettings } from '../../src/config/settings.js';
 import type { ConsulAgent } from '../../src/consul/agent.js';
-import { FlowProxy } from '../../src/proxy.js';
-import { createLogger } from '../../src/util/log.js';
-import { freePort } from '../../src/util/ports.js';
-import {
-  callApi,
-  eventually,
-  haproxyGeneration,
-  registerLikeRegistrator,
-  startConsul,
-  stopConsul,
-  type TestProxy,
-  tempDir,
-  track,
-} from '../helpers/harness.js';
+import { callApi, eventually, haproxyGeneration, registerLikeRegistrator, startConsul, stopConsul, tempDir } from '../helpers/harness.js';
+import { certCall, hello, httpsGet, keyLines, makeCert, type Pem, putCert, startTlsProxy, type TlsProxy } from '../helpers/tls.js';
 
 /**
  * TLS termination: certificates from PUT cert, serviceCert, CERTS_DIR and Consul KV; SNI picks the
  * certificate, PREFERRED_CERTIFICATE the default; a further certificate goes live without a reload;
  * no key material ever leaves the proxy through the API or its log. All traffic to 127.0.0.1.
  */
-
-interface Pem {
-  readonly cert: string;
-  readonly key: string;
-  readonly bundle: string;
-  readonly fingerprint256: string;
-}
-
-function makeCert(dir: string, cn: string, sans: string[] = [cn]): Pem {
-  const base = path.join(dir, `${cn}-${Math.random().toString(36).slice(2, 8)}`);
-  execFileSync(
-    'openssl',
-    ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '30', '-subj', `/CN=${cn}`, '-addext', `subjectAltName=${sans.map((s) => `DNS:${s}`).join(',')}`, '-keyout', `${base}.key`, '-out', `${base}.crt`],
-    { stdio: 'ignore' },
-  );
-  const cert = readFileSync(`${base}.crt`, 'utf8');
-  const key = readFileSync(`${base}.key`, 'utf8');
-  return { cert, key, bundle: cert + key, fingerprint256: new X509Certificate(cert).fingerprint256 };
-}
-
-/** The key's base64 lines: none of them may appear anywhere outside the proxy. */
-function keyLines(p: Pem): string[] {
-  return p.key.split('\n').filter((l) => l.length > 20 && !l.startsWith('-----'));
-}
-
-interface Hello {
-  readonly cn: string;
-  readonly fingerprint256: string;
-  readonly alpn: string | false;
-}
-
-function hello(port: number, servername: string, alpn = ['h2', 'http/1.1'], maxVersion: tls.SecureVersion = 'TLSv1.3'): Promise<Hello> {
-  return new Promise((resolve, reject) => {
-    const sock = tls.connect({ host: '127.0.0.1', port, servername, rejectUnauthorized: false, ALPNProtocols: alpn, maxVersion }, () => {
-      const peer = sock.getPeerCertificate();
-      const out = { cn: String(peer.subject?.CN ?? ''), fingerprint256: peer.fingerprint256, alpn: sock.alpnProtocol ?? false };
-      sock.end();
-      resolve(out);
-    });
-    sock.setTimeout(5000, () => sock.destroy(new Error('TLS handshake timed out')));
-    sock.on('error', reject);
-  });
-}
-
-function httpsGet(port: number, host: string, urlPath: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = https.request(
-      { host: '127.0.0.1', port, servername: host, path: urlPath, rejectUnauthorized: false, headers: { Host: host, Connection: 'close' }, agent: false },
-      (res) => {
-        let body = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => {
-          body += c;
-        });
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-      },
-    );
-    req.on('error', reject);
-    req.end();
-  });
-}
-
-async function putCert(p: TestProxy, name: string | undefined, body: string, method = 'PUT'): Promise<{ status: number; body: Record<string, unknown>; text: string }> {
-  const query = name === undefined ? '' : `?certName=${encodeURIComponent(name)}`;
-  const res = await fetch(`${p.api}/cert${query}`, { method, ...(method === 'GET' || method === 'HEAD' ? {} : { body }) });
-  const text = await res.text();
-  let parsed: Record<string, unknown> = {};
-  try {
-    parsed = JSON.parse(text) as Record<string, unknown>;
-  } catch {
-    // not JSON
-  }
-  return { status: res.status, body: parsed, text };
-}
-
-type TlsProxy = TestProxy & { readonly tlsPort: number; readonly logs: string[] };
-
-/** Like harness startProxy, with a TLS listener and every log line (debug included) kept. */
-async function startTlsProxy(consulAddress: string, env: Record<string, string> = {}): Promise<TlsProxy> {
-  const stateDir = env.STATE_DIR ?? tempDir();
-  const httpPort = await freePort();
-  const tlsPort = await freePort();
-  const logs: string[] = [];
-  const settings = loadSettings({
-    CONSUL_ADDRESS: consulAddress,
-    STATE_DIR: stateDir,
-    PORT: '0',
-    IP: '127.0.0.1',
-    DEFAULT_PORTS: `${httpPort},${tlsPort}:ssl`,
-    SECRETS_DIR: path.join(stateDir, 'no-secrets'),
-    CONSUL_WATCH_WAIT: '30',
-    ...env,
-  });
-  const proxy = await FlowProxy.start(
-    settings,
-    createLogger('debug', 'dfp', (l) => {
-      logs.push(l);
-    }),
-  );
-  track(proxy.haproxy.status().masterPid);
-  await proxy.whenReady();
-  return {
-    proxy,
-    api: `http://127.0.0.1:${proxy.apiPort}/v1/docker-flow-proxy`,
-    http: `http://127.0.0.1:${httpPort}`,
-    httpPort,
-    tlsPort,
-    stateDir,
-    logs,
-    async stop() {
-      await proxy.stop();
-      rmSync(stateDir, { recursive: true, force: true });
-    },
-  };
-}
 
 describe('TLS termination with certificates', () => {
   let consul: ConsulAgent;
@@ -236,9 +104,21 @@ describe('TLS termination with certificates', () => {
       assert.equal(res.body.Status, 'NOK', what);
       assert.doesNotMatch(res.text, /PRIVATE KEY|BEGIN/, what);
     }
-    for (const method of ['GET', 'POST', 'DELETE']) {
+    for (const method of ['GET', 'POST', 'PATCH']) {
       const res = await putCert(p1, 'x.com', a.bundle, method);
       assert.equal(res.status, 405, method);
+      assert.equal(res.body.Code, 'DFP_ERR_METHOD_NOT_ALLOWED', method);
+    }
+    // DELETE of a certificate that does not exist: 404 naming certName; a bad name: 400.
+    const unknown = await certCall(p1, 'DELETE', 'x.com');
+    assert.equal(unknown.status, 404, unknown.text);
+    assert.equal(unknown.body.Code, 'DFP_ERR_NOT_FOUND');
+    assert.equal(unknown.body.Parameter, 'certName');
+    assert.match(String(unknown.body.Message), /x\.com/);
+    for (const name of ['../a.com', '.a.com', undefined]) {
+      const res = await certCall(p1, 'DELETE', name);
+      assert.equal(res.status, 400, `${name}: ${res.text}`);
+      assert.equal(res.body.Parameter, 'certName');
     }
     assert.equal((await callApi(p1, 'config')).text, config);
     assert.equal(await haproxyGeneration(p1), generation);
@@ -311,11 +191,64 @@ describe('TLS termination with certificates', () => {
     assert.doesNotMatch(res.text, /PRIVATE KEY|BEGIN|CertContent/);
   });
 
-  it('no key material in config, config?type=json, status or the log', async () => {
-    const texts = [(await callApi(p1, 'config')).text, (await callApi(p1, 'config', { type: 'json' })).text, (await callApi(p1, 'status')).text, p1.logs.join('')];
+  /** Responses of the new certificate paths (dry runs, DELETE, distribute), checked for key material below. */
+  const certAnswers: string[] = [];
+  const dryRunPems: Pem[] = [];
+
+  it('dry runs of PUT and DELETE cert say what would happen, without key material, and change nothing', async () => {
+    const generation = await haproxyGeneration(p1);
+    const crtList = readFileSync(path.join(p1.stateDir, 'crt-list.txt'), 'utf8');
+    const z = makeCert(certDir, 'z.com');
+    dryRunPems.push(z);
+    const live = (name: string) => path.join(p1.stateDir, 'certs-live', `${name}.pem`);
+    const list = path.join(p1.stateDir, 'crt-list.txt');
+
+    // A new certificate sorted last: added at the end of the crt-list at run time.
+    const put = await certCall(p1, 'PUT', 'z.com', z.bundle, { dryRun: 'true' });
+    assert.equal(put.status, 200, put.text);
+    assert.equal(put.body.DryRun, true);
+    assert.equal(put.body.ApplyKind, 'runtime');
+    assert.deepEqual(put.body.Commands, [
+      `new ssl cert ${live('z.com')}`,
+      `set ssl cert ${live('z.com')} <<(certificate chain and private key, not shown)`,
+      `commit ssl cert ${live('z.com')}`,
+      `add ssl crt-list ${list} ${live('z.com')}`,
+    ]);
+    assert.match(String(put.body.Diff), new RegExp(`\\+${live('z.com').replace(/\./g, '\\.')}`));
+    assert.match(String(put.body.Message), /dry run: nothing was changed; would store docker-flow\/_dfp\/certs\/z\.com in Consul KV/);
+    // A bad body is refused as without dryRun.
+    assert.equal((await certCall(p1, 'PUT', 'z.com', z.cert, { dryRun: 'true' })).status, 400);
+
+    // Deleting a certificate that is not the default: the runtime API, in HAProxy's order.
+    const del = await certCall(p1, 'DELETE', 'b.com', '', { dryRun: 'true' });
+    assert.equal(del.status, 200, del.text);
+    assert.equal(del.body.ApplyKind, 'runtime');
+    assert.deepEqual(del.body.Commands, [`del ssl crt-list ${list} ${live('b.com')}`, `del ssl cert ${live('b.com')}`]);
+    assert.match(String(del.body.Diff), new RegExp(`^-${live('b.com').replace(/\./g, '\\.')}$`, 'm'));
+    assert.match(String(del.body.Message), /would delete docker-flow\/_dfp\/certs\/b\.com from Consul KV/);
+
+    // The default certificate (first of the crt-list): HAProxy refuses that at run time, so a reload.
+    const delDefault = await certCall(p1, 'DELETE', 'a.com', '', { dryRun: 'true' });
+    assert.equal(delDefault.body.ApplyKind, 'reload', delDefault.text);
+    assert.deepEqual(delDefault.body.Commands, []);
+    assert.match(String((delDefault.body.ReloadBecause as string[])[0]), /a\.com is the default certificate/);
+
+    certAnswers.push(put.text, del.text, delDefault.text);
+    assert.equal(await haproxyGeneration(p1), generation, 'nothing reloaded');
+    assert.equal(readFileSync(list, 'utf8'), crtList, 'the crt-list is unchanged');
+    assert.deepEqual(
+      ((await callApi(p1, 'certs')).body.Certs as { ProxyServiceName: string }[]).map((x) => x.ProxyServiceName),
+      ['a.com', 'b.com', 'c.com'],
+    );
+    assert.equal((await hello(p1.tlsPort, 'b.com')).fingerprint256, b.fingerprint256);
+  });
+
+  it('no key material in config, config?type=json, status, the new cert answers or the log', async () => {
+    const texts = [(await callApi(p1, 'config')).text, (await callApi(p1, 'config', { type: 'json' })).text, (await callApi(p1, 'status')).text, ...certAnswers, p1.logs.join('')];
+    assert.ok(certAnswers.length >= 3, 'the dry-run answers were collected');
     for (const text of texts) {
       assert.doesNotMatch(text, /PRIVATE KEY/);
-      for (const pem of [a, a2, b, c]) for (const line of keyLines(pem)) assert.ok(!text.includes(line), 'a key line leaked');
+      for (const pem of [a, a2, b, c, ...dryRunPems]) for (const line of keyLines(pem)) assert.ok(!text.includes(line), 'a key line leaked');
     }
     assert.ok(p1.logs.length > 10, 'the log was captured');
   });
