@@ -66,7 +66,8 @@ export function runtimeAllocation(previous: BackendAllocation, services: readonl
   for (const [key, name] of previous.names) if (!keys.has(key)) retired.push(name);
   for (const name of [...spares, ...retired]) {
     const was = previous.slots.get(name);
-    if (was) slots.set(name, was.map(() => undefined));
+    // Emptied; an already empty table is kept as is, so its rendered section is reused.
+    if (was) slots.set(name, was.every((id) => id === undefined) ? was : was.map(() => undefined));
   }
   return { names, spares, retired, slots };
 }

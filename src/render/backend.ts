@@ -82,8 +82,18 @@ function headerRule(rule: string, item: string): string {
 
 /** A spare backend, ready for a service added at run time: it looks like a plain service's backend. */
 export function spareBackend(name: string, slots: number): Backend {
-  return { name, lines: ['mode http'], slots: Array.from({ length: slots }, (_, i) => ({ name: slotName(i) })), serverOptions: () => ' check' };
+  const key = `${name} ${slots}`;
+  let spare = spares.get(key);
+  if (spare === undefined) {
+    spare = { name, lines: ['mode http'], slots: Array.from({ length: slots }, (_, i) => ({ name: slotName(i) })), serverOptions: () => ' check' };
+    // Thousands of spares at 10,000 services: the same object each render, so plans skip them.
+    if (spares.size > 100_000) spares.clear();
+    spares.set(key, spare);
+  }
+  return spare;
 }
+
+const spares = new Map<string, Backend>();
 
 /**
  * The section's text. In the skeleton (`withAddresses` false) every slot reads `<slot>`: the

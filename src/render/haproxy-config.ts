@@ -233,7 +233,7 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
   }
   for (const name of [...allocation.spares, ...allocation.retired]) {
     const b = spareBackend(name, allocation.slots.get(name)?.length ?? settings.serverSlots);
-    texts.set(name, { backend: b, text: renderBackend(b, true).join('\n'), skeleton: renderBackend(b, false).join('\n') });
+    texts.set(name, spareSection(b));
     backends.set(name, b);
   }
   const head = lines.join('\n');
@@ -283,6 +283,17 @@ function backendSection(
   const backend = buildBackend(spec, dest, slots, { userlist: () => userlist }, name);
   const section = { key, backend, text: renderBackend(backend, true).join('\n'), skeleton: renderBackend(backend, false).join('\n') };
   perSpec.set(dest.index, section);
+  return section;
+}
+
+const spareSections = new WeakMap<Backend, Section>();
+
+function spareSection(b: Backend): Section {
+  let section = spareSections.get(b);
+  if (section === undefined) {
+    section = { backend: b, text: renderBackend(b, true).join('\n'), skeleton: renderBackend(b, false).join('\n') };
+    spareSections.set(b, section);
+  }
   return section;
 }
 
