@@ -173,6 +173,8 @@ export class Fleet {
       return;
     }
     if (this.writesInFlight > 0) {
+      // Seen, even if not applied yet: a restarted Consul whose index is below it has lost its state.
+      at.highest = Math.max(at.highest, stored.index);
       // Once this replica's writes are live here, read again without blocking (index 0).
       await this.writesDone;
       at.index = 0;

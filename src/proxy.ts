@@ -127,7 +127,13 @@ export class FlowProxy implements ProxyCore {
         addresses = [localConsul.address];
         log.info(`local Consul: CONSUL_ADDRESS=${localConsul.address} (data in ${paths.consulDir})`);
       }
-      const consul = new ConsulClient(addresses);
+      const consul = new ConsulClient(addresses, undefined, {
+        watchConnections: settings.consulWatchConnections,
+        requestConnections: settings.consulRequestConnections,
+      });
+      if (settings.consulMaxWatches !== undefined) {
+        log.warn('CONSUL_MAX_WATCHES is deprecated and ignored: discovery holds one query per Consul node, not per service (CONSUL_WATCH_CONNECTIONS bounds them)');
+      }
       haproxy = new HaproxyProcess(settings.haproxyBin, paths, log.child('haproxy'));
       const applier = new ConfigApplier(
         settings.haproxyBin,
@@ -175,7 +181,7 @@ export class FlowProxy implements ProxyCore {
               setTimeout(() => watcher.kick(service), 1000).unref();
             });
         },
-        { waitSeconds: settings.consulWatchWait, maxWatches: settings.consulMaxWatches },
+        { waitSeconds: settings.consulWatchWait },
         log.child('watch'),
       );
       let proxy: FlowProxy | undefined;
@@ -301,6 +307,7 @@ export class FlowProxy implements ProxyCore {
       ['stopping the Consul watches', () => this.watcher.stop()],
       ['finishing the apply in flight', () => this.reconciler.close()],
       ['stopping HAProxy', () => this.haproxy.stop()],
+      ['closing the Consul connections', () => this.consul.close()],
       ['stopping the local Consul', () => this.localConsul?.stop()],
     ];
     for (const [step, run] of steps) {

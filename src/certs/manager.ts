@@ -396,7 +396,8 @@ export class CertManager {
       this.writeBack = true;
       return;
     }
-    let done = stored.hash === this.kvHash;
+    const unchanged = stored.hash === this.kvHash;
+    let done = unchanged;
     if (!done) {
       done = await this.serialised(async () => {
         // Read before this replica's own newest write: the next read (due at once) has it.
@@ -417,7 +418,11 @@ export class CertManager {
     this.readIndex = stored.index;
     if (done && stored.index !== this.applied) {
       this.applied = stored.index;
-      this.onApplied();
+      // Published only when the certificates changed. The index moves on every KV write (an
+      // empty prefix answers at the KV-wide index), the replica report included: publishing on
+      // each move would wake every replica's follower again, in a loop. Waiters compare with the
+      // index of a certificate write, which always changes the content.
+      if (!unchanged) this.onApplied();
     }
   }
 

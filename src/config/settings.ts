@@ -33,8 +33,12 @@ export interface Settings {
   readonly consulPassingOnly: boolean;
   /** Blocking-query wait of the Consul watches, seconds. */
   readonly consulWatchWait: number;
-  /** Services followed with one blocking query each; the rest through a change detector. */
-  readonly consulMaxWatches: number;
+  /** CONSUL_MAX_WATCHES, deprecated: accepted and ignored (start-up warns); discovery's queries follow nodes now. */
+  readonly consulMaxWatches: string | undefined;
+  /** Connections per Consul address for blocking queries (`CONSUL_WATCH_CONNECTIONS`). */
+  readonly consulWatchConnections: number;
+  /** Connections per Consul address for every other request (`CONSUL_REQUEST_CONNECTIONS`). */
+  readonly consulRequestConnections: number;
   /** Empty backends kept for services added without a reload (at least; grows with services). */
   readonly spareBackends: number;
   /** SERVER_SLOTS: the fewest config-defined server slots per backend (render/slots.ts). */
@@ -281,7 +285,10 @@ export function loadSettings(env: Env = process.env): Settings {
     logLevel: parseLevel(lookup(env, 'LOG_LEVEL')),
     consulPassingOnly: bool(env, 'CONSUL_PASSING_ONLY', true),
     consulWatchWait: int(env, 'CONSUL_WATCH_WAIT', 300, 1, 600),
-    consulMaxWatches: int(env, 'CONSUL_MAX_WATCHES', 150, 0, 100_000),
+    consulMaxWatches: lookup(env, 'CONSUL_MAX_WATCHES'),
+    // Two KV watches (specs, certificates), the node list, the checks and the detector's reserved slot: 5 at least.
+    consulWatchConnections: int(env, 'CONSUL_WATCH_CONNECTIONS', 8, 5, 1000),
+    consulRequestConnections: int(env, 'CONSUL_REQUEST_CONNECTIONS', 2, 1, 1000),
     spareBackends: int(env, 'SPARE_BACKENDS', 16, 0, 100_000),
     serverSlots: int(env, 'SERVER_SLOTS', 4, 1, 1024),
     replicaId: lookup(env, 'REPLICA_ID'),

@@ -1,3 +1,4 @@
+import { Pool } from 'undici';
 import { ConsulUnavailableError } from '../errors.js';
 
 export interface ConsulResponse {
@@ -8,57 +9,166 @@ export interface ConsulResponse {
   readonly address: string;
 }
 
+/** Which connection budget a request uses. */
+export type ConsulBudgetName = 'watch' | 'request';
+
 export interface ConsulRequest {
   readonly method?: 'GET' | 'PUT' | 'DELETE';
   readonly body?: string;
   readonly timeoutMs?: number;
   readonly signal?: AbortSignal;
+  /**
+   * `watch` for a blocking query, `request` for anything else. Default: `watch` when the path
+   * carries `index=<n>` with n > 0 (what makes Consul hold the request), `request` otherwise.
+   */
+  readonly budget?: ConsulBudgetName;
 }
 
 /**
- * A small Consul HTTP client on Node's fetch. `CONSUL_ADDRESS` may list several agents: each
- * request tries them in order, starting with the last one that answered, and moves on when one
- * cannot be reached or answers 5xx (no leader, rpc error). 4xx answers are the caller's to judge.
+ * Connections per Consul address. Consul agents allow 200 per client address by default
+ * (`limits.http_max_conns_per_client`) and drop the connections past it; three proxies on one
+ * host share that limit, so each stays small.
+ */
+export interface ConsulBudget {
+  /**
+   * Blocking queries held at once (`CONSUL_WATCH_CONNECTIONS`): each pending one holds a
+   * connection. Requests past it wait in line for one to answer, so the holders (the KV watches
+   * of fleet.ts and certs/store.ts, the instance watcher) must stay within it together.
+   */
+  readonly watchConnections: number;
+  /** Every other request (`CONSUL_REQUEST_CONNECTIONS`); past it they wait in line, briefly. */
+  readonly requestConnections: number;
+}
+
+export const DEFAULT_CONSUL_BUDGET: ConsulBudget = { watchConnections: 8, requestConnections: 2 };
+
+/** Counters since the client was created (tests, and status). */
+export interface ConsulClientStats {
+  /** Requests sent, each attempt counted (a failover to another address is a second one). */
+  readonly sent: Readonly<Record<ConsulBudgetName, number>>;
+  /** Requests holding or waiting for a connection now. */
+  readonly inFlight: Readonly<Record<ConsulBudgetName, number>>;
+  /** Connections open now, over every address. */
+  readonly connections: Readonly<Record<ConsulBudgetName, number>>;
+}
+
+interface Target {
+  readonly origin: string;
+  /** A path prefix of the address (`http://host/consul`), prepended to every request. */
+  readonly prefix: string;
+  pools: Record<ConsulBudgetName, Pool> | undefined;
+}
+
+const BLOCKING = /[?&]index=0*[1-9]/;
+
+/**
+ * The one Consul HTTP client of a proxy: undici connection pools per Consul address, one for
+ * blocking queries and one for everything else, so a burst of API calls can neither starve the
+ * watches nor be starved by them, and the proxy never holds more than
+ * `watchConnections + requestConnections` connections to an agent.
+ *
+ * `CONSUL_ADDRESS` may list several agents: each request tries them in order, starting with the
+ * last one that answered, and moves on when one cannot be reached or answers 5xx (no leader, rpc
+ * error). 4xx answers are the caller's to judge.
+ *
+ * Aborting a request (its signal or its timeout) destroys its connection, and the pool opens a
+ * new one when needed. Consul 1.8.7 releases the per-client slot of an abandoned *blocking* query
+ * only when the query would have answered (measured: 9 aborted queries still held 9 of 10 slots),
+ * so watchers should not abort blocking queries except when stopping; a fresh read beside a
+ * pending query is cheaper than replacing it.
  */
 export class ConsulClient {
   private preferred = 0;
+  private readonly targets: Target[];
+  private readonly counters = {
+    sent: { watch: 0, request: 0 },
+    inFlight: { watch: 0, request: 0 },
+  };
+  private closed = false;
+  /** Called before every attempt (tests count requests with it). */
+  onRequest: ((path: string, budget: ConsulBudgetName, address: string) => void) | undefined;
 
   constructor(
     readonly addresses: readonly string[],
     private readonly defaultTimeoutMs = 5000,
+    readonly budget: ConsulBudget = DEFAULT_CONSUL_BUDGET,
   ) {
     if (addresses.length === 0) throw new Error('ConsulClient needs at least one address');
+    if (!(budget.watchConnections >= 1 && budget.requestConnections >= 1)) throw new Error('ConsulClient needs at least one connection per budget');
+    this.targets = addresses.map((a) => {
+      const url = new URL(a);
+      return { origin: url.origin, prefix: url.pathname.replace(/\/+$/, ''), pools: undefined };
+    });
   }
 
   async request(path: string, req: ConsulRequest = {}): Promise<ConsulResponse> {
+    if (this.closed) throw new ConsulUnavailableError('Consul client is closed');
+    const budget = req.budget ?? (BLOCKING.test(path) ? 'watch' : 'request');
     const failures: string[] = [];
     let answered5xx = false;
     for (let i = 0; i < this.addresses.length; i++) {
       const at = (this.preferred + i) % this.addresses.length;
       const address = this.addresses[at] as string;
+      const target = this.targets[at] as Target;
       const timeout = AbortSignal.timeout(req.timeoutMs ?? this.defaultTimeoutMs);
       const signal = req.signal ? AbortSignal.any([req.signal, timeout]) : timeout;
+      this.counters.sent[budget]++;
+      this.counters.inFlight[budget]++;
+      this.onRequest?.(path, budget, address);
       try {
-        const res = await fetch(`${address}${path}`, {
+        const res = await this.pool(target, budget).request({
+          path: `${target.prefix}${path}`,
           method: req.method ?? 'GET',
           ...(req.body === undefined ? {} : { body: req.body }),
           signal,
         });
-        const body = await res.text();
-        if (res.status >= 500) {
+        const body = await res.body.text();
+        if (res.statusCode >= 500) {
           answered5xx = true;
-          failures.push(`${address}: HTTP ${res.status} ${body.trim().slice(0, 200)}`);
+          failures.push(`${address}: HTTP ${res.statusCode} ${body.trim().slice(0, 200)}`);
           continue;
         }
         this.preferred = at;
-        const rawIndex = res.headers.get('x-consul-index');
-        return { status: res.status, body, index: rawIndex === null ? undefined : Number(rawIndex), address };
+        const rawIndex = res.headers['x-consul-index'];
+        const index = typeof rawIndex === 'string' ? Number(rawIndex) : undefined;
+        return { status: res.statusCode, body, index: index !== undefined && Number.isFinite(index) ? index : undefined, address };
       } catch (err) {
         if (req.signal?.aborted) throw err;
-        failures.push(`${address}: ${describeFetchError(err)}`);
+        failures.push(`${address}: ${describeError(err)}`);
+      } finally {
+        this.counters.inFlight[budget]--;
       }
     }
     throw new ConsulUnavailableError(`Consul is unavailable (${failures.join('; ')})`, undefined, answered5xx);
+  }
+
+  stats(): ConsulClientStats {
+    const connections = { watch: 0, request: 0 };
+    for (const t of this.targets) {
+      if (!t.pools) continue;
+      connections.watch += t.pools.watch.stats.connected;
+      connections.request += t.pools.request.stats.connected;
+    }
+    return { sent: { ...this.counters.sent }, inFlight: { ...this.counters.inFlight }, connections };
+  }
+
+  /** Closes every connection; requests in flight fail. */
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all(this.targets.flatMap((t) => (t.pools ? [t.pools.watch.destroy(), t.pools.request.destroy()] : [])));
+  }
+
+  private pool(target: Target, budget: ConsulBudgetName): Pool {
+    if (!target.pools) {
+      // Timeouts are the caller's (AbortSignal): undici's own 300 s headers timeout would cut a
+      // blocking query waiting its full `wait` plus Consul's jitter (up to wait/16).
+      const options = { pipelining: 1, headersTimeout: 0, bodyTimeout: 0, connect: { timeout: 5000 } };
+      target.pools = {
+        watch: new Pool(target.origin, { ...options, connections: this.budget.watchConnections }),
+        request: new Pool(target.origin, { ...options, connections: this.budget.requestConnections }),
+      };
+    }
+    return target.pools[budget];
   }
 }
 
@@ -83,8 +193,8 @@ export async function retryTransient<T>(fn: () => Promise<T>, budgetMs = 10_000,
   }
 }
 
-function describeFetchError(err: unknown): string {
-  const e = err as Error & { cause?: { code?: string; message?: string } };
+function describeError(err: unknown): string {
+  const e = err as Error & { code?: string; cause?: { code?: string; message?: string } };
   if (e.name === 'TimeoutError') return 'timed out';
-  return e.cause?.code ?? e.cause?.message ?? e.message;
+  return e.code ?? e.cause?.code ?? e.cause?.message ?? e.message;
 }

@@ -4,7 +4,8 @@ import { ConsulUnavailableError } from '../errors.js';
 import type { Logger } from '../util/log.js';
 import { type ConsulClient, type ConsulResponse, retryTransient } from './client.js';
 
-interface HealthEntry {
+/** One entry of `/v1/health/service/<name>`, as far as routing needs it (catalog.ts builds the same). */
+export interface HealthEntry {
   Node?: { Node?: string; Address?: string };
   Service?: { ID?: string; Service?: string; Address?: string; Port?: number };
 }
@@ -21,7 +22,7 @@ export class ConsulInstanceSource implements InstanceSource {
     private readonly consul: ConsulClient,
     private readonly log: Logger,
     /** false: every registered instance, whatever its health (the original's behaviour). */
-    private readonly passingOnly = true,
+    readonly passingOnly = true,
   ) {}
 
   /** The health endpoint for a service, with extra query parameters (blocking queries). */
@@ -59,23 +60,33 @@ export class ConsulInstanceSource implements InstanceSource {
     } catch (err) {
       throw new ConsulUnavailableError(`Consul sent an unreadable answer for service ${service}: ${(err as Error).message}`);
     }
-    const out: Instance[] = [];
-    const seen = new Set<string>();
-    const ids = entries.map((e) => e.Service?.ID ?? '');
-    for (const e of entries) {
-      // Service IDs are unique per agent only: the same ID on two nodes gets the node appended.
-      const rawId = e.Service?.ID ?? '';
-      const id = ids.indexOf(rawId) !== ids.lastIndexOf(rawId) ? `${rawId}@${e.Node?.Node ?? ''}` : rawId;
-      const address = e.Service?.Address || e.Node?.Address || '';
-      const port = e.Service?.Port ?? 0;
-      if (!SAFE_ID.test(id) || isIP(address) === 0 || !Number.isInteger(port) || port < 1 || port > 65535) {
-        this.log.warn(`skipping instance ${JSON.stringify(id)} of ${service}: needs an IP address and a port 1-65535 (got ${JSON.stringify(address)}:${port})`);
-        continue;
-      }
-      if (seen.has(id)) continue;
-      seen.add(id);
-      out.push({ id, address, port });
-    }
-    return out;
+    return toInstances(service, entries, this.log);
   }
+}
+
+/**
+ * The routable instances among health entries (in their order): the rules every discovery path
+ * shares. Entries that cannot be routed safely (no IP literal, bad port, odd ID) are skipped with a
+ * warning instead of reaching haproxy.cfg; a service ID registered on two nodes gets `@<node>`.
+ */
+export function toInstances(service: string, entries: readonly HealthEntry[], log: Logger): Instance[] {
+  const out: Instance[] = [];
+  const seen = new Set<string>();
+  const count = new Map<string, number>();
+  for (const e of entries) count.set(e.Service?.ID ?? '', (count.get(e.Service?.ID ?? '') ?? 0) + 1);
+  for (const e of entries) {
+    // Service IDs are unique per agent only: the same ID on two nodes gets the node appended.
+    const rawId = e.Service?.ID ?? '';
+    const id = (count.get(rawId) ?? 0) > 1 ? `${rawId}@${e.Node?.Node ?? ''}` : rawId;
+    const address = e.Service?.Address || e.Node?.Address || '';
+    const port = e.Service?.Port ?? 0;
+    if (!SAFE_ID.test(id) || isIP(address) === 0 || !Number.isInteger(port) || port < 1 || port > 65535) {
+      log.warn(`skipping instance ${JSON.stringify(id)} of ${service}: needs an IP address and a port 1-65535 (got ${JSON.stringify(address)}:${port})`);
+      continue;
+    }
+    if (seen.has(id)) continue;
+    seen.add(id);
+    out.push({ id, address, port });
+  }
+  return out;
 }

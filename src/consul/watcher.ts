@@ -2,47 +2,141 @@ import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Instance } from '../discovery/types.js';
 import type { Logger } from '../util/log.js';
+import { CatalogModel, type CheckEntry, entry, type ModelChange, type Recovery } from './catalog.js';
 import type { ConsulClient, ConsulResponse } from './client.js';
-import { repeatWithBackoff } from './kv.js';
-import type { ConsulInstanceSource } from './instances.js';
+import { type ConsulInstanceSource, toInstances } from './instances.js';
+import { NodeAnswerParser, type ParsedNodeAnswer } from './node-answer.js';
 
 export interface WatcherOptions {
   /** Blocking query wait, seconds (Consul caps it at 600; keep it <= 300). */
   readonly waitSeconds: number;
   /**
-   * Services followed with a blocking query each. Every pending query holds a connection, and
-   * Consul agents allow 200 per client address by default; past this number the rest are re-read
-   * when a cluster-wide change detector fires.
+   * Blocking queries this watcher may hold at once: its share of the client's watch connections.
+   * Default: `consul.budget.watchConnections` minus OTHER_BLOCKING_QUERIES.
    */
-  readonly maxWatches: number;
+  readonly blockingQueries?: number;
+  /** CONSUL_MAX_WATCHES, deprecated: the number of queries no longer depends on the services. Ignored. */
+  readonly maxWatches?: number;
 }
+
+/** What `status` shows under `Watches`. */
+export interface WatcherStats {
+  /** Consul services followed. */
+  readonly services: number;
+  /** Catalog nodes known. */
+  readonly nodes: number;
+  /** Nodes followed with a blocking query each. */
+  readonly nodeWatches: number;
+  /** Nodes past the budget, re-read whenever the catalog changes. */
+  readonly polledNodes: number;
+  /** Blocking queries held now (node list, checks, node watches, change detector). */
+  readonly blockingQueries: number;
+}
+
+/** Blocking queries the rest of the proxy holds: the KV watches of the specs (fleet.ts) and of the certificates (certs/store.ts). */
+export const OTHER_BLOCKING_QUERIES = 2;
+
+/** Every check that is not passing: `?passing` semantics with a small answer while all is well. */
+const HEALTH_PATH = `/v1/health/state/any?filter=${encodeURIComponent('Status != "passing"')}`;
+/**
+ * A service no one registers. Consul 1.8 watches a missing service name through the closest node
+ * of its radix index, the root for a name no real one shares a first character with, so this query
+ * answers on every registration change in the catalog, with `[]`: the change detector for nodes
+ * past the budget (measured on 1.8.7: woke on registrations on any node, not on KV or check writes).
+ */
+const DETECTOR_PATH = '/v1/catalog/service/~dfp-catalog-changes';
+/** How long a service added is left to its kick before the model reports it. */
+const FRESH_MS = 1000;
+/** Per-node recoveries past which one read of the whole node is cheaper than one read per service. */
+const CONFIRM_PER_NODE = 4;
 
 type OnChange = (service: string, instances: Instance[]) => void;
 
-interface Watch {
-  readonly ctrl: AbortController;
-  lastHash: string | undefined;
-  /** Report the next read even if it equals the last one (after a reconfigure overwrote state). */
-  force: boolean;
-  /** X-Consul-Index of the last answer reported: an older answer that arrives later is not. */
-  reportedIndex: number;
+interface Followed {
+  /** The list last reported (JSON), undefined until the first report. */
+  reported: string | undefined;
+  kicking: boolean;
+  kickAgain: boolean;
 }
 
+interface NodeState {
+  /** X-Consul-Index of the last answer applied (Consul's catalog-wide index, not the node's own). */
+  appliedIndex: number;
+  address: string;
+  /** Keeps the last answer: an unchanged one is dropped, a changed one parsed where it changed. */
+  readonly parser: NodeAnswerParser;
+  read: boolean;
+}
+
+interface Loop {
+  readonly what: string;
+  path(query: string): string;
+  onAnswer(res: ConsulResponse, reset: boolean): void | Promise<void>;
+  readonly startIndex?: number;
+  /** Checked after every answer and before every query: true ends the loop. */
+  done?(): boolean;
+  onExit?(): void;
+}
+
+const QUIET: Logger = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined, child: () => QUIET };
+
 /**
- * Follows the healthy instances of every configured Consul service and reports changes, so
- * scaling, crashes and failing checks reach HAProxy without an API call (the original needed one,
- * vfarcic#23). Rules from consul.md: compare bodies, not just indexes (spurious wake-ups); reset the
- * index when it goes backwards or after any error (agent restarts); back off with jitter; never
- * report a failed read as "no instances".
+ * Follows the instances of the configured Consul services and reports changes, so scaling,
+ * crashes and failing checks reach HAProxy without an API call (the original needed one,
+ * vfarcic#23).
+ *
+ * The number of open queries depends on the catalog's nodes, not on the services: a model of the
+ * catalog (catalog.ts) is kept from one blocking query per node (`/v1/catalog/node-services/<node>`),
+ * one on the node list and one on the non-passing checks. Each answer is diffed against the model,
+ * and only the services whose instances changed are reported. Nodes past the budget are re-read
+ * when a catalog-wide change detector fires (O(nodes) requests per change). See architecture.md.
+ *
+ * Rules from consul.md: compare bodies, not just indexes (spurious wake-ups; the node queries
+ * return the catalog-wide index); reset the index when it goes backwards or after any error (agent
+ * restarts); back off with jitter; never report a failed read as "no instances". Blocking queries
+ * are never aborted except by stop(): Consul 1.8 keeps an abandoned query's connection slot until
+ * its wait ends.
  */
 export class ConsulWatcher {
-  private readonly watches = new Map<string, Watch>();
-  private readonly overflow = new Map<string, string | undefined>();
-  private detector: AbortController | undefined;
+  private readonly model = new CatalogModel();
+  private readonly followed = new Map<string, Followed>();
+  private readonly byLower = new Map<string, Set<string>>();
+  /** Node name -> address, from the node list. */
+  private readonly known = new Map<string, string>();
+  private readonly nodes = new Map<string, NodeState>();
+  private readonly watchedNodes = new Set<string>();
+  private readonly polled = new Set<string>();
+  private readonly nodeSlots: number;
+  private readonly passingOnly: boolean;
+  private readonly ctrl = new AbortController();
+  private started = false;
   private stopped = false;
-  /** A full overflow re-read in flight, and whether another one was asked for meanwhile. */
-  private resyncing: Promise<void> | undefined;
-  private resyncAgain = false;
+  private loops = 0;
+  private detecting = false;
+  private listRead = false;
+  private healthRead = false;
+  private ready = false;
+  private health = { index: 0, hash: '' };
+  /** Lower-case service names whose instances may have changed since the last flush. */
+  private readonly pending = new Set<string>();
+  /** Fresher checks wanted (bumped by node answers newer than the checks held) and delivered. */
+  private checksWanted = 0;
+  private checksDelivered = 0;
+  private checksInFlight: Promise<void> | undefined;
+  private readonly confirms = new Map<string, Recovery>();
+  private settling = false;
+  private scheduled = false;
+  private polling = false;
+  private pollAgain = false;
+  /** The detector saw a new index space (agent restart, failover): polls replace what is held. */
+  private pollReset = false;
+  private pollRetry: NodeJS.Timeout | undefined;
+  /** Services whose direct read disagreed with the model: read again until they agree. */
+  private readonly unsettled = new Map<string, number>();
+  private unsettledTimer: NodeJS.Timeout | undefined;
+  /** Services added and not reported yet, with when (a kick normally follows at once). */
+  private readonly fresh = new Map<string, number>();
+  private freshTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly consul: ConsulClient,
@@ -50,196 +144,556 @@ export class ConsulWatcher {
     private readonly onChange: OnChange,
     private readonly options: WatcherOptions,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.passingOnly = source.passingOnly;
+    // Never more than the client's watch connections: a blocking query past them would wait in
+    // line for one that answers, up to the full wait.
+    const budget = Math.min(options.blockingQueries ?? consul.budget.watchConnections - OTHER_BLOCKING_QUERIES, consul.budget.watchConnections);
+    // The node list, the checks (with passingOnly) and the change detector's reserved slot.
+    const fixed = 2 + (this.passingOnly ? 1 : 0);
+    this.nodeSlots = Math.max(0, budget - fixed);
+    if (budget < fixed) log.warn(`${budget} blocking queries are too few for discovery (needs ${fixed}); raise CONSUL_WATCH_CONNECTIONS`);
+  }
 
   /** Follows exactly these services from now on. */
   sync(services: Iterable<string>): void {
     if (this.stopped) return;
     const wanted = new Set(services);
-    for (const [name, w] of this.watches) {
-      if (!wanted.has(name)) {
-        w.ctrl.abort();
-        this.watches.delete(name);
-      }
+    for (const name of [...this.followed.keys()]) {
+      if (wanted.has(name)) continue;
+      this.followed.delete(name);
+      const lower = name.toLowerCase();
+      const names = this.byLower.get(lower);
+      names?.delete(name);
+      if (names?.size === 0) this.byLower.delete(lower);
+      this.unsettled.delete(name);
+      this.fresh.delete(name);
     }
-    for (const name of this.overflow.keys()) if (!wanted.has(name)) this.overflow.delete(name);
     for (const name of wanted) {
-      if (this.watches.has(name) || this.overflow.has(name)) continue;
-      if (this.watches.size < this.options.maxWatches) this.startWatch(name);
-      else this.overflow.set(name, undefined);
+      if (this.followed.has(name)) continue;
+      this.followed.set(name, { reported: undefined, kicking: false, kickAgain: false });
+      const lower = name.toLowerCase();
+      entry(this.byLower, lower, () => new Set<string>()).add(name);
+      this.fresh.set(name, Date.now());
     }
-    if (this.overflow.size > 0 && this.detector === undefined) this.startDetector();
-    if (this.overflow.size === 0 && this.detector !== undefined) {
-      this.detector.abort();
-      this.detector = undefined;
-    }
+    this.scheduleFresh();
+    if (this.followed.size > 0) this.start();
   }
 
   /**
-   * Re-reads a service now and reports it even if unchanged. A read of its own beside the blocking
-   * query, not an abort of it: Consul 1.8 notices a client that left a blocking query only when the
-   * query answers, so every aborted query would hold one of the client's connection slots (200 by
-   * default) for up to the wait time.
+   * Re-reads a service now (`/v1/health/service/<name>`, a consistent read on the ordinary
+   * budget) and reports it even if unchanged. A read of its own beside the blocking queries, not
+   * an abort of one (Consul 1.8 keeps an abandoned blocking query's connection slot until its wait
+   * ends).
    */
   kick(service: string): void {
-    const w = this.watches.get(service);
-    if (w) {
-      void this.readOnce(service, w);
-    } else if (this.overflow.has(service)) {
-      this.overflow.set(service, undefined);
-      void this.resyncOverflow([service]);
+    const f = this.followed.get(service);
+    if (!f || this.stopped) return;
+    if (f.kicking) {
+      f.kickAgain = true;
+      return;
     }
+    f.kicking = true;
+    void (async () => {
+      do {
+        f.kickAgain = false;
+        await this.readDirect(service, f, true);
+      } while (f.kickAgain && !this.stopped && this.followed.get(service) === f);
+      f.kicking = false;
+    })();
   }
 
-  stats(): { blocking: number; detected: number } {
-    return { blocking: this.watches.size, detected: this.overflow.size };
+  stats(): WatcherStats {
+    return {
+      services: this.followed.size,
+      nodes: this.known.size,
+      nodeWatches: this.watchedNodes.size,
+      polledNodes: this.polled.size,
+      blockingQueries: this.loops,
+    };
   }
 
   stop(): void {
     this.stopped = true;
-    for (const w of this.watches.values()) w.ctrl.abort();
-    this.watches.clear();
-    this.detector?.abort();
+    this.ctrl.abort();
+    for (const t of [this.pollRetry, this.unsettledTimer, this.freshTimer]) if (t) clearTimeout(t);
   }
 
-  private async readOnce(name: string, w: Watch): Promise<void> {
-    try {
-      const res = await this.consul.request(this.source.path(name), { signal: w.ctrl.signal });
-      if (res.status !== 200) throw new Error(`Consul answered ${res.status}: ${res.body.slice(0, 200)}`);
-      w.force = true;
-      this.report(name, w, res);
-    } catch (err) {
-      if (!w.ctrl.signal.aborted) this.log.warn(`re-reading ${name}: ${(err as Error).message}; the watch will report its next change`);
+  // ---- the queries -------------------------------------------------------------------------
+
+  private start(): void {
+    if (this.started) return;
+    this.started = true;
+    this.run({ what: 'node list', path: (q) => `/v1/catalog/nodes${q ? `?${q}` : ''}`, onAnswer: (res) => this.onNodeList(res) });
+    if (this.passingOnly) {
+      this.run({ what: 'checks', path: (q) => `${HEALTH_PATH}${q ? `&${q}` : ''}`, onAnswer: (res, reset) => this.applyHealth(res, reset) });
+    } else {
+      this.healthRead = true;
     }
   }
 
-  private startWatch(name: string): void {
-    const w: Watch = { ctrl: new AbortController(), lastHash: undefined, force: false, reportedIndex: 0 };
-    this.watches.set(name, w);
-    void this.follow(name, w);
+  /** One blocking-query loop: index handling, backoff with jitter, `wait` bounds. */
+  private run(loop: Loop): void {
+    this.loops++;
+    void this.follow(loop).finally(() => {
+      this.loops--;
+      loop.onExit?.();
+    });
   }
 
-  private async follow(name: string, w: Watch): Promise<void> {
-    let index = 0;
+  private async follow(loop: Loop): Promise<void> {
+    let index = loop.startIndex ?? 0;
     let address = '';
+    // The first answer, and the first after an error, may come from an agent that restarted and
+    // lost its state: their indexes do not compare with those held from before.
+    let fresh = true;
     let backoff = 100;
     const wait = this.options.waitSeconds;
-    while (!w.ctrl.signal.aborted) {
-      const signal = w.ctrl.signal;
+    const signal = this.ctrl.signal;
+    while (!signal.aborted && !loop.done?.()) {
       let res: ConsulResponse;
       try {
-        const query: Record<string, string> = index > 0 ? { index: String(index), wait: `${wait}s` } : {};
-        res = await this.consul.request(this.source.path(name, query), { signal, timeoutMs: wait * 1000 * 1.0625 + 5000 });
-        // 403 (ACL), 429 (per-client connection limit): no index, so no blocking; back off instead.
-        if (res.status !== 200) throw new Error(`Consul answered ${res.status}: ${res.body.slice(0, 200)}`);
-      } catch (err) {
-        if (w.ctrl.signal.aborted) return;
-        index = 0;
-        this.log.warn(`watch ${name}: ${(err as Error).message}; retrying in about ${backoff} ms`);
-        await sleep(backoff * (0.5 + Math.random()));
-        backoff = Math.min(backoff * 2, 5000);
-        continue;
-      }
-      backoff = 100;
-      const next = res.index ?? 0;
-      if (res.address !== address) {
-        // Failover to another agent: the answer is current, its index space is the new one.
-        address = res.address;
-        index = next;
-        w.reportedIndex = 0;
-      } else {
-        // Backwards means the agent lost its state (restart): start over with a full read.
-        if (next < index) w.reportedIndex = 0;
-        index = next < index ? 0 : next;
-      }
-      this.report(name, w, res);
-    }
-  }
-
-  private report(name: string, w: { lastHash: string | undefined; force?: boolean; reportedIndex?: number }, res: ConsulResponse): void {
-    // A blocking answer computed before a kick's read but delivered after it is older: skip it.
-    if (w.reportedIndex !== undefined && res.index !== undefined) {
-      if (res.index < w.reportedIndex) return;
-      w.reportedIndex = res.index;
-    }
-    const hash = createHash('sha256').update(res.body).digest('hex');
-    if (hash === w.lastHash && !w.force) return;
-    let instances: Instance[];
-    try {
-      instances = this.source.parse(name, res.status, res.body);
-    } catch (err) {
-      this.log.warn(`watch ${name}: ${(err as Error).message}`);
-      return;
-    }
-    w.lastHash = hash;
-    w.force = false;
-    this.onChange(name, instances);
-  }
-
-  /**
-   * For services past maxWatches: two blocking queries for the whole catalog (registrations and
-   * check states); when either moves, the overflow services are re-read with bounded concurrency
-   * and only real changes are reported.
-   */
-  private startDetector(): void {
-    const ctrl = new AbortController();
-    this.detector = ctrl;
-    for (const endpoint of ['/v1/catalog/services', '/v1/health/state/any']) void this.detect(endpoint, ctrl.signal);
-  }
-
-  private async detect(endpoint: string, signal: AbortSignal): Promise<void> {
-    let index = 0;
-    const wait = this.options.waitSeconds;
-    await repeatWithBackoff(
-      signal,
-      async () => {
-        const res = await this.consul.request(`${endpoint}${index > 0 ? `?index=${index}&wait=${wait}s` : ''}`, {
+        res = await this.consul.request(loop.path(index > 0 ? `index=${index}&wait=${wait}s` : ''), {
           signal,
-          timeoutMs: wait * 1000 * 1.0625 + 5000,
+          // Consul adds up to wait/16 of jitter to a blocking query.
+          timeoutMs: index > 0 ? wait * 1062.5 + 5000 : 10_000,
         });
-        if (res.status !== 200) throw new Error(`Consul answered ${res.status}`);
+        // 403 (ACL), 429 (per-client connection limit): no index, so no blocking; back off instead.
+        if (res.status !== 200) throw new Error(`Consul answered ${res.status}: ${res.body.trim().slice(0, 200)}`);
         const next = res.index ?? 0;
-        const moved = next !== index;
+        // Failover to another agent, or an agent that lost its state (restart): the index space
+        // is a new one; the answer is current, older indexes held elsewhere no longer compare.
+        const reset = fresh || res.address !== address || next < index;
+        fresh = false;
+        address = res.address;
         index = next < index ? 0 : next;
-        if (moved) this.resyncAllOverflow();
-      },
-      (err) => {
+        await loop.onAnswer(res, reset);
+        backoff = 100;
+      } catch (err) {
+        if (signal.aborted) return;
         index = 0;
-        this.log.debug(`change detector ${endpoint}: ${err.message}`);
-      },
-    );
+        fresh = true;
+        this.log.warn(`watch ${loop.what}: ${(err as Error).message}; retrying in about ${backoff} ms`);
+        await sleep(backoff * (0.5 + Math.random()), undefined, { signal }).catch(() => undefined);
+        backoff = Math.min(backoff * 2, 5000);
+      }
+    }
   }
 
-  /** Coalesced: a burst of catalog changes costs one re-read in flight plus at most one more. */
-  private resyncAllOverflow(): void {
-    if (this.resyncing) {
-      this.resyncAgain = true;
+  private async onNodeList(res: ConsulResponse): Promise<void> {
+    const list = parseArray<{ Node?: string; Address?: string }>(res.body, 'node list');
+    const now = new Map<string, string>();
+    for (const n of list) if (typeof n.Node === 'string') now.set(n.Node, n.Address ?? '');
+    for (const node of [...this.known.keys()]) if (!now.has(node)) this.dropNode(node);
+    const added: string[] = [];
+    const moved: string[] = [];
+    for (const [node, address] of now) {
+      const before = this.known.get(node);
+      if (before === undefined) added.push(node);
+      else if (before !== address) moved.push(node);
+      this.known.set(node, address);
+    }
+    // A polled node's address change (a watched node's own query sees it).
+    const movedPolled = moved.filter((n) => this.polled.has(n));
+    if (movedPolled.length > 0) void this.pollNodes(movedPolled);
+    if (added.length > 0) {
+      // Read new nodes once, then give the biggest ones a query of their own.
+      await this.pollNodes(added);
+      added.sort((a, b) => this.model.instanceCount(b) - this.model.instanceCount(a) || (a < b ? -1 : 1));
+      for (const node of added) this.place(node);
+    }
+    this.listRead = true;
+    this.checkReady();
+  }
+
+  private place(node: string): void {
+    if (!this.known.has(node) || this.watchedNodes.has(node) || this.polled.has(node)) return;
+    if (this.watchedNodes.size < this.nodeSlots) {
+      this.watchNode(node);
       return;
     }
-    this.resyncing = (async () => {
+    this.polled.add(node);
+    if (this.polled.size === 1) this.log.info(`more Consul nodes than node watches (${this.nodeSlots}): the others are re-read when the catalog changes (raise CONSUL_WATCH_CONNECTIONS to follow more one by one)`);
+    this.startDetector();
+  }
+
+  private watchNode(node: string): void {
+    this.watchedNodes.add(node);
+    this.run({
+      what: `node ${node}`,
+      path: (q) => `/v1/catalog/node-services/${encodeURIComponent(node)}${q ? `?${q}` : ''}`,
+      startIndex: this.nodes.get(node)?.appliedIndex ?? 0,
+      onAnswer: (res, reset) => this.applyNode(node, res, reset),
+      // A node leaving the catalog wakes its own query: the loop ends there, no abort needed.
+      done: () => !this.known.has(node),
+      onExit: () => {
+        this.watchedNodes.delete(node);
+        this.promote();
+      },
+    });
+  }
+
+  /** A node watch ended: the biggest polled node takes its place. */
+  private promote(): void {
+    while (!this.stopped && this.watchedNodes.size < this.nodeSlots && this.polled.size > 0) {
+      const next = [...this.polled].sort((a, b) => this.model.instanceCount(b) - this.model.instanceCount(a))[0] as string;
+      this.polled.delete(next);
+      this.watchNode(next);
+    }
+  }
+
+  private dropNode(node: string): void {
+    this.known.delete(node);
+    this.nodes.delete(node);
+    this.polled.delete(node);
+    this.changed(this.model.removeNode(node));
+  }
+
+  private startDetector(): void {
+    if (this.detecting || this.stopped) return;
+    this.detecting = true;
+    let last = 0;
+    this.run({
+      what: 'catalog change detector',
+      path: (q) => `${DETECTOR_PATH}${q ? `?${q}` : ''}`,
+      onAnswer: (res, reset) => {
+        const next = res.index ?? 0;
+        // The first answer too: changes between the polled nodes' reads and this query's start.
+        if (last === 0 || reset || next !== last) this.pollAll(reset);
+        last = next;
+      },
+      done: () => this.polled.size === 0,
+      onExit: () => {
+        this.detecting = false;
+        if (this.polled.size > 0) this.startDetector();
+      },
+    });
+  }
+
+  /** Re-reads every polled node; a burst of changes costs one round in flight plus one more. */
+  private pollAll(reset = false): void {
+    this.pollReset ||= reset;
+    if (this.polling) {
+      this.pollAgain = true;
+      return;
+    }
+    this.polling = true;
+    void (async () => {
       do {
-        this.resyncAgain = false;
-        await this.resyncOverflow([...this.overflow.keys()]);
-      } while (this.resyncAgain && !this.stopped);
-      this.resyncing = undefined;
+        this.pollAgain = false;
+        const reset = this.pollReset;
+        this.pollReset = false;
+        await this.pollNodes([...this.polled], reset);
+      } while (this.pollAgain && !this.stopped);
+      this.polling = false;
     })();
   }
 
-  private async resyncOverflow(names: string[]): Promise<void> {
-    const queue = [...names];
+  /** One ordinary read per node (bounded concurrency); a failure is retried by a later poll. */
+  private async pollNodes(nodes: string[], reset = false): Promise<void> {
+    const queue = [...nodes];
+    let failed = false;
     const worker = async () => {
-      for (let name = queue.shift(); name !== undefined; name = queue.shift()) {
-        if (!this.overflow.has(name)) continue;
+      for (let node = queue.shift(); node !== undefined; node = queue.shift()) {
+        if (!this.known.has(node) || this.stopped) continue;
         try {
-          const res = await this.consul.request(this.source.path(name));
-          const entry = { lastHash: this.overflow.get(name) };
-          this.report(name, entry, res);
-          if (this.overflow.has(name)) this.overflow.set(name, entry.lastHash);
+          const res = await this.consul.request(`/v1/catalog/node-services/${encodeURIComponent(node)}`, { signal: this.ctrl.signal });
+          if (res.status !== 200) throw new Error(`Consul answered ${res.status}: ${res.body.trim().slice(0, 200)}`);
+          this.applyNode(node, res, reset);
         } catch (err) {
-          this.log.warn(`re-reading ${name}: ${(err as Error).message}`);
+          if (this.stopped) return;
+          failed = true;
+          this.log.warn(`reading node ${node}: ${(err as Error).message}`);
         }
       }
     };
-    await Promise.all(Array.from({ length: 16 }, worker));
+    await Promise.all(Array.from({ length: Math.max(1, this.consul.budget.requestConnections) }, worker));
+    if (failed && !this.pollRetry && !this.stopped) {
+      this.pollRetry = setTimeout(() => {
+        this.pollRetry = undefined;
+        void this.pollNodes(nodes.filter((n) => this.known.has(n) && !this.nodes.get(n)?.read)).then(() => this.polled.size > 0 && this.pollAll());
+      }, 1000 + Math.random() * 1000);
+      this.pollRetry.unref();
+    }
   }
+
+  // ---- the model ---------------------------------------------------------------------------
+
+  private applyNode(node: string, res: ConsulResponse, reset: boolean): void {
+    if (!this.known.has(node)) return; // left the node list meanwhile
+    const st = entry(this.nodes, node, (): NodeState => ({ appliedIndex: 0, address: res.address, parser: new NodeAnswerParser(), read: false }));
+    const index = res.index ?? 0;
+    // An answer older than one applied already (a poll and a watch crossing): skip it.
+    if (!reset && st.address === res.address && index < st.appliedIndex) return;
+    st.appliedIndex = index;
+    st.address = res.address;
+    const first = !st.read;
+    if (!st.parser.same(res.body)) {
+      // New or changed instances are routable only if their checks pass: if the checks were read
+      // before this answer, read them again (a registration and its check land in one write).
+      // Asked before parsing, so the round trip overlaps it.
+      if (this.passingOnly && this.health.index < index) this.wantFreshChecks();
+      let parsed: ParsedNodeAnswer;
+      try {
+        parsed = st.parser.parse(res.body);
+      } catch (err) {
+        throw new Error(`unreadable answer for node ${node}: ${(err as Error).message}`);
+      }
+      this.changed(parsed.node ? this.model.setNode(node, parsed.node.Address ?? '', parsed.services) : this.model.removeNode(node));
+    }
+    st.read = true;
+    if (first) this.checkReady();
+  }
+
+  private applyHealth(res: ConsulResponse, reset: boolean): void {
+    const index = res.index ?? 0;
+    if (!reset && index < this.health.index) return;
+    this.health.index = index;
+    const hash = createHash('sha1').update(res.body).digest('base64');
+    if (hash !== this.health.hash) {
+      const checks = parseArray<CheckEntry>(res.body, 'checks');
+      this.health.hash = hash;
+      const { affected, recovered } = this.model.setChecks(checks);
+      // A check that left the non-passing set may have left with its instance (a deregistration
+      // deletes both at once): confirm the instance unless its node was read after this answer.
+      for (const r of recovered) {
+        if ((this.nodes.get(r.node)?.appliedIndex ?? 0) >= index) continue;
+        this.confirms.set(`${r.node}\u0000${r.serviceId}`, r);
+      }
+      this.changed({ affected, gained: false });
+    }
+    if (!this.healthRead) {
+      this.healthRead = true;
+      this.checkReady();
+    }
+  }
+
+  private changed(change: ModelChange): void {
+    for (const lower of change.affected) this.pending.add(lower);
+    this.schedule();
+  }
+
+  private schedule(): void {
+    if (this.settling || this.scheduled || this.stopped) return;
+    this.scheduled = true;
+    queueMicrotask(() => {
+      this.scheduled = false;
+      void this.settle();
+    });
+  }
+
+  /**
+   * Reads what the answers just applied need to be trusted (fresh checks for new instances, the
+   * instances behind recovered checks), then reports every service whose list changed.
+   */
+  private async settle(): Promise<void> {
+    if (this.settling) return;
+    this.settling = true;
+    try {
+      for (let round = 0; round < 3 && (this.checksDelivered < this.checksWanted || this.confirms.size > 0) && !this.stopped; round++) {
+        const confirms = [...this.confirms.values()];
+        this.confirms.clear();
+        await Promise.all([this.freshChecks(), ...this.confirmAll(confirms)]);
+      }
+      this.confirms.clear();
+      this.flush();
+    } finally {
+      this.settling = false;
+    }
+    if (this.pending.size > 0 && this.ready) this.schedule();
+  }
+
+  private wantFreshChecks(): void {
+    this.checksWanted++;
+    this.pumpChecks();
+  }
+
+  /** One read of the checks in flight at a time; one more if wanted meanwhile. */
+  private pumpChecks(): void {
+    if (this.checksInFlight || this.checksDelivered >= this.checksWanted || this.stopped) return;
+    const level = this.checksWanted;
+    this.checksInFlight = this.refreshHealth().finally(() => {
+      this.checksDelivered = Math.max(this.checksDelivered, level);
+      this.checksInFlight = undefined;
+      this.pumpChecks();
+    });
+  }
+
+  private async freshChecks(): Promise<void> {
+    while (this.checksDelivered < this.checksWanted && !this.stopped) {
+      this.pumpChecks();
+      await this.checksInFlight;
+    }
+  }
+
+  private async refreshHealth(): Promise<void> {
+    try {
+      const res = await this.consul.request(HEALTH_PATH, { signal: this.ctrl.signal });
+      if (res.status !== 200) throw new Error(`Consul answered ${res.status}`);
+      this.applyHealth(res, false);
+    } catch (err) {
+      // The checks' own watch follows; meanwhile the last known checks apply.
+      if (!this.stopped) this.log.debug(`re-reading the checks: ${(err as Error).message}`);
+    }
+  }
+
+  private confirmAll(recoveries: Recovery[]): Promise<void>[] {
+    const byNode = new Map<string, Recovery[]>();
+    for (const r of recoveries) byNode.set(r.node, [...(byNode.get(r.node) ?? []), r]);
+    const reads: Promise<void>[] = [];
+    for (const [node, list] of byNode) {
+      if (list.some((r) => r.serviceId === '') || list.length > CONFIRM_PER_NODE) reads.push(this.confirmNode(node));
+      else for (const r of list) reads.push(this.confirmInstance(r));
+    }
+    return reads;
+  }
+
+  /** Whether a node is still there (a node check leaves with its node). */
+  private async confirmNode(node: string): Promise<void> {
+    if (!this.known.has(node)) return;
+    try {
+      const res = await this.consul.request(`/v1/catalog/node-services/${encodeURIComponent(node)}`, { signal: this.ctrl.signal });
+      if (res.status !== 200) throw new Error(`Consul answered ${res.status}`);
+      this.applyNode(node, res, false);
+    } catch (err) {
+      if (!this.stopped) this.log.debug(`re-reading node ${node}: ${(err as Error).message}`);
+    }
+  }
+
+  /** Whether an instance whose check recovered is still registered. */
+  private async confirmInstance(r: Recovery): Promise<void> {
+    if (r.service === '') return;
+    try {
+      const res = await this.consul.request(`/v1/catalog/service/${encodeURIComponent(r.service)}`, { signal: this.ctrl.signal });
+      if (res.status !== 200) throw new Error(`Consul answered ${res.status}`);
+      if ((this.nodes.get(r.node)?.appliedIndex ?? 0) > (res.index ?? 0)) return; // the node's own answer is newer
+      const entries = parseArray<{ Node?: string; ServiceID?: string }>(res.body, `service ${r.service}`);
+      if (!entries.some((e) => e.Node === r.node && e.ServiceID === r.serviceId)) this.changed(this.model.removeInstance(r.node, r.serviceId));
+    } catch (err) {
+      if (!this.stopped) this.log.debug(`re-reading ${r.service}: ${(err as Error).message}`);
+    }
+  }
+
+  private checkReady(): void {
+    if (this.ready || !this.listRead || !this.healthRead) return;
+    for (const node of this.known.keys()) if (!this.nodes.get(node)?.read) return;
+    this.ready = true;
+    this.log.debug(`catalog model ready: ${this.known.size} nodes, ${this.watchedNodes.size} followed one by one`);
+    for (const [name, f] of this.followed) if (f.reported === undefined) this.pending.add(name.toLowerCase());
+    this.schedule();
+  }
+
+  /** Reports the services whose instances differ from what was last reported. */
+  private flush(): void {
+    if (!this.ready || this.stopped) return;
+    const lowers = [...this.pending];
+    this.pending.clear();
+    for (const lower of lowers) {
+      const names = this.byLower.get(lower);
+      if (!names) continue;
+      const entries = this.model.entries(lower, this.passingOnly);
+      for (const name of names) {
+        // A direct read disagreed with the model a moment ago: the direct reads settle it.
+        if (this.unsettled.has(name)) continue;
+        this.report(name, toInstances(name, entries, this.log), false);
+      }
+    }
+  }
+
+  private report(name: string, instances: Instance[], force: boolean): void {
+    const f = this.followed.get(name);
+    if (!f) return;
+    const key = keyOf(instances);
+    if (key === f.reported && !force) return;
+    f.reported = key;
+    this.fresh.delete(name);
+    this.onChange(name, instances);
+  }
+
+  private modelKey(name: string): string {
+    return keyOf(toInstances(name, this.model.entries(name, this.passingOnly), QUIET));
+  }
+
+  // ---- direct reads ------------------------------------------------------------------------
+
+  private async readDirect(name: string, f: Followed, force: boolean): Promise<void> {
+    let instances: Instance[];
+    try {
+      const res = await this.consul.request(this.source.path(name), { signal: this.ctrl.signal });
+      instances = this.source.parse(name, res.status, res.body);
+    } catch (err) {
+      if (!this.stopped) this.log.warn(`re-reading ${name}: ${(err as Error).message}; the watch will report its next change`);
+      return;
+    }
+    if (this.followed.get(name) !== f || this.stopped) return;
+    this.report(name, instances, force);
+    // The model is a few milliseconds behind or ahead of a direct read at times; if they still
+    // disagree shortly, read again, so a stale read never sticks.
+    if (this.ready && this.modelKey(name) !== f.reported && !this.unsettled.has(name)) {
+      this.unsettled.set(name, 0);
+      this.checkUnsettled();
+    }
+  }
+
+  private checkUnsettled(): void {
+    if (this.unsettledTimer || this.unsettled.size === 0 || this.stopped) return;
+    this.unsettledTimer = setTimeout(() => {
+      this.unsettledTimer = undefined;
+      for (const [name, tries] of [...this.unsettled]) {
+        const f = this.followed.get(name);
+        if (!f || this.modelKey(name) === f.reported) {
+          this.unsettled.delete(name);
+        } else if (tries >= 5) {
+          this.unsettled.delete(name);
+          this.log.warn(`${name}: Consul's answer for the service and the catalog model still differ after ${tries} reads`);
+        } else {
+          this.unsettled.set(name, tries + 1);
+          void this.readDirect(name, f, false);
+        }
+      }
+      this.checkUnsettled();
+    }, 250);
+    this.unsettledTimer.unref();
+  }
+
+  /**
+   * Whoever adds a service has just read it and kicks it; if no one has a second after, the model
+   * reports it (the model may be a few milliseconds behind that read, never a second).
+   */
+  private scheduleFresh(): void {
+    if (this.freshTimer || this.fresh.size === 0 || this.stopped) return;
+    let oldest = Number.POSITIVE_INFINITY;
+    for (const added of this.fresh.values()) oldest = Math.min(oldest, added);
+    this.freshTimer = setTimeout(() => this.reportFresh(), Math.max(10, oldest + FRESH_MS - Date.now()));
+    this.freshTimer.unref();
+  }
+
+  private reportFresh(): void {
+    this.freshTimer = undefined;
+    const due = Date.now() - FRESH_MS;
+    for (const [name, added] of this.fresh) {
+      if (added > due) continue;
+      this.fresh.delete(name);
+      // Before the model is ready, checkReady reports every service not reported yet.
+      if (this.ready && this.followed.get(name)?.reported === undefined) this.pending.add(name.toLowerCase());
+    }
+    this.schedule();
+    this.scheduleFresh();
+  }
+}
+
+/** Order-blind: the same instances in another order are no change. */
+function keyOf(instances: readonly Instance[]): string {
+  return JSON.stringify([...instances].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)));
+}
+
+function parseArray<T>(body: string, what: string): T[] {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body);
+  } catch (err) {
+    throw new Error(`unreadable answer for the ${what}: ${(err as Error).message}`);
+  }
+  if (!Array.isArray(parsed)) throw new Error(`unreadable answer for the ${what}: not an array`);
+  return parsed as T[];
 }

@@ -274,7 +274,7 @@ function backendSection(
   }
   const key = [name, userlist, given, instances];
   const known = perSpec.get(dest.index);
-  if (known && known.key.every((k, i) => k === key[i])) return known;
+  if (known?.key.every((k, i) => k === key[i])) return known;
   // The allocation's table, unless it does not hold exactly these instances (a caller that
   // allocated for other instances): then a fresh one, so the output always matches the input.
   const table = assignSlots(given, ids, minSlots, false) ?? assignSlots(given, ids, minSlots, true) ?? [];

@@ -120,6 +120,7 @@ describe('validation: bad and hostile input changes nothing', () => {
     'srcPort',
     'httpsOnly',
   ];
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: a hostile value (HAProxy's env expansion), not a template
   const HTTP_HOSTILE = [...HOSTILE, 'X-A %[env(HOME)]', 'X-A ${HOME}', 'a:b\nuser evil insecure-password x', '^/(a),/\\9"', 'x,y:z', 'GET\r\nX'];
 
   it('hostile values in every HTTP routing parameter: refused by name, or rendered harmlessly', async () => {
