@@ -1,4 +1,4 @@
-import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -62,30 +62,45 @@ export async function wrk(url: string, o: { seconds: number; connections?: numbe
   };
 }
 
-/** nginx with one worker answering 200 `ok` on `count` loopback ports, in its own process group. */
-export async function startNginx(dir: string, count = 1): Promise<{ ports: number[]; proc: ChildProcess; stop: () => Promise<void> }> {
-  const ports: number[] = [];
-  for (let i = 0; i < count; i++) ports.push(await freePort());
-  const conf = path.join(dir, 'nginx.conf');
-  writeFileSync(
-    conf,
-    `daemon off; worker_processes 1; pid ${dir}/nginx.pid; error_log stderr error;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 100000;
-  server { ${ports.map((p) => `listen 127.0.0.1:${p};`).join(' ')} location / { return 200 'ok'; } } }\n`,
-  );
-  const proc = spawn('nginx', ['-c', conf, '-p', dir], { stdio: ['ignore', 'ignore', 'inherit'], detached: true });
+/** Waits until a URL answers 200 (a process starting up); the time it took. */
+export async function untilOk(url: string, timeoutMs = 60_000): Promise<number> {
+  const t0 = performance.now();
+  for (;;) {
+    try {
+      if ((await fetch(url)).ok) return performance.now() - t0;
+    } catch {
+      // starting
+    }
+    if (performance.now() - t0 > timeoutMs) throw new Error(`${url} did not answer 200 within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** An nginx from a config text, in its own process group (master and workers stop together), up once `probePort` answers. */
+export async function runNginx(dir: string, name: string, conf: string, probePort: number): Promise<() => Promise<void>> {
+  const file = path.join(dir, `${name}.conf`);
+  writeFileSync(file, conf);
+  const proc = spawn('nginx', ['-c', file, '-p', dir], { stdio: ['ignore', 'ignore', 'inherit'], detached: true });
   const stop = async () => {
     if (proc.pid !== undefined) process.kill(-proc.pid, 'SIGKILL');
     await waitForExit(proc.pid ?? 0, 5000);
   };
-  for (let i = 0; i < 100; i++) {
-    try {
-      if ((await fetch(`http://127.0.0.1:${ports[0]}/`)).ok) return { ports, proc, stop };
-    } catch {
-      await new Promise((r) => setTimeout(r, 50));
-    }
+  try {
+    await untilOk(`http://127.0.0.1:${probePort}/`, 5000);
+  } catch (err) {
+    await stop();
+    throw err;
   }
-  await stop();
-  throw new Error('nginx did not start');
+  return stop;
+}
+
+/** nginx with one worker answering 200 `ok` on `count` loopback ports. */
+export async function startNginx(dir: string, count = 1): Promise<{ ports: number[]; stop: () => Promise<void> }> {
+  const ports: number[] = [];
+  for (let i = 0; i < count; i++) ports.push(await freePort());
+  const conf = `daemon off; worker_processes 1; pid ${dir}/nginx.pid; error_log stderr error;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 100000;
+  server { ${ports.map((p) => `listen 127.0.0.1:${p};`).join(' ')} location / { return 200 'ok'; } } }\n`;
+  return { ports, stop: await runNginx(dir, 'nginx', conf, ports[0] ?? 0) };
 }

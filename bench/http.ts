@@ -12,7 +12,7 @@ import type { ServiceState } from '../src/state/service-state.js';
 import { freePort } from '../src/util/ports.js';
 import { waitForExit } from '../src/util/process.js';
 import { PROJECT_ROOT } from '../src/util/project.js';
-import { ensureInstalled, keptNotes, machine, pct, startNginx, type WrkResult, wrk } from './common.js';
+import { ensureInstalled, keptNotes, machine, pct, startNginx, untilOk, type WrkResult, wrk } from './common.js';
 import { spec } from '../src/spec/defaults.js';
 
 /**
@@ -201,15 +201,7 @@ async function controlPlane(dir: string, backendPort: number): Promise<void> {
   };
   const consulErrors: string[] = [];
   try {
-    for (let i = 0; ; i++) {
-      try {
-        if ((await fetch(`${api}/successfulinitreload`)).ok) break;
-      } catch {
-        // starting
-      }
-      if (i > 600) throw new Error('proxy did not become ready');
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await untilOk(`${api}/successfulinitreload`);
     const name = (i: number) => `r${i}`;
     const t0 = performance.now();
     for (let i = 0; i < ROUTED + SAMPLES; i++) {

@@ -8,7 +8,7 @@ import { deregister, register } from '../src/consul/registrator.js';
 import { freePort } from '../src/util/ports.js';
 import { waitForExit } from '../src/util/process.js';
 import { PROJECT_ROOT } from '../src/util/project.js';
-import { ensureInstalled, keptNotes, machine, pct, type WrkResult, wrk } from './common.js';
+import { ensureInstalled, keptNotes, machine, pct, untilOk, type WrkResult, wrk } from './common.js';
 
 /**
  * `npm run bench`: the speed claims of docs/benchmarks.md, measured side by side in one run on this
@@ -64,19 +64,6 @@ async function startProxy(consulAddress: string, stateDir: string): Promise<Prox
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   return { proc, api: `http://127.0.0.1:${apiPort}/v1/docker-flow-proxy`, http: `http://127.0.0.1:${httpPort}`, stateDir };
-}
-
-async function untilOk(url: string, timeoutMs = 60_000): Promise<number> {
-  const t0 = performance.now();
-  for (;;) {
-    try {
-      if ((await fetch(url)).ok) return performance.now() - t0;
-    } catch {
-      // starting
-    }
-    if (performance.now() - t0 > timeoutMs) throw new Error(`${url} did not answer 200 within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 async function startAll(backends: ChildProcess): Promise<Env> {

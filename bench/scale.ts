@@ -7,7 +7,7 @@ import { register } from '../src/consul/registrator.js';
 import { freePort } from '../src/util/ports.js';
 import { waitForExit } from '../src/util/process.js';
 import { PROJECT_ROOT } from '../src/util/project.js';
-import { ensureInstalled, keptNotes, machine, startNginx, type WrkResult, wrk } from './common.js';
+import { ensureInstalled, keptNotes, machine, runNginx, startNginx, untilOk, type WrkResult, wrk } from './common.js';
 
 /**
  * `npm run bench:scale` (and part of `npm run bench`): requests per second through a route right
@@ -47,30 +47,13 @@ ${backends.map((p, i) => `    server web${i} 127.0.0.1:${p} check`).join('\n')}
 }
 
 /** nginx as the proxy instead: the peer an operator might pick, pooled upstream connections. */
-async function startNginxProxy(dir: string, port: number, backends: number[]): Promise<() => Promise<void>> {
-  const conf = path.join(dir, 'nginx-proxy.conf');
-  writeFileSync(
-    conf,
-    `daemon off; worker_processes auto; pid ${dir}/nginx-proxy.pid; error_log stderr error;
+function startNginxProxy(dir: string, port: number, backends: number[]): Promise<() => Promise<void>> {
+  const conf = `daemon off; worker_processes auto; pid ${dir}/nginx-proxy.pid; error_log stderr error;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 100000;
   upstream web { ${backends.map((p) => `server 127.0.0.1:${p};`).join(' ')} keepalive 64; }
-  server { listen 127.0.0.1:${port}; location / { proxy_pass http://web; proxy_http_version 1.1; proxy_set_header Connection ""; } } }\n`,
-  );
-  const proc = spawn('nginx', ['-c', conf, '-p', dir], { stdio: ['ignore', 'ignore', 'inherit'], detached: true });
-  const stop = async () => {
-    if (proc.pid !== undefined) process.kill(-proc.pid, 'SIGKILL');
-    await waitForExit(proc.pid ?? 0, 5000);
-  };
-  for (let i = 0; i < 100; i++) {
-    try {
-      if ((await fetch(`http://127.0.0.1:${port}/`)).ok) return stop;
-    } catch {
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-  await stop();
-  throw new Error('nginx (proxy) did not start');
+  server { listen 127.0.0.1:${port}; location / { proxy_pass http://web; proxy_http_version 1.1; proxy_set_header Connection ""; } } }\n`;
+  return runNginx(dir, 'nginx-proxy', conf, port);
 }
 
 async function main(): Promise<void> {
@@ -101,15 +84,7 @@ async function main(): Promise<void> {
     return res;
   };
   try {
-    for (let i = 0; ; i++) {
-      try {
-        if ((await fetch(`${api}/successfulinitreload`)).ok) break;
-      } catch {
-        // starting
-      }
-      if (i > 600) throw new Error('proxy did not become ready');
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await untilOk(`${api}/successfulinitreload`);
     const instance = (i: number) => register(consul.address, { name: 'web', container: `web.${i}`, exposedPort: 80, hostPort: nginx.ports[i] ?? 0 });
     await instance(0);
     await call('reconfigure', { serviceName: 'web', servicePath: '/' });
