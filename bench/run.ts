@@ -22,6 +22,11 @@ const SIZES = (process.env.BENCH_SIZES ?? (QUICK ? '10,200' : '10,2000,10000')).
 const INSTANCES = 3;
 /** Concurrent API clients while the services are routed. */
 const CLIENTS = 8;
+/**
+ * Consul nodes the instances are spread over: with Registrator there is one agent per Docker host,
+ * so `n` hosts. 1: every instance on the dev agent's own node (one agent for everything).
+ */
+const NODES = Number(process.env.BENCH_NODES ?? 4);
 const LIVE_SAMPLES = QUICK ? 5 : 20;
 const SCALE_SAMPLES = QUICK ? 10 : 50;
 const CHURN_EVENTS = QUICK ? 20 : 100;
@@ -175,7 +180,9 @@ async function populate(env: Env, from: number, to: number): Promise<{ errors: s
     for (let k = ids.shift(); k !== undefined; k = ids.shift()) {
       const i = from + Math.floor(k / INSTANCES);
       const n = k % INSTANCES;
-      await register(env.consul.address, { name: svc(i), container: `${svc(i)}.${n}`, exposedPort: 80, hostPort: env.backendPorts[(i + n) % 4] ?? 0 });
+      const port = env.backendPorts[(i + n) % 4] ?? 0;
+      if (NODES <= 1) await register(env.consul.address, { name: svc(i), container: `${svc(i)}.${n}`, exposedPort: 80, hostPort: port });
+      else await registerOnHost(env.consul.address, `docker-host-${(i + n) % NODES}`, svc(i), `${svc(i)}.${n}`, port);
     }
   };
   await Promise.all(Array.from({ length: 16 }, worker));
@@ -193,6 +200,13 @@ async function populate(env: Env, from: number, to: number): Promise<{ errors: s
   };
   await Promise.all(Array.from({ length: CLIENTS }, (_, c) => client(c)));
   return { errors, seconds: (performance.now() - t0) / 1000 };
+}
+
+/** An instance as another Docker host's agent would register it (the catalog API, that host as its node). */
+async function registerOnHost(consul: string, node: string, name: string, container: string, port: number): Promise<void> {
+  const body = { Node: node, Address: '127.0.0.1', Service: { ID: `${node}:${container}:80`, Service: name, Address: '127.0.0.1', Port: port } };
+  const res = await fetch(`${consul}/v1/catalog/register`, { method: 'PUT', body: JSON.stringify(body) });
+  if (!res.ok) throw new Error(`registering ${container} on ${node}: ${res.status} ${await res.text()}`);
 }
 
 /** Connections to Consul per proxy, Consul requests over a quiet period, and RSS per proxy. */
@@ -319,7 +333,7 @@ async function main(): Promise<void> {
   try {
     note(`# Benchmarks\n\nRun ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC on ${machine('Consul 1.8.7 dev agent')}.`);
     note(
-      `${QUICK ? '**Quick run (BENCH_QUICK=1): smaller sizes, fewer samples.** ' : ''}Produced by \`npm run bench\` (bench/run.ts). What users run: three proxies of one fleet with their **default settings** (no tuning variable; only addresses, ports and state directories) on **one Consul dev agent with Consul's default limits** (200 connections per client address). Each service has ${INSTANCES} instances; ${CLIENTS} concurrent API clients route them, spread over the three proxies. wrk, HAProxy, the proxies, Consul and the Node backends share the same cores, so compare numbers within this run only.\n`,
+      `${QUICK ? '**Quick run (BENCH_QUICK=1): smaller sizes, fewer samples.** ' : ''}Produced by \`npm run bench\` (bench/run.ts). What users run: three proxies of one fleet with their **default settings** (no tuning variable; only addresses, ports and state directories) on **one Consul dev agent with Consul's default limits** (200 connections per client address). Each service has ${INSTANCES} instances, ${NODES > 1 ? `spread over ${NODES} Consul nodes (one per Docker host, as with Registrator; registered through the catalog API)` : 'all on the dev agent\'s own node'}; ${CLIENTS} concurrent API clients route them, spread over the three proxies. wrk, HAProxy, the proxies, Consul and the Node backends share the same cores, so compare numbers within this run only.\n`,
     );
     note('## New service live: API call until the first 200 on its route\n\nAim: <= 50 ms p50 at 2,000 services, <= 100 ms p50 and <= 250 ms p99 at 10,000.\n');
     note('| services already routed | p50 | p99 | how it was applied |\n|---|---|---|---|');
