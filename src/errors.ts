@@ -74,6 +74,18 @@ export class ConfigRejectedError extends DfpError {
   }
 }
 
+/**
+ * The config would need more file descriptors than this process may open (haproxy/fd-budget.ts).
+ * A ConfigRejectedError, so a batch is retried change by change; never the request's fault (the
+ * instances come from Consul, the limit from the host), so never a 4xx.
+ */
+export class FdLimitError extends ConfigRejectedError {
+  constructor(explanation: string) {
+    super(explanation, false);
+    this.message = explanation;
+  }
+}
+
 export class ReloadFailedError extends DfpError {
   constructor(message: string, cause?: unknown) {
     super('DFP_ERR_RELOAD_FAILED', message, { cause });

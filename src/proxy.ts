@@ -4,7 +4,7 @@ import os from 'node:os';
 import type { ChangeOptions, DryRunResult, ProxyCore } from './api/core.js';
 import { listReplicas, ReplicaPublisher, type ReplicaReport, readReplicas } from './consul/replicas.js';
 import { ConsulSpecStore } from './consul/spec-store.js';
-import { ConfigRejectedError, DfpError } from './errors.js';
+import { ConfigRejectedError, DfpError, FdLimitError } from './errors.js';
 import { Fleet, specsHash } from './fleet.js';
 import { ApiServer } from './api/server.js';
 import { ConfigApplier } from './apply/applier.js';
@@ -348,7 +348,7 @@ export class FlowProxy implements ProxyCore {
     // must never be stored. A change that goes out through the runtime API (map entries, servers)
     // carries no value HAProxy can refuse once our grammar accepted it, so only others pay for it.
     await this.applier.precheck(serviceStates(next)).catch((err: unknown) => {
-      throw err instanceof ConfigRejectedError ? new ConfigRejectedError(err.output, true) : err;
+      throw err instanceof ConfigRejectedError && !(err instanceof FdLimitError) ? new ConfigRejectedError(err.output, true) : err;
     });
     const previous = this.reconciler.snapshot().services.get(spec.serviceName);
     // Our own write goes live here first; the fleet's KV watch must not apply an older snapshot over it.

@@ -2,7 +2,9 @@ import { createHash } from 'node:crypto';
 import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { HaproxyProcess } from '../haproxy/process.js';
+import { fdHardLimit, fdShortfall } from '../haproxy/fd-budget.js';
 import { validateConfig } from '../haproxy/validate.js';
+import { FdLimitError } from '../errors.js';
 import { type BackendAllocation, MAP_FILES, MAP_NAMES, type MapName, type RenderedConfig, type RenderSettings, renderConfig } from '../render/haproxy-config.js';
 import type { ServiceState } from '../state/service-state.js';
 import type { Logger } from '../util/log.js';
@@ -76,6 +78,9 @@ export class ConfigApplier {
   private readonly counts: Record<ApplyKind, number> = { reload: 0, runtime: 0, none: 0 };
   /** Set when runtime commands failed half-way or HAProxy restarted from old files: the next apply reloads. */
   private mustReload: string | undefined;
+
+  /** `ulimit -Hn` of this process, which HAProxy inherits (haproxy/fd-budget.ts). */
+  private readonly fdLimit = fdHardLimit();
 
   /** The newest files `haproxy -c` accepted, to fall back on when HAProxy cannot load the live ones. */
   private lastGood: Files | undefined;
@@ -306,6 +311,8 @@ export class ConfigApplier {
 
   private async validate(services: readonly ServiceState[], allocation: BackendAllocation, dir: string): Promise<void> {
     const candidate = this.render(services, allocation, dir);
+    const short = fdShortfall(candidate, this.settings.maxconn, this.fdLimit);
+    if (short !== undefined) throw new FdLimitError(short);
     mkdirSync(dir, { recursive: true });
     for (const name of MAP_NAMES) writeFileSync(path.join(dir, MAP_FILES[name]), candidate.maps[name]);
     const file = path.join(dir, 'haproxy.cfg');

@@ -1,4 +1,4 @@
-import { ConfigRejectedError, ShuttingDownError } from '../errors.js';
+import { ConfigRejectedError, FdLimitError, ShuttingDownError } from '../errors.js';
 import { type DesiredState, EMPTY_STATE, serviceStates } from '../state/desired-state.js';
 import type { Logger } from '../util/log.js';
 import type { ApplyRecord, ConfigApplier } from './applier.js';
@@ -125,7 +125,7 @@ export class Reconciler {
 
 /** The state before this change validated, so a rejection caused by a request's values is its 4xx. */
 function attribute(err: unknown, p: Pending): unknown {
-  if (err instanceof ConfigRejectedError && p.options.fromRequest && !err.causedByRequest) {
+  if (err instanceof ConfigRejectedError && !(err instanceof FdLimitError) && p.options.fromRequest && !err.causedByRequest) {
     return new ConfigRejectedError(err.output, true);
   }
   return err;
