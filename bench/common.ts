@@ -104,3 +104,16 @@ http { access_log off; keepalive_requests 100000;
   server { ${ports.map((p) => `listen 127.0.0.1:${p};`).join(' ')} location / { return 200 'ok'; } } }\n`;
   return { ports, stop: await runNginx(dir, 'nginx', conf, ports[0] ?? 0) };
 }
+
+/** `global` and `defaults` of the hand-written baselines: what an operator would write by hand. */
+export const HAND_WRITTEN_HEAD = `global
+    maxconn 4000
+defaults
+    mode http
+    balance roundrobin
+    option http-keep-alive
+    timeout connect 5s
+    timeout client 20s
+    timeout server 20s
+    timeout http-keep-alive 15s
+`;

@@ -12,7 +12,7 @@ import type { ServiceState } from '../src/state/service-state.js';
 import { freePort } from '../src/util/ports.js';
 import { waitForExit } from '../src/util/process.js';
 import { PROJECT_ROOT } from '../src/util/project.js';
-import { ensureInstalled, keptNotes, machine, pct, startNginx, untilOk, type WrkResult, wrk } from './common.js';
+import { ensureInstalled, HAND_WRITTEN_HEAD, keptNotes, machine, pct, startNginx, untilOk, type WrkResult, wrk } from './common.js';
 import { spec } from '../src/spec/defaults.js';
 
 /**
@@ -106,17 +106,7 @@ async function dataPlane(dir: string, backendPort: number): Promise<void> {
   const handCfg = path.join(dir, 'hand.cfg');
   writeFileSync(
     handCfg,
-    `global
-    maxconn 4000
-defaults
-    mode http
-    balance roundrobin
-    option http-keep-alive
-    timeout connect 5s
-    timeout client 20s
-    timeout server 20s
-    timeout http-keep-alive 15s
-frontend hand
+    `${HAND_WRITTEN_HEAD}frontend hand
     bind 127.0.0.1:${handPlain}
     bind 127.0.0.1:${handTls} ssl crt ${pem} alpn h2,http/1.1
     default_backend b

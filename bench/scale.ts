@@ -7,7 +7,7 @@ import { register } from '../src/consul/registrator.js';
 import { freePort } from '../src/util/ports.js';
 import { waitForExit } from '../src/util/process.js';
 import { PROJECT_ROOT } from '../src/util/project.js';
-import { ensureInstalled, keptNotes, machine, runNginx, startNginx, untilOk, type WrkResult, wrk } from './common.js';
+import { ensureInstalled, HAND_WRITTEN_HEAD, keptNotes, machine, runNginx, startNginx, untilOk, type WrkResult, wrk } from './common.js';
 
 /**
  * `npm run bench:scale` (and part of `npm run bench`): requests per second through a route right
@@ -29,16 +29,7 @@ const note = (s: string) => {
 
 /** The hand-written baseline: what an operator would write for these three instances. */
 function handWritten(port: number, backends: number[]): string {
-  return `global
-    maxconn 4000
-defaults
-    mode http
-    balance roundrobin
-    option http-keep-alive
-    timeout connect 5s
-    timeout client 20s
-    timeout server 20s
-frontend web
+  return `${HAND_WRITTEN_HEAD}frontend web
     bind 127.0.0.1:${port}
     default_backend web
 backend web
