@@ -134,6 +134,9 @@ export class FlowProxy implements ProxyCore {
       if (settings.consulMaxWatches !== undefined) {
         log.warn('CONSUL_MAX_WATCHES is deprecated and ignored: discovery holds one query per Consul node, not per service (CONSUL_WATCH_CONNECTIONS bounds them)');
       }
+      if (settings.consolidateAfter !== undefined) {
+        log.warn('CONSOLIDATE_AFTER is ignored: scale events fill config-defined server slots, so no reload has to fold runtime servers into the config');
+      }
       haproxy = new HaproxyProcess(settings.haproxyBin, paths, log.child('haproxy'));
       const applier = new ConfigApplier(
         settings.haproxyBin,

@@ -35,6 +35,8 @@ export interface Settings {
   readonly consulWatchWait: number;
   /** CONSUL_MAX_WATCHES, deprecated: accepted and ignored (start-up warns); discovery's queries follow nodes now. */
   readonly consulMaxWatches: string | undefined;
+  /** CONSOLIDATE_AFTER, removed: accepted and ignored (start-up warns); server slots need no consolidation reload. */
+  readonly consolidateAfter: string | undefined;
   /** Connections per Consul address for blocking queries (`CONSUL_WATCH_CONNECTIONS`). */
   readonly consulWatchConnections: number;
   /** Connections per Consul address for every other request (`CONSUL_REQUEST_CONNECTIONS`). */
@@ -286,6 +288,7 @@ export function loadSettings(env: Env = process.env): Settings {
     consulPassingOnly: bool(env, 'CONSUL_PASSING_ONLY', true),
     consulWatchWait: int(env, 'CONSUL_WATCH_WAIT', 300, 1, 600),
     consulMaxWatches: lookup(env, 'CONSUL_MAX_WATCHES'),
+    consolidateAfter: lookup(env, 'CONSOLIDATE_AFTER'),
     // Two KV watches (specs, certificates), the node list, the checks and the detector's reserved slot: 5 at least.
     consulWatchConnections: int(env, 'CONSUL_WATCH_CONNECTIONS', 8, 5, 1000),
     consulRequestConnections: int(env, 'CONSUL_REQUEST_CONNECTIONS', 2, 1, 1000),
