@@ -65,7 +65,7 @@ export class Fleet {
    * Loads every stored spec (and the original's legacy layout, migrated) and applies them in one
    * go. Retries until Consul answers; the proxy is not ready before.
    */
-  async restore(): Promise<void> {
+  async restore(source: InstanceSource = this.instances): Promise<void> {
     await retryUntilDone(
       this.ctrl.signal,
       async () => {
@@ -77,7 +77,7 @@ export class Fleet {
           await this.store.put(spec);
           specs.set(spec.serviceName, spec);
         }
-        await this.applySpecs(specs, 'start-up restore', true);
+        await this.applySpecs(specs, 'start-up restore', true, source);
         this.kvIndex = stored.index;
         this.invalid = stored.invalid;
         this.restored = true;
@@ -198,7 +198,7 @@ export class Fleet {
   }
 
   /** Brings the local desired state to exactly these specs: one batch, one apply. */
-  private async applySpecs(specs: ReadonlyMap<string, ServiceSpec>, trigger: string, replaceAll: boolean): Promise<void> {
+  private async applySpecs(specs: ReadonlyMap<string, ServiceSpec>, trigger: string, replaceAll: boolean, source: InstanceSource = this.instances): Promise<void> {
     const current = this.reconciler.snapshot();
     const changed = [...specs.values()].filter((s) => {
       const have = current.services.get(s.serviceName);
@@ -214,7 +214,7 @@ export class Fleet {
     await Promise.all(
       Array.from({ length: 16 }, async () => {
         for (let s = queue.shift(); s !== undefined; s = queue.shift()) {
-          const list = await this.instances.instances(consulServiceName(s)).catch(() => undefined);
+          const list = await source.instances(consulServiceName(s)).catch(() => undefined);
           if (list !== undefined) fresh.set(s.serviceName, list);
         }
       }),
@@ -232,7 +232,9 @@ export class Fleet {
     };
     try {
       await this.reconciler.submit(label, (state: DesiredState) => changed.reduce(upsert, removed.reduce(withoutService, state)));
-      for (const spec of changed) this.kick(consulServiceName(spec));
+      // Instances read one by one may be older than what the watch holds: read again. Those taken
+      // from the watch's own model need no second read.
+      if (source === this.instances) for (const spec of changed) this.kick(consulServiceName(spec));
     } catch (err) {
       if (!(err instanceof ConfigRejectedError)) throw err;
       // One bad spec must not hold back the others: apply them one by one, skipping what HAProxy refuses.

@@ -203,6 +203,24 @@ export class ConsulWatcher {
     })();
   }
 
+  /**
+   * Starts the catalog model before any service is followed and resolves once it has read every
+   * node and the checks (false if that takes longer than `timeoutMs`). A cold start then takes
+   * every restored service's instances from memory: a handful of node reads instead of one
+   * request per service on the ordinary budget.
+   */
+  async modelReady(timeoutMs: number): Promise<boolean> {
+    this.start();
+    const until = Date.now() + timeoutMs;
+    while (!this.ready && !this.stopped && Date.now() < until) await sleep(10);
+    return this.ready;
+  }
+
+  /** A service's routable instances as the model holds them; undefined until the model is ready. */
+  modelInstances(service: string): Instance[] | undefined {
+    return this.ready ? toInstances(service, this.model.entries(service, this.passingOnly), this.log) : undefined;
+  }
+
   stats(): WatcherStats {
     return {
       services: this.followed.size,
