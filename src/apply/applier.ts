@@ -198,6 +198,11 @@ export class ConfigApplier {
     return none ? { kind: 'none', rendered, ops: [], reloadBecause: [] } : { kind: 'reload', rendered, ops: [], reloadBecause: runtime.reasons };
   }
 
+  /** A reload is owed (runtime commands failed half-way, or HAProxy restarted from older files). */
+  owesReload(): boolean {
+    return this.mustReload !== undefined;
+  }
+
   /** The record of an apply that had nothing to do (the state did not change). */
   unchanged(trigger: string): ApplyRecord {
     this.counts.none++;

@@ -91,8 +91,9 @@ export class Reconciler {
     if (accepted.length === 0) return;
     const force = accepted.some((p) => p.options.force);
     const trigger = accepted.length === 1 ? (accepted[0]?.trigger ?? '') : `${accepted.length} changes: ${[...new Set(accepted.map((p) => p.trigger))].join(', ')}`;
-    if (next === this.state && !force) {
-      // Nothing changed (an instance list Consul sent again, say): no render, no apply.
+    if (next === this.state && !force && !this.applier.owesReload()) {
+      // Nothing changed (an instance list Consul sent again, say): no render, no apply. Unless a
+      // reload is owed: then any change, even none, is the chance to make HAProxy whole again.
       const record = this.applier.unchanged(trigger);
       for (const p of accepted) p.resolve(record);
       return;
