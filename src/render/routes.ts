@@ -101,6 +101,11 @@ export function byAclName(a: ServiceSpec, b: ServiceSpec): number {
 
 const MAP_PATH_TYPES = new Set(['path', 'path_beg']);
 
+function isSorted(specs: readonly ServiceSpec[]): boolean {
+  for (let i = 1; i < specs.length; i++) if (byAclName(specs[i - 1] as ServiceSpec, specs[i] as ServiceSpec) > 0) return false;
+  return true;
+}
+
 /**
  * Builds the route table from services in aclName order (the first claim of a key wins, like the
  * original's rule order). `backendOf` names the backend of a destination; `flagsOf` its per-route
@@ -128,7 +133,9 @@ export function buildRoutes(
     }
   };
 
-  for (const spec of [...specs].sort(byAclName)) {
+  // Sorted once here unless the caller already did (the renderer sorts the services it renders).
+  const ordered = isSorted(specs) ? specs : [...specs].sort(byAclName);
+  for (const spec of ordered) {
     const names = spec.destinations.map((d) => backendOf(spec, d));
     const flags = spec.destinations.map((d) => flagsOf(spec, d));
     const plan = claimsOf(spec, names, flags, spec.serviceDomainAlgo ?? defaultAlgo);
