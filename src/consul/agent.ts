@@ -1,3 +1,4 @@
+import http from 'node:http';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -146,9 +147,10 @@ export class ConsulAgent {
       const deadline = Date.now() + 30_000;
       while (Date.now() < deadline) {
         try {
-          const res = await fetch(`${this.address}/v1/status/leader`, { signal: AbortSignal.timeout(1000) });
-          const body = await res.text();
-          if (res.ok && body.length > 2) return;
+          // A connection of its own that closes: nothing of the readiness poll stays open beside the
+          // proxy's bounded pools (a test counts the process's connections to Consul).
+          const { status, body } = await getClosing(`${this.address}/v1/status/leader`, 1000);
+          if (status === 200 && body.length > 2) return;
         } catch {
           // not up yet
         }
@@ -172,4 +174,20 @@ async function killLeftover(dataDir: string): Promise<void> {
     await waitForExit(pid, 5000);
   }
   rmSync(file, { force: true });
+}
+
+function getClosing(url: string, timeoutMs: number): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { agent: false, headers: { Connection: 'close' }, timeout: timeoutMs }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => {
+        body += c;
+      });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error('timed out')));
+    req.on('error', reject);
+  });
 }
