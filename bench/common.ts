@@ -117,3 +117,15 @@ defaults
     timeout server 20s
     timeout http-keep-alive 15s
 `;
+
+/** What a benchmark reports: printed as it goes, and kept for its results doc. */
+export function notebook(): { out: string[]; note: (line: string) => void } {
+  const out: string[] = [];
+  return {
+    out,
+    note: (line) => {
+      console.log(line);
+      out.push(line);
+    },
+  };
+}

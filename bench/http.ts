@@ -12,7 +12,7 @@ import type { ServiceState } from '../src/state/service-state.js';
 import { freePort } from '../src/util/ports.js';
 import { waitForExit } from '../src/util/process.js';
 import { PROJECT_ROOT } from '../src/util/project.js';
-import { ensureInstalled, HAND_WRITTEN_HEAD, keptNotes, machine, pct, startNginx, untilOk, type WrkResult, wrk } from './common.js';
+import { ensureInstalled, HAND_WRITTEN_HEAD, keptNotes, machine, pct, startNginx, untilOk, type WrkResult, wrk, notebook } from './common.js';
 import { spec } from '../src/spec/defaults.js';
 
 /**
@@ -34,11 +34,7 @@ const DOMAINS = QUICK ? 1000 : 10_000;
 const ROUTED = Number(process.env.BENCH_ROUTED ?? (QUICK ? 200 : 1000));
 const SECONDS = QUICK ? 3 : 8;
 const SAMPLES = QUICK ? 5 : 20;
-const out: string[] = [];
-const note = (s: string) => {
-  console.log(s);
-  out.push(s);
-};
+const { out, note } = notebook();
 
 
 const k = (n: number) => Math.round(n).toLocaleString('en');

@@ -8,7 +8,7 @@ import { deregister, register } from '../src/consul/registrator.js';
 import { freePort } from '../src/util/ports.js';
 import { waitForExit } from '../src/util/process.js';
 import { PROJECT_ROOT } from '../src/util/project.js';
-import { ensureInstalled, keptNotes, machine, pct, untilOk, type WrkResult, wrk } from './common.js';
+import { ensureInstalled, keptNotes, machine, pct, untilOk, type WrkResult, wrk, notebook } from './common.js';
 
 /**
  * `npm run bench`: the speed claims of docs/benchmarks.md, measured side by side in one run on this
@@ -32,11 +32,7 @@ const SCALE_SAMPLES = QUICK ? 10 : 50;
 const CHURN_EVENTS = QUICK ? 20 : 100;
 const LOAD_SECONDS = { keepAlive: QUICK ? 10 : 40, close: QUICK ? 10 : 75 };
 const ROUTE_SECONDS = QUICK ? 5 : 10;
-const out: string[] = [];
-const note = (s: string) => {
-  console.log(s);
-  out.push(s);
-};
+const { out, note } = notebook();
 
 
 

@@ -7,7 +7,7 @@ import { register } from '../src/consul/registrator.js';
 import { freePort } from '../src/util/ports.js';
 import { waitForExit } from '../src/util/process.js';
 import { PROJECT_ROOT } from '../src/util/project.js';
-import { ensureInstalled, HAND_WRITTEN_HEAD, keptNotes, machine, runNginx, startNginx, untilOk, type WrkResult, wrk } from './common.js';
+import { ensureInstalled, HAND_WRITTEN_HEAD, keptNotes, machine, runNginx, startNginx, untilOk, type WrkResult, wrk, notebook } from './common.js';
 
 /**
  * `npm run bench:scale` (and part of `npm run bench`): requests per second through a route right
@@ -21,11 +21,7 @@ import { ensureInstalled, HAND_WRITTEN_HEAD, keptNotes, machine, runNginx, start
 const QUICK = process.env.BENCH_QUICK === '1';
 const SECONDS = QUICK ? 3 : 8;
 const ROUNDS = QUICK ? 1 : 2;
-const out: string[] = [];
-const note = (s: string) => {
-  console.log(s);
-  out.push(s);
-};
+const { out, note } = notebook();
 
 /** The hand-written baseline: what an operator would write for these three instances. */
 function handWritten(port: number, backends: number[]): string {

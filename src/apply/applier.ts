@@ -203,7 +203,7 @@ export class ConfigApplier {
     return this.mustReload !== undefined;
   }
 
-  /** The record of an apply that had nothing to do (the state did not change). */
+  /** The record of an apply that had nothing to do: the live files already say it. */
   unchanged(trigger: string): ApplyRecord {
     this.counts.none++;
     return { generation: this.generation, kind: 'none', trigger, durationMs: 0, hash: this.live ? hashOf(this.live) : '', at: new Date().toISOString() };
@@ -221,10 +221,9 @@ export class ConfigApplier {
       const runtime = this.runtimePlan(services);
       const plan = 'ops' in runtime ? runtime : undefined;
       if (!('ops' in runtime)) reasons = runtime.reasons;
-      if (plan && plan.ops.length === 0) {
-        this.counts.none++;
-        return { generation: this.generation, kind: 'none', trigger, durationMs: 0, hash: hashOf(plan.rendered), at: new Date().toISOString() };
-      }
+      // No command and the same files: nothing to do. No command but other files (an instance
+      // replaced by another on the same address: only the slot's comment changes) still writes them.
+      if (plan && plan.ops.length === 0 && this.live && hashOf(plan.rendered) === hashOf(this.live)) return this.unchanged(trigger);
       if (plan) {
         try {
           await this.haproxy.whenUp();
@@ -288,10 +287,7 @@ export class ConfigApplier {
   ): Promise<ApplyRecord> {
     const allocation = this.canonical(services);
     const rendered = this.render(services, allocation);
-    if (!force && fallback === undefined && this.live !== undefined && hashOf(rendered) === hashOf(this.live)) {
-      this.counts.none++;
-      return { generation: this.generation, kind: 'none', trigger, durationMs: 0, hash: hashOf(rendered), at: new Date().toISOString() };
-    }
+    if (!force && fallback === undefined && this.live !== undefined && hashOf(rendered) === hashOf(this.live)) return this.unchanged(trigger);
     await this.validate(services, allocation, this.paths.candidateDir);
     const previous = this.live;
     this.writeLive(rendered);

@@ -211,10 +211,18 @@ export class ConsulWatcher {
    */
   async modelReady(timeoutMs: number): Promise<boolean> {
     this.start();
-    const until = Date.now() + timeoutMs;
-    while (!this.ready && !this.stopped && Date.now() < until) await sleep(10);
+    if (!this.ready && !this.stopped) {
+      const timer = new Promise<void>((resolve) => setTimeout(resolve, timeoutMs).unref());
+      await Promise.race([this.readyOnce, timer]);
+    }
     return this.ready;
   }
+
+  /** Resolves when the model is first ready (checkReady). */
+  private markReady: () => void = () => undefined;
+  private readonly readyOnce = new Promise<void>((resolve) => {
+    this.markReady = resolve;
+  });
 
   /** A service's routable instances as the model holds them; undefined until the model is ready. */
   modelInstances(service: string): Instance[] | undefined {
@@ -596,6 +604,7 @@ export class ConsulWatcher {
     if (this.ready || !this.listRead || !this.healthRead) return;
     for (const node of this.known.keys()) if (!this.nodes.get(node)?.read) return;
     this.ready = true;
+    this.markReady();
     this.log.debug(`catalog model ready: ${this.known.size} nodes, ${this.watchedNodes.size} followed one by one`);
     for (const [name, f] of this.followed) if (f.reported === undefined) this.pending.add(name.toLowerCase());
     this.schedule();

@@ -3,9 +3,9 @@ import { backendName, type Destination, type ServiceSpec } from '../spec/types.j
 import { slotName } from './slots.js';
 
 /**
- * Backends as structs: mode, option lines and servers. Everything but the servers is the backend's
- * skeleton; two configs whose skeletons are equal differ only in what the runtime API can change,
- * and a dry run can name the backend whose lines forced a reload.
+ * Backends as structs: mode, option lines and server slots. Everything but the slots' addresses is
+ * the backend's skeleton; two configs whose skeletons are equal differ only in what the runtime API
+ * can change, and a dry run can name the backend whose lines forced a reload.
  */
 
 /** One config-defined server of a backend (render/slots.ts): free, or pointed at an instance. */
@@ -23,11 +23,6 @@ export interface Backend {
   readonly serverOptions: (slot: string) => string;
 }
 
-export interface BackendContext {
-  /** Userlist names: the service's own, or the global one, or none. */
-  readonly userlist: (spec: ServiceSpec) => string | undefined;
-}
-
 export function serverAddress(instance: Pick<Instance, 'address' | 'port'>): string {
   return instance.address.includes(':') ? `ipv6@${instance.address}:${instance.port}` : `${instance.address}:${instance.port}`;
 }
@@ -38,7 +33,8 @@ export function quote(value: string): string {
 }
 
 /** The backend of one destination of a service. */
-export function buildBackend(spec: ServiceSpec, dest: Destination, slots: readonly Slot[], ctx: BackendContext, name = backendName(spec, dest)): Backend {
+/** `userlist`: the userlist that protects the service (its own, the global one), or none. */
+export function buildBackend(spec: ServiceSpec, dest: Destination, slots: readonly Slot[], userlist: string | undefined, name = backendName(spec, dest)): Backend {
   const lines = ['mode http'];
   const sticky = spec.sessionType === 'sticky-server';
   if (sticky) lines.push(`cookie ${spec.aclName} insert indirect nocache`);
@@ -50,9 +46,9 @@ export function buildBackend(spec: ServiceSpec, dest: Destination, slots: readon
   // Method rules first: a denied request never reaches auth or the instances.
   if (dest.allowedMethods.length > 0) lines.push(`http-request deny deny_status 403 unless { method ${dest.allowedMethods.join(' ')} }`);
   if (dest.deniedMethods.length > 0) lines.push(`http-request deny deny_status 403 if { method ${dest.deniedMethods.join(' ')} }`);
-  const userlist = dest.ignoreAuthorization ? undefined : ctx.userlist(spec);
-  if (userlist !== undefined) {
-    lines.push(`http-request auth realm ${quote(spec.serviceName)} unless { http_auth(${userlist}) }`);
+  const checkedBy = dest.ignoreAuthorization ? undefined : userlist;
+  if (checkedBy !== undefined) {
+    lines.push(`http-request auth realm ${quote(spec.serviceName)} unless { http_auth(${checkedBy}) }`);
     // The instances never see the credentials.
     lines.push('http-request del-header Authorization');
   }

@@ -2,7 +2,7 @@ import type { StatsSettings, Timeouts } from '../config/settings.js';
 import { backendName, type ConnectionMode, type Destination, type DomainAlgo, REDIRECT_CODES, type ServiceSpec } from '../spec/types.js';
 import type { ServiceState } from '../state/service-state.js';
 import type { Instance } from '../discovery/types.js';
-import { type Backend, type BackendContext, buildBackend, quote, renderBackend, type Slot, spareBackend } from './backend.js';
+import { type Backend, buildBackend, quote, renderBackend, type Slot, spareBackend } from './backend.js';
 import { assignSlots, type SlotTable, slotName } from './slots.js';
 import { type AclRoute, buildRoutes, byAclName, FALLBACK, MAP_FILES, MAP_NAMES, type MapName, mapText, type RouteConflict, WILDCARD_DEPTH } from './routes.js';
 
@@ -174,9 +174,7 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
   }
   if (settings.stats) secrets.push(...statsLines(settings.stats));
   secrets.push('');
-  const ctx: BackendContext = {
-    userlist: (spec) => (withUsers.has(spec.serviceName) ? userlistName(spec) : settings.users.length > 0 ? GLOBAL_USERLIST : undefined),
-  };
+  const userlistOf = (spec: ServiceSpec) => (withUsers.has(spec.serviceName) ? userlistName(spec) : settings.users.length > 0 ? GLOBAL_USERLIST : undefined);
 
   // --- global and defaults ---
   const t = settings.timeouts;
@@ -226,7 +224,7 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
       const name = nameOf(spec, dest);
       const given = allocation.slots.get(name);
       const table = given ?? assignSlots(undefined, ids, settings.serverSlots, true) ?? [];
-      const section = backendSection(spec, dest, name, ctx.userlist(spec), table, instances, ids, settings.serverSlots);
+      const section = backendSection(spec, dest, name, userlistOf(spec), table, instances, ids, settings.serverSlots);
       texts.set(name, section);
       backends.set(name, section.backend);
     }
@@ -280,7 +278,7 @@ function backendSection(
   const table = assignSlots(given, ids, minSlots, false) ?? assignSlots(given, ids, minSlots, true) ?? [];
   const byId = new Map(instances.map((i) => [i.id, i]));
   const slots: Slot[] = table.map((id, i) => ({ name: slotName(i), instance: id === undefined ? undefined : byId.get(id) }));
-  const backend = buildBackend(spec, dest, slots, { userlist: () => userlist }, name);
+  const backend = buildBackend(spec, dest, slots, userlist, name);
   const section = { key, backend, text: renderBackend(backend, true).join('\n'), skeleton: renderBackend(backend, false).join('\n') };
   perSpec.set(dest.index, section);
   return section;

@@ -53,6 +53,15 @@ describe('server slots', () => {
     assert.deepEqual(runtimeOps(r2, renderConfig(SETTINGS, [web(2, 3)], a3)), [{ kind: 'fill-slot', backend: 'web-be_0', slot: 's1', address: '10.0.0.1', port: 31003 }], 'the freed slot is reused');
   });
 
+  it('an instance replaced by another on the same address keeps the slot: no command, but the config names the new one', () => {
+    const a0 = canonicalAllocation([web(1)], 2, 4);
+    const r0 = renderConfig(SETTINGS, [web(1)], a0);
+    const replaced: ServiceState = { spec: web(1).spec, instances: [{ id: 'h:web.new', address: '10.0.0.1', port: 31001 }] };
+    const r1 = renderConfig(SETTINGS, [replaced], step(a0, [replaced]));
+    assert.deepEqual(runtimeOps(r0, r1), []);
+    assert.match(r1.config, /server s1 10\.0\.0\.1:31001 check {2}# h:web\.new$/m, 'so the applier writes the files although no command is sent');
+  });
+
   it('a backend out of slots needs a reload that grows it, keeping holders in place', () => {
     const a0 = canonicalAllocation([web(1, 2, 3)], 2, 4);
     const a1 = step(a0, [web(1, 2, 3, 4)]);
