@@ -5,7 +5,7 @@ import type { ConsulSpecStore } from '../../src/consul/spec-store.js';
 import { Fleet } from '../../src/fleet.js';
 import { spec } from '../../src/spec/defaults.js';
 import type { ServiceSpec } from '../../src/spec/types.js';
-import { EMPTY_STATE, withService } from '../../src/state/desired-state.js';
+import { type DesiredState, EMPTY_STATE, withService } from '../../src/state/desired-state.js';
 import { createLogger } from '../../src/util/log.js';
 
 /**
@@ -30,13 +30,7 @@ async function run(withOwnWrite: boolean): Promise<string[]> {
     },
   } as unknown as ConsulSpecStore;
   const state = withService(EMPTY_STATE, web, []);
-  const reconciler = {
-    snapshot: () => state,
-    submit: async (trigger: string) => {
-      submitted.push(trigger);
-      return { generation: 1, kind: 'runtime', trigger, durationMs: 0, hash: '', at: '' };
-    },
-  } as unknown as Reconciler;
+  const reconciler = recording(state, submitted);
   const fleet = new Fleet(store, reconciler, { instances: async () => [] }, 'p/', {} as never, () => undefined, createLogger('error'), 1);
   fleet.kvIndex = 4;
   if (withOwnWrite) fleet.beginOwnWrite()(7);
@@ -65,13 +59,7 @@ it('snapshots wait while this replica has a write in flight, then apply', async 
       throw new Error('stopped');
     },
   } as unknown as ConsulSpecStore;
-  const reconciler = {
-    snapshot: () => EMPTY_STATE,
-    submit: async (trigger: string) => {
-      submitted.push(trigger);
-      return { generation: 1, kind: 'runtime', trigger, durationMs: 0, hash: '', at: '' };
-    },
-  } as unknown as Reconciler;
+  const reconciler = recording(EMPTY_STATE, submitted);
   const fleet = new Fleet(store, reconciler, { instances: async () => [] }, 'p/', {} as never, () => undefined, createLogger('error'), 1);
   fleet.kvIndex = 4;
   const done = fleet.beginOwnWrite();
@@ -83,3 +71,14 @@ it('snapshots wait while this replica has a write in flight, then apply', async 
   await fleet.stop();
   assert.deepEqual(submitted, ['kv: 1 changed, 0 removed'], 'applied once the write is done (here the local state lacks it)');
 });
+
+/** A reconciler that holds one state and records the triggers submitted to it. */
+function recording(state: DesiredState, submitted: string[]): Reconciler {
+  return {
+    snapshot: () => state,
+    submit: async (trigger: string) => {
+      submitted.push(trigger);
+      return { generation: 1, kind: 'runtime', trigger, durationMs: 0, hash: '', at: '' };
+    },
+  } as unknown as Reconciler;
+}
