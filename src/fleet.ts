@@ -5,7 +5,7 @@ import type { Reconciler } from './apply/reconciler.js';
 import { ConfigRejectedError, ReplicasLaggingError, ReplicasUnknownError } from './errors.js';
 import { listReplicas, noReportsReason, type ReplicaReport } from './consul/replicas.js';
 import type { ConsulSpecStore } from './consul/spec-store.js';
-import type { InstanceSource } from './discovery/types.js';
+import { type InstanceFollower, type InstanceSource, NO_FOLLOWER } from './discovery/types.js';
 import { specToJson } from './spec/from-json.js';
 import { consulServiceName, type ServiceSpec } from './spec/types.js';
 import { type DesiredState, withoutService, withService } from './state/desired-state.js';
@@ -57,8 +57,8 @@ export class Fleet {
     private readonly onApplied: () => void,
     private readonly log: Logger,
     private readonly waitSeconds: number,
-    /** Re-read a service's instances now (the instance watch may hold newer ones). */
-    private readonly kick: (consulService: string) => void = () => undefined,
+    /** The instance watch, told what direct reads found (it may hold newer instances). */
+    private readonly follower: InstanceFollower = NO_FOLLOWER,
   ) {}
 
   /**
@@ -210,6 +210,7 @@ export class Fleet {
     // Instances for new or changed specs; a failed read starts the service empty (503) and the
     // instance watch fills it in, rather than blocking every other service.
     const queue = [...changed];
+    const marks = new Map(changed.map((s) => [s.serviceName, this.follower.mark(consulServiceName(s))]));
     const fresh = new Map<string, Awaited<ReturnType<InstanceSource['instances']>>>();
     await Promise.all(
       Array.from({ length: 16 }, async () => {
@@ -232,9 +233,17 @@ export class Fleet {
     };
     try {
       await this.reconciler.submit(label, (state: DesiredState) => changed.reduce(upsert, removed.reduce(withoutService, state)));
-      // Instances read one by one may be older than what the watch holds: read again. Those taken
-      // from the watch's own model need no second read.
-      if (source === this.instances) for (const spec of changed) this.kick(consulServiceName(spec));
+      // Instances read one by one may be older than what the watch reported meanwhile (adopt
+      // reads again then), and a failed read left the service as it was (read again). Those taken
+      // from the watch's own model need neither.
+      if (source === this.instances) {
+        for (const spec of changed) {
+          const name = consulServiceName(spec);
+          const list = fresh.get(spec.serviceName);
+          if (list === undefined) this.follower.kick(name);
+          else this.follower.adopt(name, list, marks.get(spec.serviceName) ?? 0);
+        }
+      }
     } catch (err) {
       if (!(err instanceof ConfigRejectedError)) throw err;
       // One bad spec must not hold back the others: apply them one by one, skipping what HAProxy refuses.

@@ -7,6 +7,7 @@ import { ConsulSpecStore } from './consul/spec-store.js';
 import { ConfigRejectedError, DfpError, FdLimitError } from './errors.js';
 import { Fleet, specsHash } from './fleet.js';
 import { ApiServer } from './api/server.js';
+import { PrecheckBatch } from './apply/precheck-batch.js';
 import { ConfigApplier } from './apply/applier.js';
 import { CertManager, type CertListing, type CertOutcome } from './certs/manager.js';
 import { certNameFrom, parseCertBundle } from './certs/pem.js';
@@ -96,6 +97,11 @@ export class FlowProxy implements ProxyCore {
   private replicaId = '';
   /** TLS certificates (src/certs). */
   private certs: CertManager | undefined;
+  /** HAProxy's verdict on API changes, one `haproxy -c` per burst (apply/precheck-batch.ts). */
+  private readonly prechecks = new PrecheckBatch(
+    () => this.reconciler.snapshot(),
+    (state) => this.applier.precheck(serviceStates(state)),
+  );
 
   private constructor(
     readonly settings: Settings,
@@ -251,7 +257,7 @@ export class FlowProxy implements ProxyCore {
       () => this.publisher?.publish(),
       this.log.child('fleet'),
       this.settings.consulWatchWait,
-      (service) => this.watcher.kick(service),
+      this.watcher,
     );
     this.fleet = fleet;
     this.publisher = new ReplicaPublisher(this.consul, replicaPrefix, this.replicaId, () => this.report(), this.log.child('replica'));
@@ -347,6 +353,7 @@ export class FlowProxy implements ProxyCore {
     // serviceCert: a 400 naming it before anything changes.
     if (cert) parseCertBundle('serviceCert', cert.pem);
     // Read instances before touching state: if Consul cannot answer, nothing changes (503).
+    const mark = this.watcher.mark(consulServiceName(spec));
     const instances = await this.instances.instances(consulServiceName(spec));
     const change: Change = (s) => withService(s, spec, instances);
     const warnings: string[] = [];
@@ -357,8 +364,9 @@ export class FlowProxy implements ProxyCore {
     if (cert) await this.putCert(certNameFrom(cert.name), cert.pem, 'serviceCert');
     // HAProxy's verdict before the spec reaches the shared store: a spec every replica would refuse
     // must never be stored. A change that goes out through the runtime API (map entries, servers)
-    // carries no value HAProxy can refuse once our grammar accepted it, so only others pay for it.
-    await this.applier.precheck(serviceStates(next)).catch((err: unknown) => {
+    // carries no value HAProxy can refuse once our grammar accepted it, so only others pay for it,
+    // and concurrent ones pay together.
+    await this.prechecks.run(change).catch((err: unknown) => {
       throw err instanceof ConfigRejectedError && !(err instanceof FdLimitError) ? new ConfigRejectedError(err.output, true) : err;
     });
     const previous = this.reconciler.snapshot().services.get(spec.serviceName);
@@ -381,8 +389,8 @@ export class FlowProxy implements ProxyCore {
     } finally {
       written?.(landed);
     }
-    // The watch may have reported newer instances than the ones read above: read again.
-    this.watcher.kick(consulServiceName(spec));
+    // The watch may have reported newer instances than the ones read above; adopt reads again then.
+    this.watcher.adopt(consulServiceName(spec), instances, mark);
     warnings.unshift(
       ...(this.applier.liveFiles()?.conflicts ?? [])
         .filter((c) => c.loser === spec.aclName || c.winner === spec.aclName)
@@ -503,6 +511,9 @@ export class FlowProxy implements ProxyCore {
       Haproxy: this.haproxy.status(),
       Applies: this.applier.records().slice(-20),
       ApplyCounts: this.applier.totals(),
+      // `haproxy -c` runs since start: prechecks of API changes (one per burst) and reloads, minus
+      // reloads of files their precheck had just passed.
+      ConfigChecks: this.applier.validations,
       Watches: this.watcher.stats(),
       // Config-defined server slots (scale events fill and free them; a full backend reloads to grow).
       Slots: this.applier.slotUsage(),

@@ -126,6 +126,7 @@ export class ConfigApplier {
   setCrtList(file: string | undefined): void {
     this.crtList = file;
     this.lastPlan = undefined;
+    this.verdicts.clear();
   }
 
   /**
@@ -144,7 +145,7 @@ export class ConfigApplier {
   /** Writes and validates the first config, before HAProxy starts. */
   async init(services: readonly ServiceState[]): Promise<void> {
     const allocation = this.canonical(services);
-    await this.validate(services, allocation, this.paths.candidateDir);
+    await this.validate(services, allocation, this.paths.candidateDir, false);
     const rendered = this.render(services, allocation);
     this.writeLive(rendered);
     this.live = rendered;
@@ -288,7 +289,7 @@ export class ConfigApplier {
     const allocation = this.canonical(services);
     const rendered = this.render(services, allocation);
     if (!force && fallback === undefined && this.live !== undefined && hashOf(rendered) === hashOf(this.live)) return this.unchanged(trigger);
-    await this.validate(services, allocation, this.paths.candidateDir);
+    await this.validate(services, allocation, this.paths.candidateDir, !force);
     const previous = this.live;
     this.writeLive(rendered);
     try {
@@ -310,10 +311,21 @@ export class ConfigApplier {
     return record;
   }
 
-  private async validate(services: readonly ServiceState[], allocation: BackendAllocation, dir: string): Promise<void> {
+  /**
+   * Candidates `haproxy -c` accepted lately (verdictKey -> when): a reload right after the
+   * reconfigure's precheck of the same files need not ask again (one check, not two, on the path
+   * of a new service). Kept a minute at most, forgotten when the certificate list changes; forced
+   * reloads always ask (the certificate files they load may have changed).
+   */
+  private readonly verdicts = new Map<string, number>();
+
+  private async validate(services: readonly ServiceState[], allocation: BackendAllocation, dir: string, reuse = true): Promise<void> {
     const candidate = this.render(services, allocation, dir);
     const short = fdShortfall(candidate, this.settings.maxconn, this.fdLimit);
     if (short !== undefined) throw new FdLimitError(short);
+    const key = reuse ? verdictKey(candidate, dir) : undefined;
+    const passedAt = key === undefined ? undefined : this.verdicts.get(key);
+    if (passedAt !== undefined && Date.now() - passedAt < VERDICT_TTL_MS) return;
     mkdirSync(dir, { recursive: true });
     for (const name of MAP_NAMES) writeFileSync(path.join(dir, MAP_FILES[name]), candidate.maps[name]);
     const file = path.join(dir, 'haproxy.cfg');
@@ -321,7 +333,18 @@ export class ConfigApplier {
     writeFileSync(file, candidate.config);
     writeFileSync(secrets, candidate.secrets, { mode: 0o600 });
     await validateConfig(this.haproxyBin, [file, secrets]);
+    this.validations++;
+    if (key === undefined) return;
+    this.verdicts.delete(key);
+    this.verdicts.set(key, Date.now());
+    for (const old of this.verdicts.keys()) {
+      if (this.verdicts.size <= 8) break;
+      this.verdicts.delete(old);
+    }
   }
+
+  /** `haproxy -c` runs since start (tests). */
+  validations = 0;
 
   /** Server slots in use and in total, over every backend. */
   slotUsage(): { used: number; total: number } {
@@ -383,6 +406,13 @@ function computeHash(files: Files): string {
   for (const name of MAP_NAMES) h.update(`\0${name}\0`).update(files.maps[name]);
   h.update('\0secrets\0').update(files.secrets);
   return h.digest('hex').slice(0, 16);
+}
+
+const VERDICT_TTL_MS = 60_000;
+
+/** The candidate's files with the directory they were checked in left out (prechecks use their own). */
+function verdictKey(files: Files, dir: string): string {
+  return computeHash({ ...files, config: files.config.replaceAll(dir, '\0dir\0') });
 }
 
 /** Parsing time grows with config size (~1.2 s at 2 MB on 2 cores); allow generously more. */

@@ -69,6 +69,7 @@ export class ConsulCertStore {
    */
   async list(index = 0, waitSeconds = 300, signal?: AbortSignal): Promise<{ certs: StoredCert[]; names: Set<string>; index: number; hash: string }> {
     const read = await readKvPrefix(this.consul, this.prefix, index, waitSeconds, signal);
+    if (read.folderError) this.log.warn(`${read.folderError}; the watch on the shared certificates answers on every KV write near it until the key exists`);
     const certs: StoredCert[] = [];
     const names = new Set<string>();
     for (const e of read.entries) {

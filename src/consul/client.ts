@@ -15,6 +15,12 @@ export type ConsulBudgetName = 'watch' | 'request';
 export interface ConsulRequest {
   readonly method?: 'GET' | 'PUT' | 'DELETE';
   readonly body?: string;
+  /**
+   * How long Consul has to answer once the request is on a connection (headers, then body).
+   * Time spent waiting in line for one of the budget's connections does not count: a burst of API
+   * calls queued behind two connections is not "Consul timed out". That wait has its own bound,
+   * queueLimitMs.
+   */
   readonly timeoutMs?: number;
   readonly signal?: AbortSignal;
   /**
@@ -110,8 +116,9 @@ export class ConsulClient {
       const at = (this.preferred + i) % this.addresses.length;
       const address = this.addresses[at] as string;
       const target = this.targets[at] as Target;
-      const timeout = AbortSignal.timeout(req.timeoutMs ?? this.defaultTimeoutMs);
-      const signal = req.signal ? AbortSignal.any([req.signal, timeout]) : timeout;
+      const timeoutMs = req.timeoutMs ?? this.defaultTimeoutMs;
+      const deadline = AbortSignal.timeout(timeoutMs + queueLimitMs(timeoutMs));
+      const signal = req.signal ? AbortSignal.any([req.signal, deadline]) : deadline;
       this.counters.sent[budget]++;
       this.counters.inFlight[budget]++;
       this.onRequest?.(path, budget, address);
@@ -120,6 +127,8 @@ export class ConsulClient {
           path: `${target.prefix}${path}`,
           method: req.method ?? 'GET',
           ...(req.body === undefined ? {} : { body: req.body }),
+          headersTimeout: timeoutMs,
+          bodyTimeout: timeoutMs,
           signal,
         });
         const body = await res.body.text();
@@ -134,7 +143,7 @@ export class ConsulClient {
         return { status: res.statusCode, body, index: index !== undefined && Number.isFinite(index) ? index : undefined, address };
       } catch (err) {
         if (req.signal?.aborted) throw err;
-        failures.push(`${address}: ${describeError(err)}`);
+        failures.push(`${address}: ${describeError(err, timeoutMs, budget, this.budget)}`);
       } finally {
         this.counters.inFlight[budget]--;
       }
@@ -160,7 +169,7 @@ export class ConsulClient {
 
   private pool(target: Target, budget: ConsulBudgetName): Pool {
     if (!target.pools) {
-      // Timeouts are the caller's (AbortSignal): undici's own 300 s headers timeout would cut a
+      // Timeouts are per request (timeoutMs): undici's own 300 s headers timeout would cut a
       // blocking query waiting its full `wait` plus Consul's jitter (up to wait/16).
       const options = { pipelining: 1, headersTimeout: 0, bodyTimeout: 0, connect: { timeout: 5000 } };
       target.pools = {
@@ -193,8 +202,21 @@ export async function retryTransient<T>(fn: () => Promise<T>, budgetMs = 10_000,
   }
 }
 
-function describeError(err: unknown): string {
+/**
+ * How long a request may wait in line for a connection of its budget, on top of its own timeout.
+ * Long enough for a burst of hundreds of API calls on two connections on a slow machine; short
+ * enough that a Consul that accepts connections and never answers fails callers within a minute.
+ */
+export function queueLimitMs(timeoutMs: number): number {
+  return Math.max(4 * timeoutMs, 20_000);
+}
+
+function describeError(err: unknown, timeoutMs: number, budget: ConsulBudgetName, limits: ConsulBudget): string {
   const e = err as Error & { code?: string; cause?: { code?: string; message?: string } };
-  if (e.name === 'TimeoutError') return 'timed out';
+  if (e.code === 'UND_ERR_HEADERS_TIMEOUT' || e.code === 'UND_ERR_BODY_TIMEOUT') return `no answer within ${timeoutMs} ms`;
+  if (e.name === 'TimeoutError') {
+    const connections = budget === 'watch' ? limits.watchConnections : limits.requestConnections;
+    return `timed out: no answer within ${timeoutMs + queueLimitMs(timeoutMs)} ms, waiting in line for one of ${connections} connections included`;
+  }
   return e.code ?? e.cause?.code ?? e.cause?.message ?? e.message;
 }

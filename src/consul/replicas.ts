@@ -70,7 +70,7 @@ export class ReplicaPublisher {
     await this.loop;
     if (this.session) {
       // Destroying the session deletes the report at once (Behavior: delete).
-      await this.consul.request(`/v1/session/destroy/${this.session}`, { method: 'PUT', timeoutMs: 2000 }).catch(() => undefined);
+      await this.consul.request(`/v1/session/destroy/${this.session}`, { method: 'PUT', timeoutMs: 2000, signal: AbortSignal.timeout(3000) }).catch(() => undefined);
     }
   }
 

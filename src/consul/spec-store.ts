@@ -171,6 +171,7 @@ export class ConsulSpecStore {
   /** Every stored spec (a blocking read when `index` is given). */
   async list(index = 0, waitSeconds = 300, signal?: AbortSignal): Promise<StoredSpecs & { hash: string }> {
     const read = await readKvPrefix(this.consul, this.prefix, index, waitSeconds, signal);
+    if (read.folderError) this.log.warn(`${read.folderError}; the watch on the shared specs answers on every KV write near it until the key exists`);
     const specs = new Map<string, ServiceSpec>();
     const invalid: string[] = [];
     const parsed = new Map<string, Parsed>();

@@ -57,6 +57,8 @@ interface Followed {
   reported: string | undefined;
   kicking: boolean;
   kickAgain: boolean;
+  /** Reports so far (mark/adopt tell with it whether one came while a caller read the service). */
+  reports: number;
 }
 
 interface NodeState {
@@ -171,7 +173,7 @@ export class ConsulWatcher {
     }
     for (const name of wanted) {
       if (this.followed.has(name)) continue;
-      this.followed.set(name, { reported: undefined, kicking: false, kickAgain: false });
+      this.followed.set(name, { reported: undefined, kicking: false, kickAgain: false, reports: 0 });
       const lower = name.toLowerCase();
       entry(this.byLower, lower, () => new Set<string>()).add(name);
       this.fresh.set(name, Date.now());
@@ -201,6 +203,36 @@ export class ConsulWatcher {
       } while (f.kickAgain && !this.stopped && this.followed.get(service) === f);
       f.kicking = false;
     })();
+  }
+
+  /**
+   * Taken before a caller reads a service directly to apply it (a reconfigure, a spec from the
+   * fleet); adopt() gets it back with what the read found.
+   */
+  mark(service: string): number {
+    return this.followed.get(service)?.reports ?? 0;
+  }
+
+  /**
+   * A caller read `service` directly and applied what it found, replacing whatever the watch had
+   * reported. That read is newer than any report before `mark`; if the watch reported since, the
+   * read may have overwritten something newer, so read again (kick). Otherwise the read becomes
+   * what the watch compares its next answers with, at no request; and if the catalog model holds
+   * something else, the direct reads settle it as they do for a kick.
+   */
+  adopt(service: string, instances: readonly Instance[], mark: number): void {
+    const f = this.followed.get(service);
+    if (!f || this.stopped) return;
+    if (!this.ready || f.reports !== mark || f.kicking) {
+      this.kick(service);
+      return;
+    }
+    f.reported = keyOf(instances);
+    this.fresh.delete(service);
+    if (this.modelKey(service) !== f.reported && !this.unsettled.has(service)) {
+      this.unsettled.set(service, 0);
+      this.checkUnsettled();
+    }
   }
 
   /**
@@ -633,6 +665,7 @@ export class ConsulWatcher {
     const key = keyOf(instances);
     if (key === f.reported && !force) return;
     f.reported = key;
+    f.reports++;
     this.fresh.delete(name);
     this.onChange(name, instances);
   }

@@ -147,3 +147,10 @@ export async function startTlsProxy(consulAddress: string, env: Record<string, s
     },
   };
 }
+
+/** The certificate keys stored in Consul KV for a proxy instance (the prefix's own folder key left out). */
+export async function storedCertKeys(consulAddress: string, instance = 'docker-flow'): Promise<string[]> {
+  const prefix = `${instance}/_dfp/certs/`;
+  const res = await fetch(`${consulAddress}/v1/kv/${prefix}?keys`);
+  return res.status === 404 ? [] : ((await res.json()) as string[]).filter((k) => k !== prefix);
+}

@@ -183,10 +183,13 @@ describe('stats page and dry-run reload reasons', { concurrency: true }, () => {
       assert.equal(plain.body.ReloadBecause, undefined);
     });
 
-    it('the apply record in status carries the same reason', async () => {
+    it('the apply record in status carries the same reason; the reload reuses its precheck\'s haproxy -c', async () => {
+      const checks = (await callApi(p, 'status')).body.ConfigChecks as number;
       const res = await callApi(p, 'reconfigure', { serviceName: 'web', servicePath: '/web', addReqHeader: 'X-Seen yes' });
       assert.equal(res.status, 200, res.text);
-      const applies = (await callApi(p, 'status')).body.Applies as { kind: string; trigger: string; reloadBecause?: string[] }[];
+      const status = (await callApi(p, 'status')).body;
+      assert.equal(status.ConfigChecks, checks + 1, 'one haproxy -c: the precheck; the reload of the same files asks no second time');
+      const applies = status.Applies as { kind: string; trigger: string; reloadBecause?: string[] }[];
       const last = applies.at(-1);
       assert.equal(last?.kind, 'reload');
       assert.equal(last?.trigger, 'reconfigure web');

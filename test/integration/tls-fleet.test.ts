@@ -4,7 +4,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { ConsulAgent } from '../../src/consul/agent.js';
 import { callApi, eventually, haproxyGeneration, startConsul, stopConsul, tempDir } from '../helpers/harness.js';
-import { certCall, hello, keyLines, makeCert, type Pem, startTlsProxy, type TlsProxy } from '../helpers/tls.js';
+import { certCall, hello, keyLines, makeCert, type Pem, startTlsProxy, storedCertKeys, type TlsProxy } from '../helpers/tls.js';
 
 /**
  * Certificates across a fleet of two replicas sharing a Consul: `distribute=true` answers with each
@@ -31,10 +31,7 @@ describe('certificates across replicas: distribute results and DELETE', () => {
     answers.push(res.text);
     return res;
   };
-  const kvKeys = async (instance = 'docker-flow') => {
-    const res = await fetch(`${consul.address}/v1/kv/${instance}/_dfp/certs/?keys`);
-    return res.status === 404 ? [] : ((await res.json()) as string[]);
-  };
+  const kvKeys = (instance = 'docker-flow') => storedCertKeys(consul.address, instance);
   const names = async (p: TlsProxy) => ((await callApi(p, 'certs')).body.Certs as { ProxyServiceName: string }[]).map((x) => x.ProxyServiceName);
   const crtList = (p: TlsProxy) => {
     const file = path.join(p.stateDir, 'crt-list.txt');

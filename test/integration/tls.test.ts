@@ -7,7 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import { certNameFrom, checkCertName, orderCertNames } from '../../src/certs/pem.js';
 import type { ConsulAgent } from '../../src/consul/agent.js';
 import { callApi, eventually, haproxyGeneration, registerLikeRegistrator, startConsul, stopConsul, tempDir } from '../helpers/harness.js';
-import { certCall, hello, httpsGet, keyLines, makeCert, type Pem, putCert, startTlsProxy, type TlsProxy } from '../helpers/tls.js';
+import { certCall, hello, httpsGet, keyLines, makeCert, type Pem, putCert, startTlsProxy, storedCertKeys, type TlsProxy } from '../helpers/tls.js';
 
 /**
  * TLS termination: certificates from PUT cert, serviceCert, CERTS_DIR and Consul KV; SNI picks the
@@ -32,10 +32,7 @@ describe('TLS termination with certificates', () => {
     return p;
   }
 
-  const kvCertKeys = async (instance = 'docker-flow') => {
-    const res = await fetch(`${consul.address}/v1/kv/${instance}/_dfp/certs/?keys`);
-    return res.status === 404 ? [] : ((await res.json()) as string[]);
-  };
+  const kvCertKeys = (instance = 'docker-flow') => storedCertKeys(consul.address, instance);
 
   before(async () => {
     certDir = tempDir();
