@@ -269,8 +269,10 @@ export class ConfigApplier {
   }
 
   private planFor(services: readonly ServiceState[], live: RenderedConfig, previous: BackendAllocation): RuntimePlan | { reasons: readonly string[] } {
-    const allocation = runtimeAllocation(previous, services, this.settings.serverSlots);
-    if (typeof allocation === 'string') return { reasons: [allocation] };
+    const fresh = runtimeAllocation(previous, services, this.settings.serverSlots);
+    if (typeof fresh === 'string') return { reasons: [fresh] };
+    // The live frontend's lookups stay (a removed route's kind costs no reload); new kinds are added.
+    const allocation = { ...fresh, lookups: live.lookups };
     const rendered = this.render(services, allocation);
     const ops = runtimeOps(live, rendered);
     if (ops) return { rendered, allocation, ops };

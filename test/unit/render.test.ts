@@ -160,6 +160,21 @@ describe('renderer golden files', () => {
     assert.match(r.config, /^ {4}acl domain_own-be_0 var\(txn\.dfp_host\) -m beg -- o\.com$/m);
   });
 
+  it('the frontend looks up only the kinds of routes in use, plus those the allocation keeps', () => {
+    const wild = { spec: spec({ serviceName: 'w', destinations: [{ servicePath: ['/'], serviceDomain: ['*.w.com'] }] }), instances: [] };
+    const plain = { spec: spec({ serviceName: 'p', destinations: [{ servicePath: ['/p'] }] }), instances: [] };
+    const wildLines = (c: RenderedConfig) => c.config.split('\n').filter((l) => l.includes(MAP_FILES.hostsWild));
+    const both = renderConfig(SETTINGS, [wild, plain]);
+    assert.equal(wildLines(both).length, 3, 'one lookup per wildcard depth');
+    assert.ok(both.lookups.includes('hostsWild') && both.lookups.includes('pathPrefix'), both.lookups.join(' '));
+    const alone = renderConfig(SETTINGS, [plain]);
+    assert.deepEqual(wildLines(alone), []);
+    assert.doesNotMatch(alone.config, /dfp_flags|dfp_redirect|hosts-exact|routes-exclude/);
+    // A change applied at run time keeps the live config's lookups: the frontend is unchanged, no reload.
+    const kept = renderConfig(SETTINGS, [plain], { names: new Map(), spares: [], retired: [], slots: new Map(), lookups: both.lookups });
+    assert.equal(kept.config.split('\n').filter((l) => l.startsWith('    http-request')).join('\n'), both.config.split('\n').filter((l) => l.startsWith('    http-request')).join('\n'));
+  });
+
   it('every golden config passes haproxy -c', () => {
     for (const [name, fixture] of Object.entries(FIXTURES)) {
       const dir = tempDir();
