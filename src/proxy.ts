@@ -221,6 +221,7 @@ export class FlowProxy implements ProxyCore {
         {
           separator: settings.separator,
           listenerPorts: new Set(settings.listeners.map((l) => l.port)),
+          entryPorts: { plain: settings.listeners.find((l) => !l.ssl)?.port, tls: settings.listeners.find((l) => l.ssl)?.port },
           clientCa: h.caFile !== undefined,
           // F16: a user without a password must get one from its usersSecret file or USERS.
           passwordKnown: (user, secret) =>

@@ -1,5 +1,5 @@
 import type { StatsSettings, Timeouts } from '../config/settings.js';
-import { backendName, type ConnectionMode, type Destination, type DomainAlgo, REDIRECT_CODES, type ServiceSpec } from '../spec/types.js';
+import { backendName, type ConnectionMode, type Destination, type DomainAlgo, REDIRECT_CODES, routedSpec, type ServiceSpec } from '../spec/types.js';
 import type { ServiceState } from '../state/service-state.js';
 import type { Instance } from '../discovery/types.js';
 import { type Backend, buildBackend, quote, renderBackend, type Slot, spareBackend } from './backend.js';
@@ -157,7 +157,8 @@ function userlistLines(name: string, users: readonly string[], encrypted: boolea
 }
 
 export function renderConfig(settings: RenderSettings, services: readonly ServiceState[], allocation: BackendAllocation = CANONICAL): RenderedConfig {
-  const ordered = [...services].sort((a, b) => byAclName(a.spec, b.spec));
+  // A destination with httpsPort is routed as two (spec/types.ts routedSpec).
+  const ordered = services.map((s) => (routedSpec(s.spec) === s.spec ? s : { ...s, spec: routedSpec(s.spec) })).sort((a, b) => byAclName(a.spec, b.spec));
   const nameOf = (spec: ServiceSpec, dest: Destination) => {
     const key = backendName(spec, dest);
     return allocation.names.get(key) ?? key;
@@ -266,6 +267,7 @@ interface Section {
  * backends it touched, and the config is spliced from the rest. The entry is reused only while the
  * name, userlist, slot table and instance list are the very same values.
  */
+/** Keyed by destination index; the https backend of a destination (routedSpec) by -1 - index. */
 const sectionMemo = new WeakMap<ServiceSpec, Map<number, Section & { readonly key: readonly unknown[] }>>();
 
 function backendSection(
@@ -284,7 +286,8 @@ function backendSection(
     sectionMemo.set(spec, perSpec);
   }
   const key = [name, userlist, given, instances];
-  const known = perSpec.get(dest.index);
+  const slot = dest.https ? -1 - dest.index : dest.index;
+  const known = perSpec.get(slot);
   if (known?.key.every((k, i) => k === key[i])) return known;
   // The allocation's table, unless it does not hold exactly these instances (a caller that
   // allocated for other instances): then a fresh one, so the output always matches the input.
@@ -293,7 +296,7 @@ function backendSection(
   const slots: Slot[] = table.map((id, i) => ({ name: slotName(i), instance: id === undefined ? undefined : byId.get(id) }));
   const backend = buildBackend(spec, dest, slots, userlist, name);
   const section = { key, backend, text: renderBackend(backend, true).join('\n'), skeleton: renderBackend(backend, false).join('\n') };
-  perSpec.set(dest.index, section);
+  perSpec.set(slot, section);
   return section;
 }
 

@@ -226,7 +226,30 @@ export const DEST_FIELDS = [
     legacyKey: 'port',
     doc: "The service's internal port. Optional: server lines use Consul's address and port; it names the backend.",
   }),
-  field({ name: 'srcPort', codec: int(1, 65535, 'port'), empty: undefined, response: 'SrcPort', show: (v) => v ?? 0, doc: 'Entry port: this destination answers only there. Must be one of `DEFAULT_PORTS` or `BIND_PORTS` (400 otherwise).' }),
+  field({
+    name: 'srcPort',
+    codec: int(1, 65535, 'port'),
+    empty: undefined,
+    response: 'SrcPort',
+    show: (v) => v ?? 0,
+    doc: 'Entry port: this destination answers only there. Must be one of `DEFAULT_PORTS` or `BIND_PORTS` (400 otherwise). With `httpsPort`, default: the first plain port of `DEFAULT_PORTS` (80).',
+  }),
+  field({
+    name: 'httpsPort',
+    codec: int(1, 65535, 'port'),
+    empty: undefined,
+    response: 'HttpsPort',
+    show: (v) => v ?? 0,
+    doc: "A second backend, `https-<aclName>-be<httpsPort>_<index>`, for this destination's requests that arrive on `srcHttpsPort`; the first then answers on `srcPort` only. Same routes, settings and Consul instances (as the original's Consul mode); it names the backend.",
+  }),
+  field({
+    name: 'srcHttpsPort',
+    codec: int(1, 65535, 'port'),
+    empty: undefined,
+    response: 'SrcHttpsPort',
+    show: (v) => v ?? 0,
+    doc: 'Entry port of the `httpsPort` backend (400 without `httpsPort`). Default: the first TLS port of `DEFAULT_PORTS` (443). Must be a port HAProxy listens on.',
+  }),
   field({
     name: 'serviceDomain',
     codec: list('hosts (`a.com`, `*.a.com`)', checkDomain),
@@ -259,8 +282,6 @@ export const DEST_FIELDS = [
 
 /** Parameters of the original whose meaning this version does not implement: refused by name. */
 export const NOT_YET = new Set([
-  'httpsPort',
-  'srcHttpsPort',
   'outboundHostname',
   'timeoutClient',
   'checkTcp',

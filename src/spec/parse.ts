@@ -10,6 +10,8 @@ export interface ParseOptions {
   readonly passwordKnown?: (user: string, usersSecret: string | undefined) => boolean;
   /** HAProxy's HTTP listener ports (DEFAULT_PORTS + BIND_PORTS): a srcPort must be one of them. */
   readonly listenerPorts?: ReadonlySet<number>;
+  /** Defaults of srcPort and srcHttpsPort with httpsPort: DEFAULT_PORTS' first plain and first TLS port (80, 443). */
+  readonly entryPorts?: { readonly plain?: number; readonly tls?: number };
   /** CA_FILE is set: verifyClientSsl needs it (no client certificate is ever asked for without). */
   readonly clientCa?: boolean;
 }
@@ -121,9 +123,26 @@ function parseDestination(params: Params, index: number, opts: ParseOptions): De
     const pair = DEST_FIELDS.find((f) => f.name === 'reqPathSearchReplace')?.codec.parse(searchName, `${search},${replace ?? ''}`, fieldContext(opts.separator)) as string[];
     out.reqPathSearchReplace = [...pair, ...(out.reqPathSearchReplace as string[])];
   }
-  const [srcPortName] = pick(params, { name: 'srcPort' }, index);
-  if (out.srcPort !== undefined && opts.listenerPorts && !opts.listenerPorts.has(out.srcPort as number)) {
-    throw new InvalidParamError(srcPortName, `${srcPortName}=${out.srcPort} is not a port HAProxy listens on; add it to BIND_PORTS (listening: ${[...opts.listenerPorts].join(', ')})`);
+  const [srcHttpsName, srcHttpsRaw] = pick(params, { name: 'srcHttpsPort' }, index);
+  if (out.httpsPort !== undefined) {
+    // The original's defaults, taken from the listeners (80 and 443 with the default DEFAULT_PORTS).
+    out.srcPort ??= opts.entryPorts?.plain ?? 80;
+    out.srcHttpsPort ??= opts.entryPorts?.tls ?? 443;
+  } else if (srcHttpsRaw !== undefined) {
+    throw new InvalidParamError(srcHttpsName, `${srcHttpsName} is the entry port of the httpsPort backend; give httpsPort${index > 0 ? `.${index}` : ''} too`);
+  }
+  for (const [name, param] of [
+    ['srcPort', pick(params, { name: 'srcPort' }, index)[0]],
+    ['srcHttpsPort', srcHttpsName],
+  ] as const) {
+    const port = out[name] as number | undefined;
+    if (port !== undefined && opts.listenerPorts && !opts.listenerPorts.has(port)) {
+      const given = pick(params, { name }, index)[1] !== undefined;
+      throw new InvalidParamError(
+        param,
+        `${param}=${port}${given ? '' : ' (its default with httpsPort)'} is not a port HAProxy listens on; add it to BIND_PORTS${given ? '' : ` or give ${param}`} (listening: ${[...opts.listenerPorts].join(', ')})`,
+      );
+    }
   }
   if (out.verifyClientSsl === true && opts.clientCa === false) {
     const [name] = pick(params, { name: 'verifyClientSsl' }, index);

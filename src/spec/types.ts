@@ -32,7 +32,12 @@ export const REDIRECT_CODES = [301, 302, 303, 307, 308] as const;
  * One destination of a service (`param.N`): its fields are those of DEST_FIELDS, typed from the
  * table. `index` is 0 for the un-indexed destination, 1..10 for `param.N`; it appears in names.
  */
-export type Destination = { readonly index: number; readonly reqMode: 'http' } & FieldsOf<typeof DEST_FIELDS>;
+export type Destination = {
+  readonly index: number;
+  readonly reqMode: 'http';
+  /** Set on the second destination routedSpec makes of one with `httpsPort`: its backend is `https-…`. */
+  readonly https?: true;
+} & FieldsOf<typeof DEST_FIELDS>;
 
 /** A service: SERVICE_FIELDS typed from the table, with aclName always filled (default serviceName). */
 export type ServiceSpec = { readonly serviceName: string; readonly aclName: string; readonly destinations: readonly Destination[] } & Omit<
@@ -51,6 +56,30 @@ export function consulServiceName(spec: Pick<ServiceSpec, 'serviceName' | 'servi
  * ours (a port has no `-be`), so two (aclName, port, index) triples never share a name. Every other
  * generated name (ACLs, userlists) is derived from it.
  */
-export function backendName(spec: Pick<ServiceSpec, 'aclName'>, dest: Pick<Destination, 'port' | 'index'>): string {
-  return `${spec.aclName}-be${dest.port ?? ''}_${dest.index}`;
+export function backendName(spec: Pick<ServiceSpec, 'aclName'>, dest: Pick<Destination, 'port' | 'index' | 'https'>): string {
+  return `${dest.https ? 'https-' : ''}${spec.aclName}-be${dest.port ?? ''}_${dest.index}`;
+}
+
+const routedMemo = new WeakMap<ServiceSpec, ServiceSpec>();
+
+/**
+ * The spec as it is routed: a destination with `httpsPort` becomes two, the original's pair of
+ * backends. The first answers on `srcPort` (parse.ts defaults it); the second, `https-<aclName>-
+ * be<httpsPort>_<index>`, answers on `srcHttpsPort` with the same settings and the same instances.
+ * Memoised (specs are immutable), so the renderer's per-spec memo keeps working; a spec without
+ * `httpsPort` is returned as is.
+ */
+export function routedSpec(spec: ServiceSpec): ServiceSpec {
+  if (!spec.destinations.some((d) => d.httpsPort !== undefined)) return spec;
+  let routed = routedMemo.get(spec);
+  if (routed === undefined) {
+    const destinations = spec.destinations.flatMap((d): Destination[] => {
+      if (d.httpsPort === undefined) return [d];
+      const { httpsPort, srcHttpsPort, ...plain } = d;
+      return [plain as Destination, { ...plain, port: httpsPort, srcPort: srcHttpsPort, https: true } as Destination];
+    });
+    routed = { ...spec, destinations };
+    routedMemo.set(spec, routed);
+  }
+  return routed;
 }

@@ -1,7 +1,7 @@
 import type { Instance } from '../discovery/types.js';
 import { InvalidParamError } from '../errors.js';
 import type { ServiceState } from './service-state.js';
-import { backendName, consulServiceName, type ServiceSpec } from '../spec/types.js';
+import { backendName, consulServiceName, routedSpec, type ServiceSpec } from '../spec/types.js';
 
 /**
  * The desired state: every configured service and the last known instances of each Consul
@@ -18,15 +18,19 @@ export const EMPTY_STATE: DesiredState = { services: new Map(), instances: new M
 
 /** Adds or replaces a service. Refuses names that would collide with another service's backends. */
 export function withService(state: DesiredState, spec: ServiceSpec, instances: readonly Instance[]): DesiredState {
-  const mine = new Set(spec.destinations.map((d) => backendName(spec, d)));
+  const routed = routedSpec(spec);
+  const mine = new Set(routed.destinations.map((d) => backendName(spec, d)));
+  const roots = nameRoots(routed);
   for (const other of state.services.values()) {
     if (other.serviceName === spec.serviceName) continue;
     if (other.aclName === spec.aclName) {
       throw new InvalidParamError('aclName', `aclName ${spec.aclName} is already used by service ${other.serviceName}`);
     }
-    // Backend names are `<aclName>-be…`: equal names need one aclName to be a prefix of the other.
-    if (!spec.aclName.startsWith(other.aclName) && !other.aclName.startsWith(spec.aclName)) continue;
-    for (const d of other.destinations) {
+    // Backend names are `[https-]<aclName>-be…`: equal names need one root to be a prefix of the other.
+    const theirs = routedSpec(other);
+    const otherRoots = nameRoots(theirs);
+    if (!roots.some((r) => otherRoots.some((o) => r.startsWith(o) || o.startsWith(r)))) continue;
+    for (const d of theirs.destinations) {
       if (mine.has(backendName(other, d))) {
         throw new InvalidParamError('aclName', `backend ${backendName(other, d)} already belongs to service ${other.serviceName}; choose another aclName`);
       }
@@ -40,6 +44,11 @@ export function withService(state: DesiredState, spec: ServiceSpec, instances: r
   // Only a replaced spec that used another Consul service can leave an instance list unused.
   const next = { services, instances: byConsul };
   return replaced !== undefined && consulServiceName(replaced) !== consulServiceName(spec) ? prune(next) : next;
+}
+
+/** What every backend name of a (routed) spec starts with. */
+function nameRoots(spec: ServiceSpec): string[] {
+  return spec.destinations.some((d) => d.https) ? [spec.aclName, `https-${spec.aclName}`] : [spec.aclName];
 }
 
 export function withoutService(state: DesiredState, serviceName: string): DesiredState {

@@ -157,6 +157,34 @@ describe('TLS termination with certificates', () => {
     assert.notEqual(((await plain.json()) as { headers: Record<string, string> }).headers['x-forwarded-proto'], 'https');
   });
 
+  it('httpsPort: a second backend for requests that arrive on srcHttpsPort (the TLS listener by default)', async () => {
+    // Requests per backend, from HAProxy's own counters (field 7: stot, total sessions).
+    const served = async (backend: string) => {
+      const line = (await p1.proxy.haproxy.adminCommand('show stat')).split('\n').find((l) => l.startsWith(`${backend},BACKEND,`));
+      return Number(line?.split(',')[7] ?? Number.NaN);
+    };
+    const res = await callApi(p1, 'reconfigure', { serviceName: 'echo', aclName: 'two', servicePath: '/two', httpsPort: '8443' });
+    assert.equal(res.status, 200, res.text);
+    const dest = (await callApi(p1, 'config', { type: 'json' })).body.echo as { ServiceDest: { HttpsPort: number; SrcPort: number; SrcHttpsPort: number }[] };
+    assert.deepEqual(
+      dest.ServiceDest.map((d) => [d.HttpsPort, d.SrcPort, d.SrcHttpsPort]),
+      [[8443, p1.httpPort, p1.tlsPort]],
+      'srcPort and srcHttpsPort default to the first plain and TLS listeners',
+    );
+    const [plainBefore, httpsBefore] = [await served('two-be_0'), await served('https-two-be8443_0')];
+    assert.equal((await eventually('the https backend over TLS', () => httpsGet(p1.tlsPort, 'a.com', '/two'), (r) => r.status === 200)).status, 200);
+    assert.equal((await fetch(`${p1.http}/two`, { headers: { Connection: 'close' } })).status, 200);
+    assert.equal(await served('https-two-be8443_0'), httpsBefore + 1, 'the TLS request went to the https backend');
+    assert.equal(await served('two-be_0'), plainBefore + 1, 'the plain request went to the first backend');
+    // srcHttpsPort without httpsPort, or on a port HAProxy does not listen on: 400 naming it, nothing changed.
+    for (const params of [{ srcHttpsPort: String(p1.tlsPort) }, { httpsPort: '8443', srcHttpsPort: '1' }] as Record<string, string>[]) {
+      const bad = await callApi(p1, 'reconfigure', { serviceName: 'echo', aclName: 'two', servicePath: '/other', ...params });
+      assert.equal(bad.status, 400, bad.text);
+      assert.equal(bad.body.Parameter, 'srcHttpsPort');
+    }
+    assert.equal((await callApi(p1, 'remove', { serviceName: 'echo' })).status, 200);
+  });
+
   it('serviceCert on reconfigure stores a certificate named after the first domain', async () => {
     const bad = await callApi(p1, 'reconfigure', { serviceName: 'cee', serviceDomain: 'c.com', servicePath: '/c', serviceCert: c.cert.replace(/\n/g, '\\n') });
     assert.equal(bad.status, 400, bad.text);

@@ -94,7 +94,6 @@ describe('reconfigure parameters', () => {
   it('raw configuration and not-yet-supported routing parameters are refused by name', () => {
     rejects('serviceName=a&servicePath=/x&consulTemplateFePath=/t', 'DFP_ERR_UNSUPPORTED_PARAM', 'consulTemplateFePath');
     rejects('serviceName=a&servicePath=/x&outboundHostname=a.com', 'DFP_ERR_UNSUPPORTED_PARAM', 'outboundHostname');
-    rejects('serviceName=a&servicePath.1=/x&httpsPort.1=443', 'DFP_ERR_UNSUPPORTED_PARAM', 'httpsPort.1');
     rejects('serviceName=a&servicePath=/x&reqMode=tcp', 'DFP_ERR_UNSUPPORTED_PARAM', 'reqMode');
   });
 
@@ -104,6 +103,27 @@ describe('reconfigure parameters', () => {
     assert.throws(
       () => parse('serviceName=a&servicePath.1=/x&srcPort.1=8444', o),
       (e: unknown) => e instanceof DfpError && e.code === 'DFP_ERR_INVALID_PARAM' && e.parameter === 'srcPort.1' && /BIND_PORTS/.test(e.message),
+    );
+  });
+
+  it('httpsPort: srcPort and srcHttpsPort default to the listeners; each is checked against them, naming the one at fault', () => {
+    const o = { separator: ',', listenerPorts: new Set([8080, 8443]), entryPorts: { plain: 8080, tls: 8443 } };
+    const r = parse('serviceName=a&servicePath.1=/x&httpsPort.1=443', o);
+    assert.equal(r.kind, 'upsert');
+    const d = r.kind === 'upsert' ? r.spec.destinations[0] : undefined;
+    assert.deepEqual([d?.httpsPort, d?.srcPort, d?.srcHttpsPort], [443, 8080, 8443]);
+    const fails = (q: string, parameter: string, message: RegExp) =>
+      assert.throws(
+        () => parse(q, o),
+        (e: unknown) => e instanceof DfpError && e.code === 'DFP_ERR_INVALID_PARAM' && e.parameter === parameter && message.test(e.message),
+        q,
+      );
+    fails('serviceName=a&servicePath=/x&srcHttpsPort=8443', 'srcHttpsPort', /give httpsPort too/);
+    fails('serviceName=a&servicePath=/x&httpsPort=443&srcHttpsPort=9', 'srcHttpsPort', /srcHttpsPort=9 is not a port HAProxy listens on/);
+    // Without a plain listener the default 80 is not one either: the message says it is the default.
+    assert.throws(
+      () => parse('serviceName=a&servicePath=/x&httpsPort=443', { separator: ',', listenerPorts: new Set([8443]), entryPorts: { tls: 8443 } }),
+      (e: unknown) => e instanceof DfpError && e.parameter === 'srcPort' && /srcPort=80 \(its default with httpsPort\)/.test(e.message),
     );
   });
 

@@ -103,6 +103,16 @@ const FIXTURES: Record<string, { settings?: Partial<RenderSettings>; services: S
     ],
   },
   // STATS_*: the page on frontend services (its section in credentials.cfg, never in haproxy.cfg) ...
+  'https-port': {
+    settings: { listeners: [{ port: 80, ssl: false, options: '' }, { port: 443, ssl: true, options: '' }], crtList: '/var/lib/dfp/crt-list.txt' },
+    services: [
+      {
+        // httpsPort: a second backend for requests on srcHttpsPort, same routes and instances.
+        spec: spec({ serviceName: 'web', destinations: [{ servicePath: ['/web'], port: 8080, httpsPort: 8443, srcPort: 80, srcHttpsPort: 443, sslVerifyNone: true }] }),
+        instances: [inst('h:web.0:8080', 31020)],
+      },
+    ],
+  },
   stats: {
     settings: { stats: { uri: '/admin?stats', port: undefined, auth: { user: 'admin', pass: 'pa$$word!' } } },
     services: [{ spec: spec({ serviceName: 'web', destinations: [{ servicePath: ['/'], pathType: 'path_beg' }] }), instances: [inst('h:web.0:80', 31000)] }],
