@@ -41,6 +41,19 @@ export function keptNotes(file: string): string {
   }
 }
 
+/** One `## <heading>` section of a results doc as it is now (up to the next section), or ''. */
+export function keptSection(file: string, heading: string): string {
+  try {
+    const text = readFileSync(file, 'utf8');
+    const at = text.indexOf(`\n## ${heading}`);
+    if (at < 0) return '';
+    const end = text.indexOf('\n## ', at + 1);
+    return text.slice(at + 1, end < 0 ? undefined : end).trimEnd();
+  } catch {
+    return '';
+  }
+}
+
 export interface WrkResult {
   readonly requests: number;
   readonly rps: number;

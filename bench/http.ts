@@ -12,7 +12,7 @@ import type { ServiceState } from '../src/state/service-state.js';
 import { freePort } from '../src/util/ports.js';
 import { waitForExit } from '../src/util/process.js';
 import { PROJECT_ROOT } from '../src/util/project.js';
-import { ensureInstalled, HAND_WRITTEN_HEAD, keptNotes, machine, pct, startNginx, untilOk, type WrkResult, wrk, notebook, treeCpuMs } from './common.js';
+import { ensureInstalled, HAND_WRITTEN_HEAD, keptNotes, machine, pct, startNginx, untilOk, type WrkResult, wrk, notebook, treeCpuMs, keptSection } from './common.js';
 import { spec } from '../src/spec/defaults.js';
 
 /**
@@ -243,6 +243,8 @@ async function controlPlane(dir: string, backendPort: number): Promise<void> {
   }
 }
 
+const docFile = path.join(PROJECT_ROOT, QUICK ? 'bench-results/benchmarks-http-quick.md' : 'docs/benchmarks-http.md');
+
 async function main(): Promise<void> {
   ensureInstalled('wrk', 'wrk');
   ensureInstalled('nginx', 'nginx-light');
@@ -254,15 +256,23 @@ async function main(): Promise<void> {
     note(
       `${QUICK ? '**Quick run (BENCH_QUICK=1): smaller sizes, fewer samples.** ' : ''}Produced by \`npm run bench:http\` (bench/http.ts). wrk, HAProxy, nginx, the proxy and Consul share the same cores: compare numbers within this run only.`,
     );
-    // BENCH_PART=data or control runs one part alone (investigations; the doc is written either way).
+    // BENCH_PART=data or control runs one part alone; the other part's section is kept from the
+    // doc as it was, and the doc says so.
     const port = nginx.ports[0] ?? 0;
-    if (process.env.BENCH_PART !== 'control') await dataPlane(dir, port);
-    if (process.env.BENCH_PART !== 'data') await controlPlane(dir, port);
+    const part = process.env.BENCH_PART;
+    const kept = (heading: string) => {
+      const section = keptSection(docFile, heading);
+      if (section) note(`\n${section.replace(/\n/, `\n\n_Kept from an earlier run of this doc (only BENCH_PART=${part} ran on ${started.toISOString().slice(0, 10)})._\n`)}`);
+    };
+    if (part !== 'control') await dataPlane(dir, port);
+    else kept('Data plane');
+    if (part !== 'data') await controlPlane(dir, port);
+    else kept('Control plane');
   } finally {
     await nginx.stop();
     rmSync(dir, { recursive: true, force: true });
   }
-  const file = path.join(PROJECT_ROOT, QUICK ? 'bench-results/benchmarks-http-quick.md' : 'docs/benchmarks-http.md');
+  const file = docFile;
   mkdirSync(path.dirname(file), { recursive: true });
   writeFileSync(file, `${out.join('\n')}\n${QUICK ? '' : keptNotes(file)}`);
   console.log(`\nwritten to ${path.relative(PROJECT_ROOT, file)}`);
