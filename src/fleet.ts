@@ -237,11 +237,13 @@ export class Fleet {
       // reads again then), and a failed read left the service as it was (read again). Those taken
       // from the watch's own model need neither.
       if (source === this.instances) {
+        const held = this.reconciler.snapshot().instances;
         for (const spec of changed) {
           const name = consulServiceName(spec);
           const list = fresh.get(spec.serviceName);
-          if (list === undefined) this.follower.kick(name);
-          else this.follower.adopt(name, list, marks.get(spec.serviceName) ?? 0);
+          // Adopted only if the state holds that very list (the spec applied, and nothing replaced it since).
+          if (list !== undefined && held.get(name) === list) this.follower.adopt(name, list, marks.get(spec.serviceName) ?? 0);
+          else this.follower.kick(name);
         }
       }
     } catch (err) {

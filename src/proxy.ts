@@ -98,10 +98,10 @@ export class FlowProxy implements ProxyCore {
   /** TLS certificates (src/certs). */
   private certs: CertManager | undefined;
   /** HAProxy's verdict on API changes, one `haproxy -c` per burst (apply/precheck-batch.ts). */
-  private readonly prechecks = new PrecheckBatch(
-    () => this.reconciler.snapshot(),
-    (state) => this.applier.precheck(serviceStates(state)),
-  );
+  private readonly prechecks = new PrecheckBatch(() => this.reconciler.snapshot(), {
+    needsCheck: (state) => this.applier.needsPrecheck(serviceStates(state)),
+    check: (state) => this.applier.precheck(serviceStates(state)),
+  });
 
   private constructor(
     readonly settings: Settings,
@@ -391,7 +391,10 @@ export class FlowProxy implements ProxyCore {
       written?.(landed);
     }
     // The watch may have reported newer instances than the ones read above; adopt reads again then.
-    this.watcher.adopt(consulServiceName(spec), instances, mark);
+    // Adopted only if the state holds that very list (nothing replaced it since).
+    const consulName = consulServiceName(spec);
+    if (this.reconciler.snapshot().instances.get(consulName) === instances) this.watcher.adopt(consulName, instances, mark);
+    else this.watcher.kick(consulName);
     warnings.unshift(
       ...(this.applier.liveFiles()?.conflicts ?? [])
         .filter((c) => c.loser === spec.aclName || c.winner === spec.aclName)

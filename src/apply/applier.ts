@@ -127,6 +127,7 @@ export class ConfigApplier {
     this.crtList = file;
     this.lastPlan = undefined;
     this.verdicts.clear();
+    this.verdictEpoch++;
   }
 
   /**
@@ -181,13 +182,18 @@ export class ConfigApplier {
    * anything else is validated in a directory of its own, so concurrent requests do not collide.
    */
   async precheck(services: readonly ServiceState[]): Promise<void> {
-    if ('ops' in this.runtimePlan(services)) return;
+    if (!this.needsPrecheck(services)) return;
     const dir = path.join(this.paths.candidateDir, `precheck-${++this.prechecks}`);
     try {
       await this.validate(services, this.canonical(services), dir);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  }
+
+  /** False when these services go out through the runtime API (nothing HAProxy could refuse). */
+  needsPrecheck(services: readonly ServiceState[]): boolean {
+    return !('ops' in this.runtimePlan(services));
   }
 
   /** What applying these services would do, without doing it (dry runs). */
@@ -320,6 +326,7 @@ export class ConfigApplier {
    * reloads always ask (the certificate files they load may have changed).
    */
   private readonly verdicts = new Map<string, number>();
+  private verdictEpoch = 0;
 
   private async validate(services: readonly ServiceState[], allocation: BackendAllocation, dir: string, reuse = true): Promise<void> {
     const candidate = this.render(services, allocation, dir);
@@ -328,15 +335,17 @@ export class ConfigApplier {
     const key = reuse ? verdictKey(candidate, dir) : undefined;
     const passedAt = key === undefined ? undefined : this.verdicts.get(key);
     if (passedAt !== undefined && Date.now() - passedAt < VERDICT_TTL_MS) return;
+    // A verdict reached while the certificate list changed is not kept (the files it read differ).
+    const epoch = this.verdictEpoch;
     mkdirSync(dir, { recursive: true });
     for (const name of MAP_NAMES) writeFileSync(path.join(dir, MAP_FILES[name]), candidate.maps[name]);
     const file = path.join(dir, 'haproxy.cfg');
     const secrets = path.join(dir, path.basename(this.paths.secrets));
     writeFileSync(file, candidate.config);
     writeFileSync(secrets, candidate.secrets, { mode: 0o600 });
-    await validateConfig(this.haproxyBin, [file, secrets]);
     this.validations++;
-    if (key === undefined) return;
+    await validateConfig(this.haproxyBin, [file, secrets]);
+    if (key === undefined || epoch !== this.verdictEpoch) return;
     this.verdicts.delete(key);
     this.verdicts.set(key, Date.now());
     for (const old of this.verdicts.keys()) {

@@ -17,9 +17,9 @@ export interface ConsulRequest {
   readonly body?: string;
   /**
    * How long Consul has to answer once the request is on a connection (headers, then body).
-   * Time spent waiting in line for one of the budget's connections does not count: a burst of API
-   * calls queued behind two connections is not "Consul timed out". That wait has its own bound,
-   * queueLimitMs.
+   * Waiting in line for one of the budget's connections does not start it: a burst of API calls
+   * queued behind two connections is not "Consul timed out". The whole call, waits and every
+   * address tried included, is bounded by timeoutMs + queueLimitMs(timeoutMs).
    */
   readonly timeoutMs?: number;
   readonly signal?: AbortSignal;
@@ -112,13 +112,14 @@ export class ConsulClient {
     const budget = req.budget ?? (BLOCKING.test(path) ? 'watch' : 'request');
     const failures: string[] = [];
     let answered5xx = false;
-    for (let i = 0; i < this.addresses.length; i++) {
+    const timeoutMs = req.timeoutMs ?? this.defaultTimeoutMs;
+    // One deadline for every address tried: a caller waits at most this long in all.
+    const deadline = AbortSignal.timeout(timeoutMs + queueLimitMs(timeoutMs));
+    const signal = req.signal ? AbortSignal.any([req.signal, deadline]) : deadline;
+    for (let i = 0; i < this.addresses.length && !deadline.aborted; i++) {
       const at = (this.preferred + i) % this.addresses.length;
       const address = this.addresses[at] as string;
       const target = this.targets[at] as Target;
-      const timeoutMs = req.timeoutMs ?? this.defaultTimeoutMs;
-      const deadline = AbortSignal.timeout(timeoutMs + queueLimitMs(timeoutMs));
-      const signal = req.signal ? AbortSignal.any([req.signal, deadline]) : deadline;
       this.counters.sent[budget]++;
       this.counters.inFlight[budget]++;
       this.onRequest?.(path, budget, address);

@@ -50,11 +50,19 @@ export async function readKvPrefix(consul: ConsulClient, prefix: string, index =
   };
 }
 
+/** Prefixes whose folder key Consul refused to create (an ACL without write access): asked once. */
+const refusedFolders = new WeakMap<ConsulClient, Set<string>>();
+
 /** Creates `prefix` as a key if it does not exist (cas=0 never overwrites); the reason when it cannot. */
 async function createFolder(consul: ConsulClient, prefix: string, signal?: AbortSignal): Promise<string | undefined> {
+  const refused = refusedFolders.get(consul) ?? new Set<string>();
+  refusedFolders.set(consul, refused);
+  if (refused.has(prefix)) return undefined;
   try {
     const res = await consul.request(`/v1/kv/${prefix}?cas=0`, { method: 'PUT', body: '', ...(signal ? { signal } : {}) });
-    return res.status === 200 ? undefined : `Consul answered ${res.status} creating the folder key ${prefix} (${res.body.trim().slice(0, 200)})`;
+    if (res.status === 200) return undefined;
+    refused.add(prefix);
+    return `Consul answered ${res.status} creating the folder key ${prefix} (${res.body.trim().slice(0, 200)}); not asked again`;
   } catch (err) {
     return `creating the folder key ${prefix}: ${(err as Error).message}`;
   }

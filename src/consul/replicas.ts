@@ -41,6 +41,8 @@ export class ReplicaPublisher {
   private loop: Promise<void> | undefined;
   private dirty = true;
   private wake: (() => void) | undefined;
+  /** Aborts a request in flight when stopping: the session's destroy must not wait in line behind it. */
+  private readonly ctrl = new AbortController();
 
   constructor(
     private readonly consul: ConsulClient,
@@ -67,6 +69,7 @@ export class ReplicaPublisher {
   async stop(): Promise<void> {
     this.stopped = true;
     this.wake?.();
+    this.ctrl.abort();
     await this.loop;
     if (this.session) {
       // Destroying the session deletes the report at once (Behavior: delete).
@@ -81,6 +84,7 @@ export class ReplicaPublisher {
         if (this.session === undefined) {
           const res = await this.consul.request('/v1/session/create', {
             method: 'PUT',
+            signal: this.ctrl.signal,
             body: JSON.stringify({ Name: `dfp-replica-${this.id}`, TTL: `${SESSION_TTL_S}s`, Behavior: 'delete', LockDelay: '0s' }),
           });
           if (res.status !== 200) throw new Error(`session create: ${res.status} ${res.body.slice(0, 200)}`);
@@ -89,7 +93,7 @@ export class ReplicaPublisher {
           lastRenew = Date.now();
         }
         if (Date.now() - lastRenew > (SESSION_TTL_S * 1000) / 3) {
-          const res = await this.consul.request(`/v1/session/renew/${this.session}`, { method: 'PUT' });
+          const res = await this.consul.request(`/v1/session/renew/${this.session}`, { method: 'PUT', signal: this.ctrl.signal });
           if (res.status === 404) {
             this.session = undefined; // expired while we could not reach Consul
             continue;
@@ -98,13 +102,14 @@ export class ReplicaPublisher {
         }
         if (this.dirty) {
           this.dirty = false;
-          const res = await this.consul.request(`/v1/kv/${this.key}?acquire=${this.session}`, { method: 'PUT', body: JSON.stringify(this.report()) });
+          const res = await this.consul.request(`/v1/kv/${this.key}?acquire=${this.session}`, { method: 'PUT', body: JSON.stringify(this.report()), signal: this.ctrl.signal });
           if (res.body.trim() !== 'true') {
             this.session = undefined;
             continue;
           }
         }
       } catch (err) {
+        if (this.stopped) break;
         this.dirty = true;
         this.log.warn(`publishing replica state: ${(err as Error).message}`);
         await sleep(1000);

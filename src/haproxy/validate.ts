@@ -8,6 +8,9 @@ export function validateConfig(haproxyBin: string, files: readonly string[], tim
       if (!err) return resolve();
       const e = err as NodeJS.ErrnoException & { code?: string | number };
       if (typeof e.code === 'string') return reject(new HaproxyUnavailableError(`cannot run ${haproxyBin}: ${e.message}`, err));
+      // Killed (its timeout, or a signal): no verdict on the config, so not "refused".
+      const killed = err as { killed?: boolean; signal?: string | null };
+      if (killed.killed || killed.signal) return reject(new HaproxyUnavailableError(`${haproxyBin} -c did not finish (${killed.signal ?? 'killed'} after at most ${timeoutMs} ms)`, err));
       const output = `${stdout}${stderr}`
         .split('\n')
         .filter((l) => /ALERT|WARNING|error/i.test(l))

@@ -265,9 +265,9 @@ interface Section {
 /**
  * One backend's section, memoised per spec and destination (both immutable): a change renders the
  * backends it touched, and the config is spliced from the rest. The entry is reused only while the
- * name, userlist, slot table and instance list are the very same values.
+ * name, userlist, slot table and instance list are the very same values. Keyed by destination
+ * index; the https backend of a destination (routedSpec) by -1 - index.
  */
-/** Keyed by destination index; the https backend of a destination (routedSpec) by -1 - index. */
 const sectionMemo = new WeakMap<ServiceSpec, Map<number, Section & { readonly key: readonly unknown[] }>>();
 
 function backendSection(

@@ -25,6 +25,12 @@ export function specFromJson(raw: unknown, separator = ','): ServiceSpec {
     const parsed: Record<string, unknown> = { index, reqMode: 'http' };
     readFields(DEST_FIELDS, dest, parsed, separator, 'path_beg');
     if ((parsed.servicePath as string[]).length === 0) throw new InvalidParamError('servicePath', 'servicePath must be a non-empty list');
+    // The writer's parse.ts fills both entry ports with httpsPort; without them the two backends
+    // would claim the same routes and the https one would never be used.
+    if (parsed.httpsPort !== undefined && (parsed.srcPort === undefined || parsed.srcHttpsPort === undefined)) {
+      throw new InvalidParamError('srcHttpsPort', 'a destination with httpsPort needs srcPort and srcHttpsPort');
+    }
+    if (parsed.httpsPort === undefined && parsed.srcHttpsPort !== undefined) throw new InvalidParamError('srcHttpsPort', 'srcHttpsPort needs httpsPort');
     return parsed as unknown as Destination;
   });
   return out as unknown as ServiceSpec;

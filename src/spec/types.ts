@@ -51,10 +51,13 @@ export function consulServiceName(spec: Pick<ServiceSpec, 'serviceName' | 'servi
 }
 
 /**
- * HAProxy backend name, following the original's `<aclName>-be<port>_<index>` pattern. Unique by
- * construction: reading from the right, `_<index>` ends it and the last `-be<digits>` before that is
- * ours (a port has no `-be`), so two (aclName, port, index) triples never share a name. Every other
- * generated name (ACLs, userlists) is derived from it.
+ * HAProxy backend name, following the original's `<aclName>-be<port>_<index>` pattern, and
+ * `https-<aclName>-be<httpsPort>_<index>` for the second backend of a destination with httpsPort.
+ * Reading from the right, `_<index>` ends it and the last `-be<digits>` before that is ours (a port
+ * has no `-be`), so two (aclName, port, index) triples never share a name; the `https-` prefix can
+ * (aclName `https-web` vs `web` with httpsPort), and withService (state/desired-state.ts) refuses
+ * that collision with a 400 naming aclName. Every other generated name (ACLs, userlists) is
+ * derived from it.
  */
 export function backendName(spec: Pick<ServiceSpec, 'aclName'>, dest: Pick<Destination, 'port' | 'index' | 'https'>): string {
   return `${dest.https ? 'https-' : ''}${spec.aclName}-be${dest.port ?? ''}_${dest.index}`;

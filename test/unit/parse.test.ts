@@ -4,6 +4,7 @@ import { DfpError } from '../../src/errors.js';
 import { Params } from '../../src/spec/params.js';
 import { type ParseOptions, parseChangeOptions, parseReconfigure, parseRemove } from '../../src/spec/parse.js';
 import { spec } from '../../src/spec/defaults.js';
+import { specFromJson, specToJson } from '../../src/spec/from-json.js';
 
 const opts = { separator: ',' };
 const parse = (q: string, o: ParseOptions = opts) => parseReconfigure(new Params(new URLSearchParams(q)), o);
@@ -125,6 +126,19 @@ describe('reconfigure parameters', () => {
       () => parse('serviceName=a&servicePath=/x&httpsPort=443', { separator: ',', listenerPorts: new Set([8443]), entryPorts: { tls: 8443 } }),
       (e: unknown) => e instanceof DfpError && e.parameter === 'srcPort' && /srcPort=80 \(its default with httpsPort\)/.test(e.message),
     );
+  });
+
+  it('httpsPort in a stored spec (Consul KV): kept through JSON; without its entry ports it is refused', () => {
+    const parsed = parse('serviceName=a&servicePath=/x&httpsPort=8443', { separator: ',', listenerPorts: new Set([80, 443]), entryPorts: { plain: 80, tls: 443 } });
+    assert.equal(parsed.kind, 'upsert');
+    if (parsed.kind !== 'upsert') return;
+    const back = specFromJson(JSON.parse(specToJson(parsed.spec)));
+    assert.deepEqual(back.destinations[0], parsed.spec.destinations[0]);
+    const stored = JSON.parse(specToJson(parsed.spec)) as { destinations: Record<string, unknown>[] };
+    const without = (key: string) => ({ ...stored, destinations: stored.destinations.map((d) => Object.fromEntries(Object.entries(d).filter(([k]) => k !== key))) });
+    for (const key of ['srcPort', 'srcHttpsPort', 'httpsPort']) {
+      assert.throws(() => specFromJson(without(key)), (e: unknown) => e instanceof DfpError && e.parameter === 'srcHttpsPort', key);
+    }
   });
 
   it('verifyClientSsl needs CA_FILE', () => {
