@@ -8,6 +8,7 @@ import { ConfigRejectedError, DfpError, FdLimitError } from './errors.js';
 import { Fleet, specsHash } from './fleet.js';
 import { ApiServer } from './api/server.js';
 import { PrecheckBatch } from './apply/precheck-batch.js';
+import { IdleGc } from './util/idle-gc.js';
 import { ConfigApplier } from './apply/applier.js';
 import { CertManager, type CertListing, type CertOutcome } from './certs/manager.js';
 import { certNameFrom, parseCertBundle } from './certs/pem.js';
@@ -97,6 +98,8 @@ export class FlowProxy implements ProxyCore {
   private replicaId = '';
   /** TLS certificates (src/certs). */
   private certs: CertManager | undefined;
+  /** Gives the memory of a burst of changes back once it is over (util/idle-gc.ts). */
+  readonly idleGc = new IdleGc();
   /** HAProxy's verdict on API changes, one `haproxy -c` per burst (apply/precheck-batch.ts). */
   private readonly prechecks = new PrecheckBatch(() => this.reconciler.snapshot(), {
     needsCheck: (state) => this.applier.needsPrecheck(serviceStates(state)),
@@ -203,6 +206,7 @@ export class FlowProxy implements ProxyCore {
         (state) => {
           watcher.sync(consulServices(state));
           proxy?.publisher?.publish();
+          proxy?.idleGc.touch();
         },
       );
       // HAProxy restarted from the last validated files: apply the desired state again (a reload).
@@ -324,7 +328,10 @@ export class FlowProxy implements ProxyCore {
       ['withdrawing the replica report', () => this.publisher?.stop()],
       ['stopping the Consul watches', () => this.watcher.stop()],
       ['finishing the apply in flight', () => this.reconciler.close()],
-      ['stopping HAProxy', () => this.haproxy.stop()],
+      ['stopping HAProxy', () => {
+        this.idleGc.stop();
+        return this.haproxy.stop();
+      }],
       ['closing the Consul connections', () => this.consul.close()],
       ['stopping the local Consul', () => this.localConsul?.stop()],
     ];
@@ -518,6 +525,8 @@ export class FlowProxy implements ProxyCore {
       // `haproxy -c` runs since start: prechecks of API changes (one per burst) and reloads, minus
       // reloads of files their precheck had just passed.
       ConfigChecks: this.applier.validations,
+      // The control plane's own memory, in MB (process.memoryUsage): RSS and the JS heap.
+      Memory: memoryMb(),
       Watches: this.watcher.stats(),
       // Config-defined server slots (scale events fill and free them; a full backend reloads to grow).
       Slots: this.applier.slotUsage(),
@@ -544,4 +553,10 @@ export class FlowProxy implements ProxyCore {
   isReady(): boolean {
     return this.ready;
   }
+}
+
+function memoryMb(): Record<string, number> {
+  const m = process.memoryUsage();
+  const mb = (n: number) => Math.round((n / 1048576) * 10) / 10;
+  return { rss: mb(m.rss), heapTotal: mb(m.heapTotal), heapUsed: mb(m.heapUsed), external: mb(m.external), arrayBuffers: mb(m.arrayBuffers) };
 }

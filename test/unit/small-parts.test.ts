@@ -8,6 +8,7 @@ import { loadSettings } from '../../src/config/settings.js';
 import type { ConsulClient } from '../../src/consul/client.js';
 import { ConsulInstanceSource } from '../../src/consul/instances.js';
 import { createLogger } from '../../src/util/log.js';
+import { IdleGc } from '../../src/util/idle-gc.js';
 import { DfpError } from '../../src/errors.js';
 import { parseShowProc } from '../../src/haproxy/socket.js';
 import { EMPTY_STATE, serviceStates, withInstances, withoutService, withService } from '../../src/state/desired-state.js';
@@ -110,5 +111,21 @@ describe('desired state', () => {
     const two = [...one, { id: 'i2', address: '127.0.0.2', port: 2 }];
     assert.equal(serviceStates(withInstances(a, 'a-blue', two))[0]?.instances.length, 2);
     assert.equal(withInstances(a, 'unknown', two), a);
+  });
+});
+
+describe('IdleGc: one full collection once the work is over', () => {
+  it('collects after the idle period, and the garbage of the burst is gone', async () => {
+    const gc = new IdleGc(30);
+    let garbage: string[] | undefined = Array.from({ length: 200_000 }, (_, i) => `spec-${i}-${'x'.repeat(100)}`);
+    const before = process.memoryUsage().heapUsed;
+    garbage = undefined;
+    gc.touch();
+    const deadline = Date.now() + 5000;
+    while (gc.runs === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(gc.runs, 1);
+    assert.equal(garbage, undefined);
+    assert.ok(process.memoryUsage().heapUsed < before - 10 * 1048576, `heap used ${before} -> ${process.memoryUsage().heapUsed}`);
+    gc.stop();
   });
 });
