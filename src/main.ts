@@ -3,7 +3,7 @@ import { DfpError } from './errors.js';
 import { FlowProxy } from './proxy.js';
 import { createLogger, parseLevel } from './util/log.js';
 
-/** HAProxy drains for up to `hard-stop-after` (30 s) on its own; the rest of the stop takes far less. */
+/** Stopping HAProxy does not wait for old workers to drain (it stops them); the rest takes far less. */
 const STOP_TIMEOUT_MS = 40_000;
 
 /** `npm start`: runs the proxy in the foreground until SIGTERM or SIGINT. */

@@ -38,6 +38,7 @@ export function renderSettings(settings: Settings, adminSocket: string): Omit<Re
     timeouts: settings.timeouts,
     connectionMode: settings.connectionMode,
     maxconn: settings.maxconn,
+    drain: settings.drain,
     debug: settings.debug,
     adminSocket,
     serviceDomainAlgo: h.serviceDomainAlgo,

@@ -27,6 +27,8 @@ export interface Settings {
   readonly haproxyBin: string;
   readonly consulBin: string;
   readonly maxconn: number;
+  /** How old HAProxy workers drain after a reload (render/haproxy-config.ts `global`). */
+  readonly drain: Readonly<Drain>;
   readonly debug: boolean;
   readonly logLevel: Level;
   /** Route only to instances whose Consul checks pass (false: every registered instance). */
@@ -86,6 +88,13 @@ export interface HttpSettings {
   readonly preferredCertificates: readonly string[];
   /** CRT_LIST_PATH: an operator's crt-list, checked line by line and merged with the managed certificates at start-up (src/certs/crt-list.ts). */
   readonly crtListPath: string | undefined;
+}
+
+export interface Drain {
+  /** `hard-stop-after`: the longest an old worker keeps its connections after a reload, seconds. */
+  readonly hardStopAfter: number;
+  /** `mworker-max-reloads`: an old worker still draining after this many more reloads is stopped. */
+  readonly maxReloads: number;
 }
 
 export interface Timeouts {
@@ -230,6 +239,7 @@ export function loadSettings(env: Env = process.env): Settings {
     throw new SettingsError('STATE_DIR', `must be a path of at most 80 characters using letters, digits and / _ . + - (got ${JSON.stringify(stateDir)})`);
   }
   const day = 86_400;
+  const tunnel = int(env, 'TIMEOUT_TUNNEL', 3600, 0, day);
   return {
     apiHost,
     apiPort: int(env, 'PORT', 8080, 0, 65535),
@@ -244,7 +254,7 @@ export function loadSettings(env: Env = process.env): Settings {
       client: int(env, 'TIMEOUT_CLIENT', 20, 0, day),
       server: int(env, 'TIMEOUT_SERVER', 20, 0, day),
       queue: int(env, 'TIMEOUT_QUEUE', 30, 0, day),
-      tunnel: int(env, 'TIMEOUT_TUNNEL', 3600, 0, day),
+      tunnel,
       httpRequest: int(env, 'TIMEOUT_HTTP_REQUEST', 5, 0, day),
       httpKeepAlive: int(env, 'TIMEOUT_HTTP_KEEP_ALIVE', 15, 0, day),
     },
@@ -283,6 +293,12 @@ export function loadSettings(env: Env = process.env): Settings {
     haproxyBin: lookup(env, 'HAPROXY_BIN') ?? 'haproxy',
     consulBin: lookup(env, 'CONSUL_BIN') ?? path.join(PROJECT_ROOT, '.tools/bin/consul'),
     maxconn: int(env, 'MAXCONN', 4000, 1, 1_000_000),
+    drain: {
+      // A tunnel (WebSocket, TCP) idle for TIMEOUT_TUNNEL is closed anyway: by default an old worker
+      // may wait that long for its last one.
+      hardStopAfter: int(env, 'HARD_STOP_AFTER', Math.max(1, tunnel), 1, 7 * day),
+      maxReloads: int(env, 'WORKER_MAX_RELOADS', 10, 1, 1000),
+    },
     debug: bool(env, 'DEBUG', false),
     logLevel: parseLevel(lookup(env, 'LOG_LEVEL')),
     consulPassingOnly: bool(env, 'CONSUL_PASSING_ONLY', true),

@@ -1,4 +1,4 @@
-import type { StatsSettings, Timeouts } from '../config/settings.js';
+import type { Drain, StatsSettings, Timeouts } from '../config/settings.js';
 import { backendName, type ConnectionMode, type Destination, type DomainAlgo, REDIRECT_CODES, routedSpec, type ServiceSpec } from '../spec/types.js';
 import type { ServiceState } from '../state/service-state.js';
 import type { Instance } from '../discovery/types.js';
@@ -33,6 +33,7 @@ export interface RenderSettings {
   readonly timeouts: Readonly<Timeouts>;
   readonly connectionMode: ConnectionMode;
   readonly maxconn: number;
+  readonly drain: Readonly<Drain>;
   readonly debug: boolean;
   /** Admin socket path (runtime API). */
   readonly adminSocket: string;
@@ -195,8 +196,11 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
     `    stats socket ${settings.adminSocket} mode 600 level admin expose-fd listeners`,
     '    stats timeout 30s',
     `    maxconn ${settings.maxconn}`,
-    // Bounds how long an old worker drains after a reload (and so the memory of stacked workers).
-    '    hard-stop-after 30s',
+    // An old worker keeps the connections it holds after a reload (a WebSocket, a TCP tunnel) until
+    // they close, for up to hard-stop-after; mworker-max-reloads bounds how many old workers (and
+    // copies of the config in memory) pile up meanwhile.
+    `    hard-stop-after ${settings.drain.hardStopAfter}s`,
+    `    mworker-max-reloads ${settings.drain.maxReloads}`,
     `    log stdout format raw local0 ${settings.debug ? 'info' : 'notice'}`,
     ...(settings.ssl?.options ? [`    ssl-default-bind-options ${settings.ssl.options}`, `    ssl-default-server-options ${settings.ssl.options}`] : []),
     ...(settings.ssl?.ciphers ? [`    ssl-default-bind-ciphers ${settings.ssl.ciphers}`] : []),

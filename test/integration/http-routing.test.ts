@@ -472,7 +472,7 @@ describe('HTTP routing on a real HAProxy', { concurrency: true }, () => {
       assert.equal(await haproxyGeneration(main), gen);
     });
 
-    it('a WebSocket-style upgrade works through the proxy and survives a reload', async () => {
+    it('a WebSocket-style upgrade works through the proxy and survives three reloads caused by other services', async () => {
       await service(main, { serviceName: 'ws', servicePath: '/ws' });
       const sock = connect(main.httpPort, '127.0.0.1');
       try {
@@ -485,15 +485,19 @@ describe('HTTP routing on a real HAProxy', { concurrency: true }, () => {
         assert.match(head, /^HTTP\/1\.1 101 /);
         assert.match(head, /x-instance: ws\.0/i);
         assert.match(head, /sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK\+xOo=/i);
-        sock.write('ping-1\n');
-        assert.equal(await read('\n'), 'ping-1\n');
-        const gen = await haproxyGeneration(main);
-        await service(main, { serviceName: 'wsreload', pathType: 'path_reg', servicePath: '^/reloaded/[0-9]+$' });
-        assert.equal((await lastApply(main)).kind, 'reload');
-        assert.notEqual(await haproxyGeneration(main), gen);
-        assert.equal(await who(main, '/reloaded/1'), 'wsreload.0');
-        sock.write('ping-2\n');
-        assert.equal(await read('\n'), 'ping-2\n', 'the upgraded connection outlives the reload');
+        sock.write('ping-0\n');
+        assert.equal(await read('\n'), 'ping-0\n');
+        // Each change is a pattern route (a frontend change): a reload, and a new HAProxy worker.
+        // The old worker keeps the tunnel (hard-stop-after follows TIMEOUT_TUNNEL, 3600 s by default).
+        for (let n = 1; n <= 3; n++) {
+          const gen = await haproxyGeneration(main);
+          await service(main, { serviceName: `wsreload${n}`, pathType: 'path_reg', servicePath: `^/reloaded${n}/[0-9]+$` });
+          assert.equal((await lastApply(main)).kind, 'reload');
+          assert.notEqual(await haproxyGeneration(main), gen);
+          assert.equal(await who(main, `/reloaded${n}/1`), `wsreload${n}.0`);
+          sock.write(`ping-${n}\n`);
+          assert.equal(await read('\n'), `ping-${n}\n`, `the upgraded connection outlives reload ${n}`);
+        }
       } finally {
         sock.destroy();
       }

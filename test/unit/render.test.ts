@@ -8,6 +8,8 @@ import type { ServiceState } from '../../src/state/service-state.js';
 import { spec } from '../../src/spec/defaults.js';
 import { defaultRenderSettings } from '../helpers/render-settings.js';
 import { PROJECT_ROOT } from '../../src/util/project.js';
+import { loadSettings } from '../../src/config/settings.js';
+import { renderSettings } from '../../src/proxy.js';
 import { tempDir } from '../helpers/harness.js';
 
 /**
@@ -183,6 +185,18 @@ describe('renderer golden files', () => {
     // A change applied at run time keeps the live config's lookups: the frontend is unchanged, no reload.
     const kept = renderConfig(SETTINGS, [plain], { names: new Map(), spares: [], retired: [], slots: new Map(), lookups: both.lookups });
     assert.equal(kept.config.split('\n').filter((l) => l.startsWith('    http-request')).join('\n'), both.config.split('\n').filter((l) => l.startsWith('    http-request')).join('\n'));
+  });
+
+  it('old workers drain for TIMEOUT_TUNNEL unless HARD_STOP_AFTER says otherwise; WORKER_MAX_RELOADS bounds them', () => {
+    const drainLines = (env: Record<string, string>) => {
+      const settings = loadSettings({ STATE_DIR: '/var/lib/dfp', SECRETS_DIR: '/nonexistent/secrets', ...env });
+      const r = renderConfig({ ...renderSettings(settings, '/var/lib/dfp/haproxy-admin.sock'), mapDir: '/var/lib/dfp' }, []);
+      return r.config.split('\n').filter((l) => /hard-stop-after|mworker-max-reloads/.test(l));
+    };
+    assert.deepEqual(drainLines({}), ['    hard-stop-after 3600s', '    mworker-max-reloads 10']);
+    assert.deepEqual(drainLines({ TIMEOUT_TUNNEL: '120' }), ['    hard-stop-after 120s', '    mworker-max-reloads 10']);
+    assert.deepEqual(drainLines({ TIMEOUT_TUNNEL: '120', HARD_STOP_AFTER: '30', WORKER_MAX_RELOADS: '3' }), ['    hard-stop-after 30s', '    mworker-max-reloads 3']);
+    assert.throws(() => loadSettings({ STATE_DIR: '/var/lib/dfp', HARD_STOP_AFTER: '0' }), /HARD_STOP_AFTER/);
   });
 
   it('every golden config passes haproxy -c', () => {
