@@ -35,6 +35,7 @@ export function quote(value: string): string {
 /** The backend of one destination of a service. */
 /** `userlist`: the userlist that protects the service (its own, the global one), or none. */
 export function buildBackend(spec: ServiceSpec, dest: Destination, slots: readonly Slot[], userlist: string | undefined, name = backendName(spec, dest)): Backend {
+  if (dest.reqMode === 'tcp') return tcpBackend(spec, dest, slots, name);
   const lines = ['mode http'];
   const sticky = spec.sessionType === 'sticky-server';
   if (sticky) lines.push(`cookie ${spec.aclName} insert indirect nocache`);
@@ -68,6 +69,16 @@ export function buildBackend(spec: ServiceSpec, dest: Destination, slots: readon
   // Server keywords are part of the skeleton (the runtime API cannot switch TLS or checks on a
   // server): changing them reloads. A sticky cookie names the slot, so it survives reloads.
   const serverOptions = (slot: string) => `${spec.skipCheck ? '' : ' check'}${dest.sslVerifyNone ? ' ssl verify none' : ''}${sticky ? ` cookie ${slot}` : ''}`;
+  return { name, lines, slots, serverOptions };
+}
+
+/** A reqMode=tcp destination's backend: bytes in, bytes out; a connect check unless checkTcp asks for tcp-check. */
+function tcpBackend(spec: ServiceSpec, dest: Destination, slots: readonly Slot[], name: string): Backend {
+  const lines = ['mode tcp'];
+  if (dest.timeoutServer !== undefined) lines.push(`timeout server ${dest.timeoutServer}s`);
+  if (dest.timeoutTunnel !== undefined) lines.push(`timeout tunnel ${dest.timeoutTunnel}s`);
+  if (dest.checkTcp) lines.push('option tcp-check');
+  const serverOptions = () => `${spec.skipCheck ? '' : ' check'}${dest.sslVerifyNone ? ' ssl verify none' : ''}`;
   return { name, lines, slots, serverOptions };
 }
 

@@ -231,6 +231,7 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
     ...(settings.compression.type.length > 0 ? [`    compression type ${settings.compression.type.join(' ')}`] : []),
     '',
     ...renderFrontend(settings, routes, lookups),
+    ...renderTcpFrontends(ordered, nameOf),
   ];
 
   // --- backends ---
@@ -481,6 +482,24 @@ function renderFrontend(settings: RenderSettings, routes: ReturnType<typeof buil
   if (stats) out.push(`    use_backend ${STATS_SECTION} if { var(${V.backend}) -m str ${STATS_SECTION} }`);
   out.push(`    use_backend %[var(${V.backend})] if { var(${V.backend}) -m found }`);
   return out;
+}
+
+/**
+ * One frontend per reqMode=tcp destination, on its srcPort (withService keeps ports unique),
+ * ordered by port: bytes go to the destination's backend as they come.
+ */
+function renderTcpFrontends(services: readonly ServiceState[], nameOf: (spec: ServiceSpec, dest: Destination) => string): string[] {
+  const tcp = services.flatMap(({ spec }) => spec.destinations.filter((d) => d.reqMode === 'tcp' && d.srcPort !== undefined).map((dest) => ({ spec, dest, port: dest.srcPort as number })));
+  tcp.sort((a, b) => a.port - b.port);
+  return tcp.flatMap(({ spec, dest, port }) => [
+    '',
+    `frontend tcp_${port}`,
+    `    bind *:${port}`,
+    '    mode tcp',
+    ...(dest.clitcpka ? ['    option clitcpka'] : []),
+    ...(dest.timeoutClient !== undefined ? [`    timeout client ${dest.timeoutClient}s`] : []),
+    `    default_backend ${nameOf(spec, dest)}`,
+  ]);
 }
 
 /**

@@ -167,11 +167,13 @@ function claimsOf(spec: ServiceSpec, names: readonly string[], flagsList: readon
   const acl: AclRoute[] = [];
   const byIndex = spec.destinations.map((dest, i) => ({ dest, backend: names[i] ?? '', flags: flagsList[i] ?? '' })).sort((a, b) => a.dest.index - b.dest.index);
   const add = (map: MapName, key: string, value: string, route: Route, label: string) => claims.push({ map, key, value, route, label });
-  const firstDest = byIndex[0];
+  const firstDest = byIndex.find((d) => d.dest.reqMode === 'http');
   if (spec.isDefaultBackend && firstDest) {
     add('fallback', FALLBACK.default, firstDest.backend, { backend: firstDest.backend, spec, dest: firstDest.dest }, 'default backend');
   }
   for (const { dest, backend, flags } of byIndex) {
+    // A reqMode=tcp destination has a frontend of its own (render/haproxy-config.ts), no HTTP route.
+    if (dest.reqMode === 'tcp') continue;
     const route: Route = { backend, spec, dest };
     if (flags !== '') add('flags', backend, flags, route, `flags of ${backend}`);
     // Redirects are keyed by host alone: they apply whatever kind of route the destination is.

@@ -61,6 +61,11 @@ export interface Field<K extends string, T, E extends T | undefined> {
   readonly legacyKey?: string;
   /** Older parameter names read when this one is absent. */
   readonly aliases?: readonly string[];
+  /**
+   * Which destinations it applies to: http only (absent), `tcp` only, or `both`. A field set on a
+   * destination it does not apply to is a 400 naming it (spec/modes.ts), never ignored.
+   */
+  readonly modes?: 'tcp' | 'both';
   readonly doc: string;
 }
 
@@ -146,17 +151,18 @@ const showOptional = (v: unknown) => (v === undefined ? '' : String(v));
 
 /** Service-level fields, in the order they are parsed and stored. */
 export const SERVICE_FIELDS = [
-  field({ name: 'aclName', codec: name, empty: undefined, response: 'AclName', doc: 'Names the ACLs and backends and orders pattern rules; default `serviceName`.' }),
+  field({ name: 'aclName', codec: name, empty: undefined, response: 'AclName', modes: 'both', doc: 'Names the ACLs and backends and orders pattern rules; default `serviceName`.' }),
   field({
     name: 'serviceColor',
     codec: name,
     empty: undefined,
+    modes: 'both',
     response: 'ServiceColor',
     show: showOptional,
     legacyKey: 'color',
     doc: 'Blue/green: instances come from the Consul service `<serviceName>-<serviceColor>`; names stay those of `serviceName`.',
   }),
-  field({ name: 'skipCheck', codec: bool, empty: false, response: 'SkipCheck', legacyKey: 'skipcheck', doc: 'No HAProxy health check on the servers (Consul still filters by health).' }),
+  field({ name: 'skipCheck', codec: bool, empty: false, response: 'SkipCheck', legacyKey: 'skipcheck', modes: 'both', doc: 'No HAProxy health check on the servers (Consul still filters by health).' }),
   field({
     name: 'serviceDomainAlgo',
     codec: oneOf(DOMAIN_ALGOS),
@@ -221,6 +227,7 @@ export const DEST_FIELDS = [
     name: 'port',
     codec: int(1, 65535, 'port'),
     empty: undefined,
+    modes: 'both',
     response: 'Port',
     show: showOptional,
     legacyKey: 'port',
@@ -230,9 +237,10 @@ export const DEST_FIELDS = [
     name: 'srcPort',
     codec: int(1, 65535, 'port'),
     empty: undefined,
+    modes: 'both',
     response: 'SrcPort',
     show: (v) => v ?? 0,
-    doc: 'Entry port: this destination answers only there. Must be one of `DEFAULT_PORTS` or `BIND_PORTS` (400 otherwise). With `httpsPort`, default: the first plain port of `DEFAULT_PORTS` (80).',
+    doc: 'Entry port: this destination answers only there. http: one of `DEFAULT_PORTS` or `BIND_PORTS` (400 otherwise); with `httpsPort`, default the first plain port of `DEFAULT_PORTS` (80). tcp: required, a port of its own (not an HTTP listener, not another TCP service\'s).',
   }),
   field({
     name: 'httpsPort',
@@ -274,18 +282,18 @@ export const DEST_FIELDS = [
     response: 'ReqPathSearchReplace',
     doc: 'Path rewrites `http-request set-path %[path,regsub(search,replace)]`; pairs joined by `:`. Legacy `reqPathSearch`/`reqPathReplace` give the first pair.',
   }),
-  field({ name: 'sslVerifyNone', codec: bool, empty: false, response: 'SslVerifyNone', doc: 'TLS to the instances, without verifying their certificates.' }),
-  field({ name: 'timeoutServer', codec: int(0, 86400, 'seconds'), empty: undefined, response: 'TimeoutServer', show: showOptional, doc: '`timeout server` of this backend, seconds.' }),
-  field({ name: 'timeoutTunnel', codec: int(0, 86400, 'seconds'), empty: undefined, response: 'TimeoutTunnel', show: showOptional, doc: '`timeout tunnel` (WebSockets) of this backend, seconds.' }),
+  field({ name: 'sslVerifyNone', codec: bool, empty: false, response: 'SslVerifyNone', modes: 'both', doc: 'TLS to the instances, without verifying their certificates.' }),
+  field({ name: 'timeoutServer', codec: int(0, 86400, 'seconds'), empty: undefined, response: 'TimeoutServer', show: showOptional, modes: 'both', doc: '`timeout server` of this backend, seconds.' }),
+  field({ name: 'timeoutTunnel', codec: int(0, 86400, 'seconds'), empty: undefined, response: 'TimeoutTunnel', show: showOptional, modes: 'both', doc: '`timeout tunnel` (WebSockets) of this backend, seconds.' }),
+  field({ name: 'timeoutClient', codec: int(0, 86400, 'seconds'), empty: undefined, response: 'TimeoutClient', show: showOptional, modes: 'tcp', doc: 'tcp only: `timeout client` of its frontend, seconds (default `TIMEOUT_CLIENT`).' }),
+  field({ name: 'checkTcp', codec: bool, empty: false, response: 'CheckTcp', modes: 'tcp', doc: 'tcp only: `option tcp-check` on the backend (a connect check is the default).' }),
+  field({ name: 'clitcpka', codec: bool, empty: false, response: 'Clitcpka', modes: 'tcp', doc: 'tcp only: TCP keep-alive towards clients (`option clitcpka`).' }),
   field({ name: 'verifyClientSsl', codec: bool, empty: false, response: 'VerifyClientSsl', doc: 'With `CA_FILE`: 403 unless the client presented a certificate that verifies. 400 without `CA_FILE`.' }),
 ] as const;
 
 /** Parameters of the original whose meaning this version does not implement: refused by name. */
 export const NOT_YET = new Set([
   'outboundHostname',
-  'timeoutClient',
-  'checkTcp',
-  'clitcpka',
   'serviceGroup',
   'balanceGroup',
   'discoveryType',

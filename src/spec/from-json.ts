@@ -1,4 +1,5 @@
 import { InvalidParamError } from '../errors.js';
+import { checkModes } from './modes.js';
 import { DEST_FIELDS, type FieldDef, fieldContext, SERVICE_FIELDS } from './fields.js';
 import { checkName } from './grammar.js';
 import type { Destination, PathType, ServiceSpec } from './types.js';
@@ -21,9 +22,13 @@ export function specFromJson(raw: unknown, separator = ','): ServiceSpec {
     const dest = object(d, `destinations[${i}]`);
     const index = dest.index;
     if (typeof index !== 'number' || !Number.isInteger(index) || index < 0 || index > 10) throw new InvalidParamError('index', 'index must be 0..10');
-    if (dest.reqMode !== 'http') throw new InvalidParamError('reqMode', 'reqMode must be http');
-    const parsed: Record<string, unknown> = { index, reqMode: 'http' };
+    if (dest.reqMode !== 'http' && dest.reqMode !== 'tcp') throw new InvalidParamError('reqMode', 'reqMode must be http or tcp');
+    const parsed: Record<string, unknown> = { index, reqMode: dest.reqMode };
     readFields(DEST_FIELDS, dest, parsed, separator, 'path_beg');
+    if (dest.reqMode === 'tcp') {
+      if (parsed.srcPort === undefined) throw new InvalidParamError('srcPort', 'a reqMode=tcp destination needs srcPort');
+      return parsed as unknown as Destination;
+    }
     if ((parsed.servicePath as string[]).length === 0) throw new InvalidParamError('servicePath', 'servicePath must be a non-empty list');
     // The writer's parse.ts fills both entry ports with httpsPort; without them the two backends
     // would claim the same routes and the https one would never be used.
@@ -33,6 +38,7 @@ export function specFromJson(raw: unknown, separator = ','): ServiceSpec {
     if (parsed.httpsPort === undefined && parsed.srcHttpsPort !== undefined) throw new InvalidParamError('srcHttpsPort', 'srcHttpsPort needs httpsPort');
     return parsed as unknown as Destination;
   });
+  checkModes(out as unknown as ServiceSpec, (field) => field);
   return out as unknown as ServiceSpec;
 }
 

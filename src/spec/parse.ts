@@ -1,6 +1,7 @@
 import { InvalidParamError, MissingParamError, NoRouteError, UnsupportedParamError } from '../errors.js';
 import { checkBool, checkEnum, checkInt, checkName, describe } from './grammar.js';
 import { DEST_FIELD_NAMES, DEST_FIELDS, type FieldDef, fieldContext, NOT_YET, RAW_CONFIG, SERVICE_FIELDS } from './fields.js';
+import { checkModes } from './modes.js';
 import type { Params } from './params.js';
 import { type Destination, type PathType, REQ_MODES, type ServiceSpec } from './types.js';
 
@@ -107,7 +108,7 @@ function pick(params: Params, field: Pick<FieldDef, 'name' | 'aliases'>, index: 
 function parseDestination(params: Params, index: number, opts: ParseOptions): Destination {
   const [modeName, modeRaw] = pick(params, { name: 'reqMode' }, index);
   const reqMode = modeRaw === undefined ? 'http' : checkEnum(modeName, modeRaw, REQ_MODES);
-  if (reqMode !== 'http') throw new UnsupportedParamError(modeName, `${modeName}=${reqMode} is not supported by this version yet; only http`);
+  if (reqMode === 'sni') throw new UnsupportedParamError(modeName, `${modeName}=sni is not supported by this version yet; http and tcp are`);
   const out: Record<string, unknown> = { index, reqMode };
   let pathType: PathType = 'path_beg';
   for (const field of DEST_FIELDS) {
@@ -123,6 +124,7 @@ function parseDestination(params: Params, index: number, opts: ParseOptions): De
     const pair = DEST_FIELDS.find((f) => f.name === 'reqPathSearchReplace')?.codec.parse(searchName, `${search},${replace ?? ''}`, fieldContext(opts.separator)) as string[];
     out.reqPathSearchReplace = [...pair, ...(out.reqPathSearchReplace as string[])];
   }
+  if (reqMode === 'tcp') return tcpDestination(params, index, opts, out);
   const [srcHttpsName, srcHttpsRaw] = pick(params, { name: 'srcHttpsPort' }, index);
   if (out.httpsPort !== undefined) {
     // The original's defaults, taken from the listeners (80 and 443 with the default DEFAULT_PORTS).
@@ -161,6 +163,20 @@ function parseDestination(params: Params, index: number, opts: ParseOptions): De
   return dest;
 }
 
+/**
+ * A reqMode=tcp destination: a frontend of its own on `srcPort`, which must not be an HTTP
+ * listener. (Its HTTP-only fields are refused by checkModes once the whole spec is parsed.)
+ */
+function tcpDestination(params: Params, index: number, opts: ParseOptions, out: Record<string, unknown>): Destination {
+  const [srcName] = pick(params, { name: 'srcPort' }, index);
+  const port = out.srcPort as number | undefined;
+  if (port === undefined) throw new InvalidParamError(srcName, `reqMode=tcp needs ${srcName}: the port HAProxy listens on for this service`);
+  if (opts.listenerPorts?.has(port)) {
+    throw new InvalidParamError(srcName, `${srcName}=${port} is an HTTP listener (DEFAULT_PORTS or BIND_PORTS); a TCP service needs a port of its own`);
+  }
+  return out as unknown as Destination;
+}
+
 /** Parses and validates a reconfigure request. Throws a DfpError naming the parameter at fault. */
 export function parseReconfigure(params: Params, opts: ParseOptions): ReconfigureRequest {
   const rawName = params.get('serviceName');
@@ -184,6 +200,7 @@ export function parseReconfigure(params: Params, opts: ParseOptions): Reconfigur
   const indexes = destinationIndexes(params);
   out.destinations = indexes.length > 0 ? indexes.map((n) => parseDestination(params, n, opts)) : [parseDestination(params, 0, opts)];
   const spec = out as unknown as ServiceSpec;
+  checkModes(spec, (field, dest) => (dest === undefined ? field : pick(params, { name: field }, dest.index)[0]));
   for (const user of spec.users) {
     const [name = '', password] = user.split(/:(.*)/s);
     if (password === undefined && opts.passwordKnown && !opts.passwordKnown(name, spec.usersSecret)) {

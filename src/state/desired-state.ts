@@ -18,6 +18,12 @@ export const EMPTY_STATE: DesiredState = { services: new Map(), instances: new M
 
 /** Adds or replaces a service. Refuses names that would collide with another service's backends. */
 export function withService(state: DesiredState, spec: ServiceSpec, instances: readonly Instance[]): DesiredState {
+  const tcpPorts = new Map<number, string>();
+  for (const d of spec.destinations) {
+    if (d.reqMode !== 'tcp' || d.srcPort === undefined) continue;
+    if (tcpPorts.has(d.srcPort)) throw new InvalidParamError('srcPort', `srcPort ${d.srcPort} is given to two reqMode=tcp destinations of ${spec.serviceName}`);
+    tcpPorts.set(d.srcPort, spec.serviceName);
+  }
   const routed = routedSpec(spec);
   const mine = new Set(routed.destinations.map((d) => backendName(spec, d)));
   const roots = nameRoots(routed);
@@ -25,6 +31,12 @@ export function withService(state: DesiredState, spec: ServiceSpec, instances: r
     if (other.serviceName === spec.serviceName) continue;
     if (other.aclName === spec.aclName) {
       throw new InvalidParamError('aclName', `aclName ${spec.aclName} is already used by service ${other.serviceName}`);
+    }
+    for (const d of other.destinations) {
+      // One TCP frontend per port: without SNI, nothing tells two services on it apart.
+      if (d.reqMode === 'tcp' && d.srcPort !== undefined && tcpPorts.has(d.srcPort)) {
+        throw new InvalidParamError('srcPort', `srcPort ${d.srcPort} is already the TCP port of service ${other.serviceName}`);
+      }
     }
     // Backend names are `[https-]<aclName>-be…`: equal names need one root to be a prefix of the other.
     const theirs = routedSpec(other);

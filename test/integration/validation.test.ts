@@ -64,6 +64,11 @@ describe('validation: bad and hostile input changes nothing', () => {
     { param: 'serviceColor', base: { serviceName: 'demo', servicePath: '/x' } },
     { param: 'skipCheck', base: { serviceName: 'demo', servicePath: '/x' } },
     { param: 'reqMode', base: { serviceName: 'demo', servicePath: '/x' } },
+    // reqMode=tcp destinations (issue 10).
+    { param: 'timeoutClient', base: { serviceName: 'demo', reqMode: 'tcp', srcPort: '29999' } },
+    { param: 'checkTcp', base: { serviceName: 'demo', reqMode: 'tcp', srcPort: '29999' } },
+    { param: 'clitcpka', base: { serviceName: 'demo', reqMode: 'tcp', srcPort: '29999' } },
+    { param: 'srcPort', base: { serviceName: 'demo', reqMode: 'tcp' } },
     { param: 'replicas', base: { serviceName: 'demo', servicePath: '/x' } },
     { param: 'distribute', base: { serviceName: 'demo', servicePath: '/x' } },
   ];

@@ -95,7 +95,8 @@ describe('reconfigure parameters', () => {
   it('raw configuration and not-yet-supported routing parameters are refused by name', () => {
     rejects('serviceName=a&servicePath=/x&consulTemplateFePath=/t', 'DFP_ERR_UNSUPPORTED_PARAM', 'consulTemplateFePath');
     rejects('serviceName=a&servicePath=/x&outboundHostname=a.com', 'DFP_ERR_UNSUPPORTED_PARAM', 'outboundHostname');
-    rejects('serviceName=a&servicePath=/x&reqMode=tcp', 'DFP_ERR_UNSUPPORTED_PARAM', 'reqMode');
+    rejects('serviceName=a&srcPort=9000&reqMode=sni', 'DFP_ERR_UNSUPPORTED_PARAM', 'reqMode');
+    rejects('serviceName=a&servicePath=/x&srcPort=9000&reqMode=tcp', 'DFP_ERR_INVALID_PARAM', 'servicePath');
   });
 
   it('srcPort must be a port HAProxy listens on (else the route could never be reached)', () => {
@@ -139,6 +140,31 @@ describe('reconfigure parameters', () => {
     for (const key of ['srcPort', 'srcHttpsPort', 'httpsPort']) {
       assert.throws(() => specFromJson(without(key)), (e: unknown) => e instanceof DfpError && e.parameter === 'srcHttpsPort', key);
     }
+  });
+
+  it('reqMode=tcp: srcPort required and not an HTTP listener; HTTP-only fields refused by name, also from stored JSON', () => {
+    const o = { separator: ',', listenerPorts: new Set([80, 443]) };
+    const r = parse('serviceName=db&reqMode=tcp&srcPort=5432&checkTcp=true', o);
+    assert.equal(r.kind, 'upsert');
+    if (r.kind !== 'upsert') return;
+    assert.deepEqual([r.spec.destinations[0]?.reqMode, r.spec.destinations[0]?.srcPort, r.spec.destinations[0]?.checkTcp], ['tcp', 5432, true]);
+    assert.deepEqual(specFromJson(JSON.parse(specToJson(r.spec))), r.spec);
+    const fails = (q: string, parameter: string) =>
+      assert.throws(
+        () => parse(q, o),
+        (e: unknown) => e instanceof DfpError && e.code === 'DFP_ERR_INVALID_PARAM' && e.parameter === parameter,
+        q,
+      );
+    fails('serviceName=db&reqMode=tcp', 'srcPort');
+    fails('serviceName=db&reqMode=tcp&srcPort=80', 'srcPort');
+    fails('serviceName=db&reqMode=tcp&srcPort=5432&servicePathExclude=/x', 'servicePathExclude');
+    fails('serviceName=db&reqMode=tcp&srcPort=5432&users=a:b', 'users');
+    // Mixed: users apply to the http destination; an indexed HTTP-only field on the tcp one is named with its index.
+    assert.equal(parse('serviceName=db&reqMode.1=tcp&port.1=5432&srcPort.1=5432&servicePath.2=/ui&users=a:b', o).kind, 'upsert');
+    fails('serviceName=db&reqMode.1=tcp&port.1=5432&srcPort.1=5432&userAgent.1=curl&servicePath.2=/ui', 'userAgent.1');
+    const stored = JSON.parse(specToJson(r.spec)) as { destinations: Record<string, unknown>[] };
+    stored.destinations[0] = { ...stored.destinations[0], servicePath: ['/x'] };
+    assert.throws(() => specFromJson(stored), (e: unknown) => e instanceof DfpError && e.parameter === 'servicePath');
   });
 
   it('verifyClientSsl needs CA_FILE', () => {

@@ -115,6 +115,22 @@ const FIXTURES: Record<string, { settings?: Partial<RenderSettings>; services: S
       },
     ],
   },
+  tcp: {
+    services: [
+      {
+        // reqMode=tcp: a frontend of its own per srcPort; next to an http destination of the same service.
+        spec: spec({
+          serviceName: 'redis',
+          destinations: [
+            { index: 1, reqMode: 'tcp', servicePath: [], srcPort: 6379, port: 6379, timeoutClient: 600, clitcpka: true, checkTcp: true },
+            { index: 2, servicePath: ['/redis-ui'] },
+          ],
+        }),
+        instances: [inst('h:redis.0:6379', 32000)],
+      },
+      { spec: spec({ serviceName: 'pg', skipCheck: true, destinations: [{ reqMode: 'tcp', servicePath: [], srcPort: 5432 }] }), instances: [inst('h:pg.0:5432', 32001)] },
+    ],
+  },
   stats: {
     settings: { stats: { uri: '/admin?stats', port: undefined, auth: { user: 'admin', pass: 'pa$$word!' } } },
     services: [{ spec: spec({ serviceName: 'web', destinations: [{ servicePath: ['/'], pathType: 'path_beg' }] }), instances: [inst('h:web.0:80', 31000)] }],
