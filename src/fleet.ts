@@ -59,6 +59,11 @@ export class Fleet {
     private readonly waitSeconds: number,
     /** The instance watch, told what direct reads found (it may hold newer instances). */
     private readonly follower: InstanceFollower = NO_FOLLOWER,
+    /**
+     * Services of this replica's own (the environment's DFP_SERVICE_*): applied under the shared
+     * specs, which win for the same name; never written to KV, never removed by a KV change.
+     */
+    private readonly local: ReadonlyMap<string, ServiceSpec> = new Map(),
   ) {}
 
   /**
@@ -161,7 +166,7 @@ export class Fleet {
     const stored = await this.store.list(at.index, this.waitSeconds, this.ctrl.signal);
     if (stored.index < at.highest) {
       const current = [...this.reconciler.snapshot().services.values()];
-      const lost = current.filter((spec) => !stored.specs.has(spec.serviceName));
+      const lost = current.filter((spec) => !stored.specs.has(spec.serviceName) && this.local.get(spec.serviceName) !== spec);
       if (lost.length > 0) {
         // Create-only: a spec another replica already wrote back (or wrote anew) wins.
         this.log.warn(`Consul lost its state (index ${at.highest} -> ${stored.index}); writing back ${lost.length} missing spec(s) from this replica`);
@@ -198,7 +203,8 @@ export class Fleet {
   }
 
   /** Brings the local desired state to exactly these specs: one batch, one apply. */
-  private async applySpecs(specs: ReadonlyMap<string, ServiceSpec>, trigger: string, replaceAll: boolean, source: InstanceSource = this.instances): Promise<void> {
+  private async applySpecs(shared: ReadonlyMap<string, ServiceSpec>, trigger: string, replaceAll: boolean, source: InstanceSource = this.instances): Promise<void> {
+    const specs = this.local.size === 0 ? shared : new Map([...this.local, ...shared]);
     const current = this.reconciler.snapshot();
     const changed = [...specs.values()].filter((s) => {
       const have = current.services.get(s.serviceName);

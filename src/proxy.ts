@@ -4,10 +4,12 @@ import os from 'node:os';
 import type { ChangeOptions, DryRunResult, ProxyCore } from './api/core.js';
 import { listReplicas, ReplicaPublisher, type ReplicaReport, readReplicas } from './consul/replicas.js';
 import { ConsulSpecStore } from './consul/spec-store.js';
-import { ConfigRejectedError, DfpError, FdLimitError } from './errors.js';
+import { ConfigRejectedError, DfpError, FdLimitError, InvalidParamError } from './errors.js';
 import { Fleet, specsHash } from './fleet.js';
 import { ApiServer } from './api/server.js';
 import { PrecheckBatch } from './apply/precheck-batch.js';
+import { type EnvService, envServices } from './sources/env-services.js';
+import type { ParseOptions } from './spec/parse.js';
 import { IdleGc } from './util/idle-gc.js';
 import { ConfigApplier } from './apply/applier.js';
 import { CertManager, type CertListing, type CertOutcome } from './certs/manager.js';
@@ -99,6 +101,8 @@ export class FlowProxy implements ProxyCore {
   private replicaId = '';
   /** TLS certificates (src/certs). */
   private certs: CertManager | undefined;
+  /** Services defined by DFP_SERVICE_* variables, by name: this replica's own, under the shared ones. */
+  private fromEnv: ReadonlyMap<string, EnvService> = new Map();
   /** Gives the memory of a burst of changes back once it is over (util/idle-gc.ts). */
   readonly idleGc = new IdleGc();
   /** HAProxy's verdict on API changes, one `haproxy -c` per burst (apply/precheck-batch.ts). */
@@ -122,6 +126,8 @@ export class FlowProxy implements ProxyCore {
   ) {}
 
   static async start(settings: Settings, log: Logger): Promise<FlowProxy> {
+    // Services from the environment are checked before anything starts: a bad one stops start-up.
+    const fromEnv = envServices(settings.serviceVariables, parseOptionsOf(settings), settings.defaultProtocol);
     const paths = statePaths(settings.stateDir);
     mkdirSync(paths.stateDir, { recursive: true });
     let localConsul: ConsulAgent | undefined;
@@ -219,19 +225,12 @@ export class FlowProxy implements ProxyCore {
       const store = new ConsulSpecStore(consul, settings.proxyInstanceName, log.child('kv'), settings.separator);
       proxy = new FlowProxy(settings, log, haproxy, applier, reconciler, source, watcher, consul, store, localConsul, undefined);
       proxy.certs = certs;
+      proxy.fromEnv = new Map(fromEnv.map((e) => [e.spec.serviceName, e]));
+      if (fromEnv.length > 0) log.info(`${fromEnv.length} service${fromEnv.length === 1 ? '' : 's'} from the environment: ${fromEnv.map((e) => `${e.spec.serviceName} (${e.prefix}*)`).join(', ')}`);
       certs.onApplied = () => proxy?.publisher?.publish();
-      const h = settings.http;
       const api = new ApiServer(
         proxy,
-        {
-          separator: settings.separator,
-          listenerPorts: new Set(settings.listeners.map((l) => l.port)),
-          entryPorts: { plain: settings.listeners.find((l) => !l.ssl)?.port, tls: settings.listeners.find((l) => l.ssl)?.port },
-          clientCa: h.caFile !== undefined,
-          // F16: a user without a password must get one from its usersSecret file or USERS.
-          passwordKnown: (user, secret) =>
-            [...(secret ? (h.userSecrets.get(secret) ?? []) : []), ...h.users].some((u) => u.startsWith(`${user}:`)),
-        },
+        parseOptionsOf(settings),
         log.child('api'),
         settings.filterProxyInstanceName ? settings.proxyInstanceName : undefined,
       );
@@ -264,6 +263,7 @@ export class FlowProxy implements ProxyCore {
       this.log.child('fleet'),
       this.settings.consulWatchWait,
       this.watcher,
+      new Map([...this.fromEnv].map(([name, e]) => [name, e.spec])),
     );
     this.fleet = fleet;
     this.publisher = new ReplicaPublisher(this.consul, replicaPrefix, this.replicaId, () => this.report(), this.log.child('replica'));
@@ -307,7 +307,7 @@ export class FlowProxy implements ProxyCore {
       api: `http://${this.settings.apiHost}:${this.apiPort}`,
       generation,
       configHash: hash,
-      specsHash: specsHash(this.reconciler.snapshot().services.values()),
+      specsHash: specsHash(this.sharedSpecs(this.reconciler.snapshot())),
       kvIndex: this.fleet?.kvIndex ?? 0,
       certsIndex: this.certs?.appliedIndex ?? 0,
       certsRefused: this.certs?.refusedNames() ?? [],
@@ -366,6 +366,8 @@ export class FlowProxy implements ProxyCore {
     const instances = await this.instances.instances(consulServiceName(spec));
     const change: Change = (s) => withService(s, spec, instances);
     const warnings: string[] = [];
+    const env = this.fromEnv.get(spec.serviceName);
+    if (env) warnings.push(`${spec.serviceName} is also defined by ${env.prefix}* in this proxy's environment; this one wins until it is removed`);
     if (instances.length === 0) warnings.push(`Consul has no healthy instance of ${consulServiceName(spec)} yet; the route answers 503 until one passes`);
     const next = change(this.reconciler.snapshot()); // refuses a taken aclName before anything is stored
     if (options.dryRun) return { warnings, dryRun: this.preview(next) };
@@ -437,7 +439,13 @@ export class FlowProxy implements ProxyCore {
         ? undefined
         : [...services.values()].find((s) => s.aclName === aclName)?.serviceName;
     if (target === undefined) return { removed: false, serviceName, ...(options.dryRun ? { dryRun: { kind: 'none', diff: '', commands: [] } } : {}) };
-    const change: Change = (s) => withoutService(s, target);
+    const env = this.fromEnv.get(target);
+    if (env && services.get(target) === env.spec) {
+      throw new InvalidParamError('serviceName', `${target} is defined by ${env.prefix}* in this proxy's environment; change the environment to remove it`);
+    }
+    // The environment's service of that name, if any, takes its place again (the API's one won over it).
+    const fallback = this.fromEnv.get(target)?.spec;
+    const change: Change = fallback ? (s) => withService(withoutService(s, target), fallback, s.instances.get(consulServiceName(fallback)) ?? []) : (s) => withoutService(s, target);
     if (options.dryRun) return { removed: false, serviceName: target, dryRun: this.preview(change(this.reconciler.snapshot())) };
     this.assertReady();
     const written = this.fleet?.beginOwnWrite();
@@ -507,6 +515,20 @@ export class FlowProxy implements ProxyCore {
     return this.applier.liveConfig() ?? '';
   }
 
+  /**
+   * Where a live service comes from: `api` (an API call, shared through Consul KV), or `env` with
+   * the variables that define it. An API call for a name the environment defines wins.
+   */
+  sourceOf(serviceName: string): { Source: 'api' | 'env'; EnvVariables?: string } {
+    const env = this.fromEnv.get(serviceName);
+    return env && this.reconciler.snapshot().services.get(serviceName) === env.spec ? { Source: 'env', EnvVariables: `${env.prefix}*` } : { Source: 'api' };
+  }
+
+  /** The specs every replica of the fleet shares (agreement is about those; env services are each replica's own). */
+  private sharedSpecs(state: DesiredState): ServiceSpec[] {
+    return [...state.services.values()].filter((spec) => this.fromEnv.get(spec.serviceName)?.spec !== spec);
+  }
+
   services(): ServiceSpec[] {
     return [...this.reconciler.snapshot().services.values()].sort((a, b) => (a.serviceName < b.serviceName ? -1 : 1));
   }
@@ -514,7 +536,7 @@ export class FlowProxy implements ProxyCore {
   async status(): Promise<Record<string, unknown>> {
     const state = this.reconciler.snapshot();
     const { generation, hash } = this.applier.current();
-    const mine = specsHash(state.services.values());
+    const mine = specsHash(this.sharedSpecs(state));
     const { replicas, unknown } = this.fleet ? await readReplicas(this.consul, this.fleet.replicaPrefix) : { replicas: null, unknown: 'not part of the fleet yet' };
     return {
       Ready: this.ready,
@@ -547,6 +569,7 @@ export class FlowProxy implements ProxyCore {
         ServiceName: spec.serviceName,
         ConsulService: consulServiceName(spec),
         Instances: state.instances.get(consulServiceName(spec))?.length ?? 0,
+        ...this.sourceOf(spec.serviceName),
       })),
     };
   }
@@ -560,4 +583,17 @@ function memoryMb(): Record<string, number> {
   const m = process.memoryUsage();
   const mb = (n: number) => Math.round((n / 1048576) * 10) / 10;
   return { rss: mb(m.rss), heapTotal: mb(m.heapTotal), heapUsed: mb(m.heapUsed), external: mb(m.external), arrayBuffers: mb(m.arrayBuffers) };
+}
+
+/** How requests (and services from the environment) are parsed with these settings. */
+function parseOptionsOf(settings: Settings): ParseOptions {
+  const h = settings.http;
+  return {
+    separator: settings.separator,
+    listenerPorts: new Set(settings.listeners.map((l) => l.port)),
+    entryPorts: { plain: settings.listeners.find((l) => !l.ssl)?.port, tls: settings.listeners.find((l) => l.ssl)?.port },
+    clientCa: h.caFile !== undefined,
+    // F16: a user without a password must get one from its usersSecret file or USERS.
+    passwordKnown: (user, secret) => [...(secret ? (h.userSecrets.get(secret) ?? []) : []), ...h.users].some((u) => u.startsWith(`${user}:`)),
+  };
 }

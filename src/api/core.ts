@@ -31,6 +31,8 @@ export interface ProxyCore {
   liveConfig(): string;
   /** Every configured service, by serviceName. */
   services(): ServiceSpec[];
+  /** Where a service comes from (`api`, or `env` with the variables that define it); shown beside its model. */
+  sourceOf?(serviceName: string): Record<string, unknown>;
   status(): Promise<Record<string, unknown>>;
   isReady(): boolean;
 }

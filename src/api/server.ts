@@ -99,7 +99,7 @@ export class ApiServer {
         return sendJson(res, 200, { Status: 'OK', Message: '' });
       }
       case 'config':
-        if (params.get('type') === 'json') return sendJson(res, 200, Object.fromEntries(this.core.services().map((s) => [s.serviceName, serviceModel(s)])));
+        if (params.get('type') === 'json') return sendJson(res, 200, Object.fromEntries(this.core.services().map((s) => [s.serviceName, { ...serviceModel(s), ...this.core.sourceOf?.(s.serviceName) }])));
         return sendText(res, 200, this.core.liveConfig());
       case 'certs':
         return sendJson(res, 200, { Status: 'OK', Message: '', Certs: this.core.certList() });

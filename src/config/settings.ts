@@ -29,6 +29,10 @@ export interface Settings {
   readonly maxconn: number;
   /** How old HAProxy workers drain after a reload (render/haproxy-config.ts `global`). */
   readonly drain: Readonly<Drain>;
+  /** The `DFP_SERVICE_*` variables: services defined by the environment (sources/env-services.ts). */
+  readonly serviceVariables: Readonly<Record<string, string>>;
+  /** `reqMode` of services from the environment that do not set one (`DEFAULT_PROTOCOL`). */
+  readonly defaultProtocol: 'http' | 'tcp';
   readonly debug: boolean;
   readonly logLevel: Level;
   /** Route only to instances whose Consul checks pass (false: every registered instance). */
@@ -299,6 +303,8 @@ export function loadSettings(env: Env = process.env): Settings {
       hardStopAfter: int(env, 'HARD_STOP_AFTER', Math.max(1, tunnel), 1, 7 * day),
       maxReloads: int(env, 'WORKER_MAX_RELOADS', 10, 1, 1000),
     },
+    serviceVariables: Object.fromEntries(Object.entries(env).filter((e): e is [string, string] => e[0].startsWith('DFP_SERVICE_') && typeof e[1] === 'string')),
+    defaultProtocol: oneOf(env, 'DEFAULT_PROTOCOL', ['http', 'tcp'] as const, 'http'),
     debug: bool(env, 'DEBUG', false),
     logLevel: parseLevel(lookup(env, 'LOG_LEVEL')),
     consulPassingOnly: bool(env, 'CONSUL_PASSING_ONLY', true),
