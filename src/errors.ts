@@ -12,6 +12,7 @@ export type ErrorCode =
   | 'DFP_ERR_RELOAD_FAILED' // HAProxy did not come up with the new config
   | 'DFP_ERR_HAPROXY_UNAVAILABLE'
   | 'DFP_ERR_CONSUL_UNAVAILABLE'
+  | 'DFP_ERR_LISTENER_UNAVAILABLE' // the Swarm Listener (LISTENER_ADDRESS) did not answer
   | 'DFP_ERR_SETTINGS' // bad environment at start-up
   | 'DFP_ERR_SHUTTING_DOWN'
   | 'DFP_ERR_REPLICAS_LAGGING' // wait=all timed out: some live replicas have not applied the change
@@ -147,4 +148,10 @@ export function asDfpError(err: unknown): DfpError {
   if (err instanceof DfpError) return err;
   const message = err instanceof Error ? err.message : String(err);
   return new DfpError('DFP_ERR_INTERNAL', message, { cause: err });
+}
+
+export class ListenerUnavailableError extends DfpError {
+  constructor(message: string, cause?: unknown) {
+    super('DFP_ERR_LISTENER_UNAVAILABLE', message, { cause });
+  }
 }

@@ -9,6 +9,8 @@ import { Fleet, specsHash } from './fleet.js';
 import { ApiServer } from './api/server.js';
 import { PrecheckBatch } from './apply/precheck-batch.js';
 import { type EnvService, envServices } from './sources/env-services.js';
+import { SwarmListener } from './sources/swarm-listener.js';
+import { specToJson } from './spec/from-json.js';
 import type { ParseOptions } from './spec/parse.js';
 import { IdleGc } from './util/idle-gc.js';
 import { ConfigApplier } from './apply/applier.js';
@@ -101,6 +103,10 @@ export class FlowProxy implements ProxyCore {
   private replicaId = '';
   /** TLS certificates (src/certs). */
   private certs: CertManager | undefined;
+  /** The Swarm Listener (LISTENER_ADDRESS), pulled at start-up. */
+  private listener: SwarmListener | undefined;
+  /** Aborted by stop(): start-up work that retries (the listener pull) ends with it. */
+  private readonly lifetime = new AbortController();
   /** Services defined by DFP_SERVICE_* variables, by name: this replica's own, under the shared ones. */
   private fromEnv: ReadonlyMap<string, EnvService> = new Map();
   /** Gives the memory of a burst of changes back once it is over (util/idle-gc.ts). */
@@ -226,6 +232,7 @@ export class FlowProxy implements ProxyCore {
       proxy = new FlowProxy(settings, log, haproxy, applier, reconciler, source, watcher, consul, store, localConsul, undefined);
       proxy.certs = certs;
       proxy.fromEnv = new Map(fromEnv.map((e) => [e.spec.serviceName, e]));
+      if (settings.listenerUrl) proxy.listener = new SwarmListener(settings.listenerUrl, log.child('listener'));
       if (fromEnv.length > 0) log.info(`${fromEnv.length} service${fromEnv.length === 1 ? '' : 's'} from the environment: ${fromEnv.map((e) => `${e.spec.serviceName} (${e.prefix}*)`).join(', ')}`);
       certs.onApplied = () => proxy?.publisher?.publish();
       const api = new ApiServer(
@@ -275,6 +282,8 @@ export class FlowProxy implements ProxyCore {
       const fromModel = (await this.watcher.modelReady(MODEL_WAIT_MS))
         ? { instances: (name: string) => Promise.resolve(this.watcher.modelInstances(name) ?? []) }
         : undefined;
+      // The Swarm Listener's services join the shared specs first, so one apply routes them all.
+      if (this.listener) await this.pullListener(this.listener);
       await fleet.restore(fromModel);
       if (!fleet.restored) return;
       if (certsNeedReload) {
@@ -288,6 +297,42 @@ export class FlowProxy implements ProxyCore {
       this.publisher?.start();
       this.log.info(`ready: serving ${this.reconciler.snapshot().services.size} services as replica ${this.replicaId} of ${this.settings.proxyInstanceName}`);
     })();
+  }
+
+  /**
+   * LISTENER_ADDRESS: the listener's services (get-services), retried every RELOAD_INTERVAL until it
+   * answers, written to the shared specs where they differ (replicas=0: removed), so the start-up
+   * restore applies them with everything else in one apply. Only then is the proxy ready.
+   */
+  private async pullListener(listener: SwarmListener): Promise<void> {
+    const requests = await listener.services(parseOptionsOf(this.settings), this.settings.reloadInterval, this.lifetime.signal);
+    if (requests === undefined) return;
+    const stored = (await this.store.list()).specs;
+    let written = 0;
+    let removed = 0;
+    for (const r of requests) {
+      try {
+        if (r.kind === 'remove') {
+          if (!stored.has(r.serviceName)) continue;
+          await this.store.delete(r.serviceName);
+          removed++;
+          continue;
+        }
+        const have = stored.get(r.spec.serviceName);
+        if (have && specToJson(have) === specToJson(r.spec)) continue;
+        await this.store.put(r.spec, have === undefined);
+        written++;
+      } catch (err) {
+        this.log.error(`storing the Swarm Listener's service ${r.kind === 'remove' ? r.serviceName : r.spec.serviceName}: ${(err as Error).message}`);
+      }
+    }
+    this.log.info(`Swarm Listener at ${listener.baseUrl}: ${requests.length} services, ${written} stored, ${removed} removed`);
+  }
+
+  /** `reload?fromListener=true`: the listener sends every notification again. */
+  async notifyListener(): Promise<void> {
+    if (!this.listener) throw new InvalidParamError('fromListener', 'fromListener needs LISTENER_ADDRESS, which is not set');
+    await this.listener.notifyServices();
   }
 
   /** Changes wait for the start-up restore: applied before it, the restore would undo them. */
@@ -321,6 +366,7 @@ export class FlowProxy implements ProxyCore {
 
   async stop(): Promise<void> {
     this.ready = false;
+    this.lifetime.abort();
     this.log.info('stopping');
     const steps: [string, () => unknown][] = [
       ['closing the API', () => this.api?.close()],

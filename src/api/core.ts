@@ -19,6 +19,8 @@ export interface ProxyCore {
   /** Removes by serviceName, or by aclName when no service has that name. */
   remove(serviceName: string, aclName?: string, options?: Partial<ChangeOptions>): Promise<{ removed: boolean; serviceName: string; dryRun?: DryRunResult }>;
   reload(recreate: boolean): Promise<void>;
+  /** `reload?fromListener=true`: asks the Swarm Listener to send every notification again. */
+  notifyListener?(): Promise<void>;
   /**
    * Stores a certificate (PEM chain + key); 400 naming `parameter` when it is not one. With dryRun,
    * what it would do; with waitAll, every live replica's result.

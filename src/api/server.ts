@@ -92,8 +92,11 @@ export class ApiServer {
       }
       case 'reload': {
         const recreate = flag(params, 'recreate');
-        if (params.has('fromListener') && flag(params, 'fromListener')) {
-          throw new InvalidParamError('fromListener', 'fromListener needs LISTENER_ADDRESS, which this proxy does not use yet');
+        if (flag(params, 'fromListener')) {
+          if (!this.core.notifyListener) throw new InvalidParamError('fromListener', 'fromListener needs LISTENER_ADDRESS, which is not set');
+          // The listener re-sends every service as a reconfigure: no reload of our own.
+          await this.core.notifyListener();
+          return sendJson(res, 200, { Status: 'OK', Message: 'the Swarm Listener was asked to send every service again' });
         }
         await this.core.reload(recreate);
         return sendJson(res, 200, { Status: 'OK', Message: '' });

@@ -33,6 +33,10 @@ export interface Settings {
   readonly serviceVariables: Readonly<Record<string, string>>;
   /** `reqMode` of services from the environment that do not set one (`DEFAULT_PROTOCOL`). */
   readonly defaultProtocol: 'http' | 'tcp';
+  /** The Docker Flow Swarm Listener's base URL (`LISTENER_ADDRESS`), pulled at start-up. */
+  readonly listenerUrl: string | undefined;
+  /** How long to wait between tries of the listener at start-up, ms (`RELOAD_INTERVAL`). */
+  readonly reloadInterval: number;
   readonly debug: boolean;
   readonly logLevel: Level;
   /** Route only to instances whose Consul checks pass (false: every registered instance). */
@@ -118,6 +122,24 @@ type Env = Record<string, string | undefined>;
  * A Docker secret `dfp_<lower-case name>` in SECRETS_DIR (default /run/secrets) overrides the env
  * variable of the same name, as in the original.
  */
+/**
+ * `LISTENER_ADDRESS` as the original took it, a host (`swarm-listener`, port 8080 implied) or
+ * `host:port`; a full `http(s)://` URL is taken as is.
+ */
+function listenerUrl(raw: string | undefined): string | undefined {
+  if (raw === undefined) return undefined;
+  const withScheme = /^https?:\/\//.test(raw) ? raw : `http://${raw}`;
+  let url: URL;
+  try {
+    url = new URL(withScheme);
+  } catch {
+    throw new SettingsError('LISTENER_ADDRESS', `must be a host, host:port or an http(s) URL; got ${JSON.stringify(raw)}`);
+  }
+  if (url.username || url.password || url.search || url.hash) throw new SettingsError('LISTENER_ADDRESS', 'must not carry credentials, a query or a fragment');
+  if (!/^https?:\/\//.test(raw) && url.port === '') url.port = '8080';
+  return url.toString().replace(/\/+$/, '');
+}
+
 function lookup(env: Env, name: string): string | undefined {
   const secretsDir = env.SECRETS_DIR ?? '/run/secrets';
   const file = path.join(secretsDir, `dfp_${name.toLowerCase()}`);
@@ -305,6 +327,8 @@ export function loadSettings(env: Env = process.env): Settings {
     },
     serviceVariables: Object.fromEntries(Object.entries(env).filter((e): e is [string, string] => e[0].startsWith('DFP_SERVICE_') && typeof e[1] === 'string')),
     defaultProtocol: oneOf(env, 'DEFAULT_PROTOCOL', ['http', 'tcp'] as const, 'http'),
+    listenerUrl: listenerUrl(lookup(env, 'LISTENER_ADDRESS')),
+    reloadInterval: int(env, 'RELOAD_INTERVAL', 5000, 10, 3_600_000),
     debug: bool(env, 'DEBUG', false),
     logLevel: parseLevel(lookup(env, 'LOG_LEVEL')),
     consulPassingOnly: bool(env, 'CONSUL_PASSING_ONLY', true),

@@ -129,3 +129,16 @@ describe('IdleGc: one full collection once the work is over', () => {
     gc.stop();
   });
 });
+
+describe('LISTENER_ADDRESS', () => {
+  const url = (v: string) => loadSettings({ STATE_DIR: '/tmp/x', LISTENER_ADDRESS: v }).listenerUrl;
+  it('a host means port 8080; host:port and URLs are kept; anything else stops start-up naming it', () => {
+    assert.equal(url('swarm-listener'), 'http://swarm-listener:8080');
+    assert.equal(url('10.0.0.5:9000'), 'http://10.0.0.5:9000');
+    assert.equal(url('https://listener.local/'), 'https://listener.local');
+    assert.equal(loadSettings({ STATE_DIR: '/tmp/x' }).listenerUrl, undefined);
+    for (const bad of ['http://a b', 'http://u:p@h', 'h?x=1']) {
+      assert.throws(() => url(bad), (e: unknown) => e instanceof DfpError && e.parameter === 'LISTENER_ADDRESS', bad);
+    }
+  });
+});
