@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { repeatWithBackoff, retryUntilDone } from './consul/kv.js';
 import type { Reconciler } from './apply/reconciler.js';
-import { ConfigRejectedError, ReplicasLaggingError, ReplicasUnknownError } from './errors.js';
+import { ConfigRejectedError, ReloadFailedError, ReplicasLaggingError, ReplicasUnknownError } from './errors.js';
 import { listReplicas, noReportsReason, type ReplicaReport } from './consul/replicas.js';
 import type { ConsulSpecStore } from './consul/spec-store.js';
 import { type InstanceFollower, type InstanceSource, NO_FOLLOWER } from './discovery/types.js';
@@ -253,7 +253,9 @@ export class Fleet {
         }
       }
     } catch (err) {
-      if (!(err instanceof ConfigRejectedError)) throw err;
+      // A refused config, or one HAProxy could not load (a TCP port taken on this host): one bad
+      // spec must not hold back the others, nor every later change.
+      if (!(err instanceof ConfigRejectedError) && !(err instanceof ReloadFailedError)) throw err;
       // One bad spec must not hold back the others: apply them one by one, skipping what HAProxy refuses.
       this.log.error(`HAProxy refused the shared specs as a whole (${err.message}); applying them one by one`);
       await this.reconciler.submit(`${label} (removals)`, (state) => removed.reduce(withoutService, state));

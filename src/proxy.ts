@@ -426,7 +426,9 @@ export class FlowProxy implements ProxyCore {
     await this.prechecks.run(change).catch((err: unknown) => {
       throw err instanceof ConfigRejectedError && !(err instanceof FdLimitError) ? new ConfigRejectedError(err.output, true) : err;
     });
-    const previous = this.reconciler.snapshot().services.get(spec.serviceName);
+    // The environment's spec of that name is this replica's own: the shared store never sees it.
+    const live = this.reconciler.snapshot().services.get(spec.serviceName);
+    const previous = live !== undefined && this.fromEnv.get(spec.serviceName)?.spec === live ? undefined : live;
     // Our own write goes live here first; the fleet's KV watch must not apply an older snapshot over it.
     const written = this.fleet?.beginOwnWrite();
     let landed: number | undefined;
@@ -494,6 +496,7 @@ export class FlowProxy implements ProxyCore {
     const change: Change = fallback ? (s) => withService(withoutService(s, target), fallback, s.instances.get(consulServiceName(fallback)) ?? []) : (s) => withoutService(s, target);
     if (options.dryRun) return { removed: false, serviceName: target, dryRun: this.preview(change(this.reconciler.snapshot())) };
     this.assertReady();
+    change(this.reconciler.snapshot()); // refuses (400) before anything is deleted, e.g. an env fallback that no longer fits
     const written = this.fleet?.beginOwnWrite();
     let index: number | undefined;
     try {
@@ -641,5 +644,9 @@ function parseOptionsOf(settings: Settings): ParseOptions {
     clientCa: h.caFile !== undefined,
     // F16: a user without a password must get one from its usersSecret file or USERS.
     passwordKnown: (user, secret) => [...(secret ? (h.userSecrets.get(secret) ?? []) : []), ...h.users].some((u) => u.startsWith(`${user}:`)),
+    reservedPorts: new Map<number, string>([
+      ...(settings.apiPort > 0 ? [[settings.apiPort, "the API's port (PORT)"] as [number, string]] : []),
+      ...(settings.stats?.port !== undefined ? [[settings.stats.port, 'the stats page (STATS_PORT)'] as [number, string]] : []),
+    ]),
   };
 }

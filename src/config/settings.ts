@@ -322,7 +322,8 @@ export function loadSettings(env: Env = process.env): Settings {
     drain: {
       // A tunnel (WebSocket, TCP) idle for TIMEOUT_TUNNEL is closed anyway: by default an old worker
       // may wait that long for its last one.
-      hardStopAfter: int(env, 'HARD_STOP_AFTER', Math.max(1, tunnel), 1, 7 * day),
+      // TIMEOUT_TUNNEL=0 means no tunnel timeout: then an hour, not a second.
+      hardStopAfter: int(env, 'HARD_STOP_AFTER', tunnel > 0 ? tunnel : 3600, 1, 7 * day),
       maxReloads: int(env, 'WORKER_MAX_RELOADS', 10, 1, 1000),
     },
     serviceVariables: Object.fromEntries(Object.entries(env).filter((e): e is [string, string] => e[0].startsWith('DFP_SERVICE_') && typeof e[1] === 'string')),

@@ -231,7 +231,7 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
     ...(settings.compression.type.length > 0 ? [`    compression type ${settings.compression.type.join(' ')}`] : []),
     '',
     ...renderFrontend(settings, routes, lookups),
-    ...renderTcpFrontends(ordered, nameOf),
+    ...renderTcpFrontends(ordered, nameOf, settings.debug),
   ];
 
   // --- backends ---
@@ -488,14 +488,16 @@ function renderFrontend(settings: RenderSettings, routes: ReturnType<typeof buil
  * One frontend per reqMode=tcp destination, on its srcPort (withService keeps ports unique),
  * ordered by port: bytes go to the destination's backend as they come.
  */
-function renderTcpFrontends(services: readonly ServiceState[], nameOf: (spec: ServiceSpec, dest: Destination) => string): string[] {
+function renderTcpFrontends(services: readonly ServiceState[], nameOf: (spec: ServiceSpec, dest: Destination) => string, debug: boolean): string[] {
   const tcp = services.flatMap(({ spec }) => spec.destinations.filter((d) => d.reqMode === 'tcp' && d.srcPort !== undefined).map((dest) => ({ spec, dest, port: dest.srcPort as number })));
   tcp.sort((a, b) => a.port - b.port);
   return tcp.flatMap(({ spec, dest, port }) => [
     '',
-    `frontend tcp_${port}`,
+    // The original's name: its stats rows (`tcpFE_6379,FRONTEND`) are what dashboards read.
+    `frontend tcpFE_${port}`,
     `    bind *:${port}`,
     '    mode tcp',
+    ...(debug ? ['    option tcplog'] : []),
     ...(dest.clitcpka ? ['    option clitcpka'] : []),
     ...(dest.timeoutClient !== undefined ? [`    timeout client ${dest.timeoutClient}s`] : []),
     `    default_backend ${nameOf(spec, dest)}`,

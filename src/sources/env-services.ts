@@ -1,4 +1,6 @@
 import { DfpError, SettingsError } from '../errors.js';
+import { DEST_FIELDS, SERVICE_FIELDS } from '../spec/fields.js';
+import { EMPTY_STATE, withService } from '../state/desired-state.js';
 import { Params } from '../spec/params.js';
 import { type ParseOptions, parseReconfigure } from '../spec/parse.js';
 import type { ServiceSpec } from '../spec/types.js';
@@ -22,9 +24,10 @@ function paramName(upper: string): string {
  * `DFP_SERVICE_<PARAM>` defines one service, `DFP_SERVICE_<i>_<PARAM>` (i = 1, 2, …) more, up to
  * the first i without `_SERVICE_NAME`. Parameters are the API's in upper snake case, with the same
  * grammar (parse.ts); `_N` ends a destination's parameter (`DFP_SERVICE_1_PORT_2`). Unlike the API,
- * the un-indexed destination (when `SERVICE_PATH` or `PORT` is set) is kept besides the indexed ones,
- * and an indexed destination needs `SERVICE_PATH_N` and `PORT_N` (scanning stops at the first N
- * without both). `REQ_MODE` defaults to `defaultProtocol` (DEFAULT_PROTOCOL). Anything invalid is a
+ * the un-indexed destination (when `SERVICE_PATH`, `PORT` or `SERVICE_DOMAIN` is set) is a
+ * destination of its own beside the indexed ones, and an indexed destination needs `PORT_N` with
+ * `SERVICE_PATH_N` (or `SERVICE_DOMAIN_N`, or `REQ_MODE_N=tcp`); scanning stops at the first N
+ * without. Unknown names are refused: a misspelt variable must not be ignored. `REQ_MODE` defaults to `defaultProtocol` (DEFAULT_PROTOCOL). Anything invalid is a
  * SettingsError naming the variable: the proxy does not start.
  */
 export function envServices(env: Env, opts: ParseOptions, defaultProtocol: 'http' | 'tcp' = 'http'): EnvService[] {
@@ -36,13 +39,33 @@ export function envServices(env: Env, opts: ParseOptions, defaultProtocol: 'http
     if (s) out.push(s);
   }
   const names = new Map<string, string>();
+  let state = EMPTY_STATE;
   for (const s of out) {
     const other = names.get(s.spec.serviceName);
     if (other) throw new SettingsError(`${s.prefix}SERVICE_NAME`, `service ${s.spec.serviceName} is also defined by ${other}SERVICE_NAME`);
     names.set(s.spec.serviceName, s.prefix);
+    // Together they must fit (aclNames, backend names, TCP ports), or start-up stops here.
+    try {
+      state = withService(state, s.spec, []);
+    } catch (err) {
+      if (!(err instanceof DfpError)) throw err;
+      throw new SettingsError(`${s.prefix}${upperSnake(err.parameter ?? 'SERVICE_NAME')}`, err.message);
+    }
   }
   return out;
 }
+
+/** `srcPort.2` -> `SRC_PORT_2`. */
+function upperSnake(param: string): string {
+  return param
+    .replace(/\.([0-9]+)$/, '_$1')
+    .replace(/[A-Z]/g, (c) => `_${c}`)
+    .toUpperCase();
+}
+
+/** Parameter names a service from the environment may use (the API's, minus request options). */
+const KNOWN = new Set<string>(['serviceName', 'reqMode', 'reqPathSearch', 'reqPathReplace', ...[...SERVICE_FIELDS, ...DEST_FIELDS].flatMap((f) => [f.name, ...(f.aliases ?? [])])]);
+const SERVICE_LEVEL = new Set<string>(['serviceName', ...SERVICE_FIELDS.flatMap((f) => [f.name, ...(f.aliases ?? [])])]);
 
 function serviceAt(env: Env, prefix: string, opts: ParseOptions, defaultProtocol: 'http' | 'tcp', unnumbered: boolean): EnvService | undefined {
   /** Parameter -> the variable it came from, for messages. */
@@ -57,6 +80,7 @@ function serviceAt(env: Env, prefix: string, opts: ParseOptions, defaultProtocol
     const m = /^([A-Z][A-Z0-9_]*?)(?:_([0-9]+))?$/.exec(rest);
     if (!m?.[1]) throw new SettingsError(key, 'not a DFP_SERVICE parameter (upper snake case, optionally ending in _N)');
     const param = paramName(m[1]);
+    if (!KNOWN.has(param)) throw new SettingsError(key, `${m[1]} is not a parameter of a service (see docs/api.md, reconfigure)`);
     if (m[2] === undefined) {
       plain.push([param, value]);
       origin.set(param, key);
@@ -67,10 +91,20 @@ function serviceAt(env: Env, prefix: string, opts: ParseOptions, defaultProtocol
     }
   }
   if (plain.length === 0 && indexed.size === 0) return undefined;
-  const has = (pairs: readonly [string, string][] | undefined, name: string) => pairs?.some(([p]) => p.split('.')[0] === name) ?? false;
+  const value = (pairs: readonly [string, string][] | undefined, name: string) => pairs?.find(([p]) => p.split('.')[0] === name)?.[1];
+  // Destination N exists with PORT_N and SERVICE_PATH_N (the original's rule), or with PORT_N and
+  // SERVICE_DOMAIN_N or REQ_MODE_N=tcp (ours: a TCP destination has no path). Scanning stops at
+  // the first N that has neither.
+  const exists = (n: number) => {
+    const pairs = indexed.get(n);
+    return value(pairs, 'port') !== undefined && (value(pairs, 'servicePath') !== undefined || value(pairs, 'serviceDomain') !== undefined || value(pairs, 'reqMode') === 'tcp');
+  };
   const destinations: number[] = [];
-  for (let n = 1; n <= 10 && has(indexed.get(n), 'servicePath') && has(indexed.get(n), 'port'); n++) destinations.push(n);
-  if (!plain.some(([p]) => p === 'reqMode')) plain.push(['reqMode', defaultProtocol]);
+  for (let n = 1; n <= 10 && exists(n); n++) destinations.push(n);
+  // Each destination's reqMode: its own REQ_MODE(_N), else DEFAULT_PROTOCOL.
+  const reqMode = value(plain, 'reqMode') ?? defaultProtocol;
+  for (const n of destinations) if (value(indexed.get(n), 'reqMode') === undefined) indexed.get(n)?.push([`reqMode.${n}`, reqMode]);
+  if (value(plain, 'reqMode') === undefined) plain.push(['reqMode', defaultProtocol]);
   const parse = (pairs: [string, string][]) => {
     try {
       const r = parseReconfigure(new Params(pairs), opts);
@@ -78,12 +112,15 @@ function serviceAt(env: Env, prefix: string, opts: ParseOptions, defaultProtocol
       return r.spec;
     } catch (err) {
       if (err instanceof SettingsError || !(err instanceof DfpError)) throw err;
-      const variable = (err.parameter && origin.get(err.parameter)) ?? `${prefix}${(err.parameter ?? 'SERVICE_NAME').replace(/\.([0-9]+)$/, '_$1').replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`;
+      const variable = (err.parameter && origin.get(err.parameter)) ?? `${prefix}${upperSnake(err.parameter ?? 'SERVICE_NAME')}`;
       throw new SettingsError(variable, err.message);
     }
   };
   const unindexed = plain.some(([p]) => p === 'servicePath' || p === 'port' || p === 'serviceDomain');
-  const withIndexes = destinations.length > 0 ? parse([...plain, ...destinations.flatMap((n) => indexed.get(n) ?? [])]) : undefined;
+  // The un-indexed destination is one of its own here, not the indexed ones' fallback: they share
+  // only the service's parameters.
+  const shared = plain.filter(([p]) => SERVICE_LEVEL.has(p));
+  const withIndexes = destinations.length > 0 ? parse([...shared, ...destinations.flatMap((n) => indexed.get(n) ?? [])]) : undefined;
   const base = unindexed || !withIndexes ? parse(plain) : undefined;
   const spec: ServiceSpec = base && withIndexes ? { ...base, destinations: [...base.destinations, ...withIndexes.destinations] } : ((base ?? withIndexes) as ServiceSpec);
   return { spec, prefix };

@@ -285,7 +285,7 @@ export const DEST_FIELDS = [
   field({ name: 'sslVerifyNone', codec: bool, empty: false, response: 'SslVerifyNone', modes: 'both', doc: 'TLS to the instances, without verifying their certificates.' }),
   field({ name: 'timeoutServer', codec: int(0, 86400, 'seconds'), empty: undefined, response: 'TimeoutServer', show: showOptional, modes: 'both', doc: '`timeout server` of this backend, seconds.' }),
   field({ name: 'timeoutTunnel', codec: int(0, 86400, 'seconds'), empty: undefined, response: 'TimeoutTunnel', show: showOptional, modes: 'both', doc: '`timeout tunnel` (WebSockets) of this backend, seconds.' }),
-  field({ name: 'timeoutClient', codec: int(0, 86400, 'seconds'), empty: undefined, response: 'TimeoutClient', show: showOptional, modes: 'tcp', doc: 'tcp only: `timeout client` of its frontend, seconds (default `TIMEOUT_CLIENT`).' }),
+  field({ name: 'timeoutClient', codec: int(0, 86400, 'seconds'), empty: undefined, response: 'TimeoutClient', show: showOptional, modes: 'tcp', doc: 'tcp only: `timeout client` of its frontend, seconds (default `TIMEOUT_CLIENT`); an established connection idles out on the tunnel timeout instead (`timeoutTunnel`).' }),
   field({ name: 'checkTcp', codec: bool, empty: false, response: 'CheckTcp', modes: 'tcp', doc: 'tcp only: `option tcp-check` on the backend (a connect check is the default).' }),
   field({ name: 'clitcpka', codec: bool, empty: false, response: 'Clitcpka', modes: 'tcp', doc: 'tcp only: TCP keep-alive towards clients (`option clitcpka`).' }),
   field({ name: 'verifyClientSsl', codec: bool, empty: false, response: 'VerifyClientSsl', doc: 'With `CA_FILE`: 403 unless the client presented a certificate that verifies. 400 without `CA_FILE`.' }),

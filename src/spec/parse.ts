@@ -11,6 +11,8 @@ export interface ParseOptions {
   readonly passwordKnown?: (user: string, usersSecret: string | undefined) => boolean;
   /** HAProxy's HTTP listener ports (DEFAULT_PORTS + BIND_PORTS): a srcPort must be one of them. */
   readonly listenerPorts?: ReadonlySet<number>;
+  /** Ports the proxy uses for something else (the API's PORT, STATS_PORT): a TCP srcPort must not be one. */
+  readonly reservedPorts?: ReadonlyMap<number, string>;
   /** Defaults of srcPort and srcHttpsPort with httpsPort: DEFAULT_PORTS' first plain and first TLS port (80, 443). */
   readonly entryPorts?: { readonly plain?: number; readonly tls?: number };
   /** CA_FILE is set: verifyClientSsl needs it (no client certificate is ever asked for without). */
@@ -174,6 +176,8 @@ function tcpDestination(params: Params, index: number, opts: ParseOptions, out: 
   if (opts.listenerPorts?.has(port)) {
     throw new InvalidParamError(srcName, `${srcName}=${port} is an HTTP listener (DEFAULT_PORTS or BIND_PORTS); a TCP service needs a port of its own`);
   }
+  const reserved = opts.reservedPorts?.get(port);
+  if (reserved !== undefined) throw new InvalidParamError(srcName, `${srcName}=${port} is ${reserved}; a TCP service needs a port of its own`);
   return out as unknown as Destination;
 }
 

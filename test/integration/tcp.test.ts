@@ -107,7 +107,7 @@ describe('reqMode=tcp (issue 10): a frontend per srcPort, instances from Consul'
       [['tcp', tcpPort, true, '600']],
     );
     const config = (await callApi(proxy, 'config')).text;
-    assert.match(config, new RegExp(`frontend tcp_${tcpPort}\\n    bind \\*:${tcpPort}\\n    mode tcp\\n    option clitcpka\\n    timeout client 600s\\n    default_backend redis-be6379_0`));
+    assert.match(config, new RegExp(`frontend tcpFE_${tcpPort}\\n    bind \\*:${tcpPort}\\n    mode tcp\\n    option clitcpka\\n    timeout client 600s\\n    default_backend redis-be6379_0`));
   });
 
   it('a new instance is a scale event through the runtime API: no reload', async () => {
@@ -145,6 +145,24 @@ describe('reqMode=tcp (issue 10): a frontend per srcPort, instances from Consul'
     }
   });
 
+  it('HARD_STOP_AFTER bounds how long an old worker keeps a connection after a reload', async () => {
+    const short = await startProxy(consul.address, { PROXY_INSTANCE_NAME: 'drain', HARD_STOP_AFTER: '1' });
+    try {
+      const port = await freePort();
+      assert.equal((await callApi(short, 'reconfigure', { serviceName: 'redis', reqMode: 'tcp', srcPort: String(port) })).status, 200);
+      const c = connect(port);
+      assert.equal(await c.line(), 'hello from redis.0');
+      const closed = new Promise<number>((resolve) => c.sock.on('close', () => resolve(Date.now())));
+      const reloaded = Date.now();
+      assert.equal((await callApi(short, 'reconfigure', { serviceName: 'web', pathType: 'path_reg', servicePath: '^/drain/' })).status, 200);
+      const at = await Promise.race([closed, new Promise<number>((r) => setTimeout(() => r(0), 8000))]);
+      assert.ok(at > 0, 'the old worker was stopped and the connection closed');
+      assert.ok(at - reloaded >= 900, `not before HARD_STOP_AFTER (${at - reloaded} ms)`);
+    } finally {
+      await short.stop();
+    }
+  });
+
   it('refuses what cannot work on a TCP destination, naming the parameter, and changes nothing', async () => {
     const httpPort = String(proxy.httpPort);
     const cases: [Record<string, string>, string, RegExp][] = [
@@ -174,7 +192,7 @@ describe('reqMode=tcp (issue 10): a frontend per srcPort, instances from Consul'
 
   it('remove takes the TCP frontend away', async () => {
     assert.equal((await callApi(proxy, 'remove', { serviceName: 'redis' })).status, 200);
-    assert.doesNotMatch((await callApi(proxy, 'config')).text, /frontend tcp_/);
+    assert.doesNotMatch((await callApi(proxy, 'config')).text, /frontend tcpFE_/);
     const refused = await new Promise<boolean>((resolve) => {
       const s = net.connect(tcpPort, '127.0.0.1');
       s.on('connect', () => {

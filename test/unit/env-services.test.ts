@@ -63,6 +63,27 @@ describe('services from the environment (DFP_SERVICE_*)', () => {
     );
   });
 
+  it('a mixed service: an indexed TCP destination (PORT_N with REQ_MODE_N=tcp) beside an HTTP one; no fallbacks between destinations', () => {
+    const [svc] = envServices(
+      {
+        DFP_SERVICE_1_SERVICE_NAME: 'db',
+        DFP_SERVICE_1_SERVICE_PATH: '/ui',
+        DFP_SERVICE_1_SRC_PORT: '80',
+        DFP_SERVICE_1_REQ_MODE_1: 'tcp',
+        DFP_SERVICE_1_PORT_1: '5432',
+        DFP_SERVICE_1_SRC_PORT_1: '5432',
+      },
+      opts,
+    );
+    assert.deepEqual(
+      svc?.spec.destinations.map((d) => [d.index, d.reqMode, d.srcPort, d.servicePath.join(',')]),
+      [
+        [0, 'http', 80, '/ui'],
+        [1, 'tcp', 5432, ''],
+      ],
+    );
+  });
+
   it('anything invalid stops start-up with an error naming the variable', () => {
     const fails = (env: Record<string, string>, variable: string) =>
       assert.throws(
@@ -75,5 +96,10 @@ describe('services from the environment (DFP_SERVICE_*)', () => {
     fails({ DFP_SERVICE_1_SERVICE_NAME: 'web' }, 'DFP_SERVICE_1_SERVICE_PATH');
     fails({ DFP_SERVICE_1_SERVICE_NAME: 'web', DFP_SERVICE_1_SERVICE_PATH: '/x', DFP_SERVICE_1_BACKEND_EXTRA: 'x' }, 'DFP_SERVICE_1_BACKEND_EXTRA');
     fails({ DFP_SERVICE_SERVICE_NAME: 'web', DFP_SERVICE_SERVICE_PATH: '/x', DFP_SERVICE_1_SERVICE_NAME: 'web', DFP_SERVICE_1_SERVICE_PATH: '/y' }, 'DFP_SERVICE_1_SERVICE_NAME');
+    // A misspelt variable is not ignored.
+    fails({ DFP_SERVICE_1_SERVICE_NAME: 'web', DFP_SERVICE_1_SERVCE_PATH: '/x' }, 'DFP_SERVICE_1_SERVCE_PATH');
+    // Together they must fit: two TCP services on one port, or one aclName twice.
+    fails({ DFP_SERVICE_1_SERVICE_NAME: 'a', DFP_SERVICE_1_REQ_MODE: 'tcp', DFP_SERVICE_1_SRC_PORT: '6379', DFP_SERVICE_2_SERVICE_NAME: 'b', DFP_SERVICE_2_REQ_MODE: 'tcp', DFP_SERVICE_2_SRC_PORT: '6379' }, 'DFP_SERVICE_2_SRC_PORT');
+    fails({ DFP_SERVICE_1_SERVICE_NAME: 'a', DFP_SERVICE_1_SERVICE_PATH: '/a', DFP_SERVICE_2_SERVICE_NAME: 'b', DFP_SERVICE_2_ACL_NAME: 'a', DFP_SERVICE_2_SERVICE_PATH: '/b' }, 'DFP_SERVICE_2_ACL_NAME');
   });
 });

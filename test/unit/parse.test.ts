@@ -157,6 +157,10 @@ describe('reconfigure parameters', () => {
       );
     fails('serviceName=db&reqMode=tcp', 'srcPort');
     fails('serviceName=db&reqMode=tcp&srcPort=80', 'srcPort');
+    assert.throws(
+      () => parse('serviceName=db&reqMode=tcp&srcPort=8080', { ...o, reservedPorts: new Map([[8080, "the API's port (PORT)"]]) }),
+      (e: unknown) => e instanceof DfpError && e.parameter === 'srcPort' && /the API's port/.test(e.message),
+    );
     fails('serviceName=db&reqMode=tcp&srcPort=5432&servicePathExclude=/x', 'servicePathExclude');
     fails('serviceName=db&reqMode=tcp&srcPort=5432&users=a:b', 'users');
     // Mixed: users apply to the http destination; an indexed HTTP-only field on the tcp one is named with its index.
