@@ -44,6 +44,7 @@ export function renderSettings(settings: Settings, adminSocket: string): Omit<Re
     maxconn: settings.maxconn,
     drain: settings.drain,
     debug: settings.debug,
+    requestLog: settings.requestLog,
     adminSocket,
     serviceDomainAlgo: h.serviceDomainAlgo,
     httpsOnly: h.httpsOnly,

@@ -33,11 +33,15 @@ export interface Settings {
   readonly serviceVariables: Readonly<Record<string, string>>;
   /** `reqMode` of services from the environment that do not set one (`DEFAULT_PROTOCOL`). */
   readonly defaultProtocol: 'http' | 'tcp';
+  /** `DEFAULT_REQ_MODE`: only `http` (see loadSettings). */
+  readonly defaultReqMode: 'http';
   /** The Docker Flow Swarm Listener's base URL (`LISTENER_ADDRESS`), pulled at start-up. */
   readonly listenerUrl: string | undefined;
   /** How long to wait between tries of the listener at start-up, ms (`RELOAD_INTERVAL`). */
   readonly reloadInterval: number;
   readonly debug: boolean;
+  /** What HAProxy logs per request and what it captures (DEBUG_*, CAPTURE_REQUEST_HEADER). */
+  readonly requestLog: Readonly<RequestLog>;
   readonly logLevel: Level;
   /** Route only to instances whose Consul checks pass (false: every registered instance). */
   readonly consulPassingOnly: boolean;
@@ -96,6 +100,16 @@ export interface HttpSettings {
   readonly preferredCertificates: readonly string[];
   /** CRT_LIST_PATH: an operator's crt-list, checked line by line and merged with the managed certificates at start-up (src/certs/crt-list.ts). */
   readonly crtListPath: string | undefined;
+}
+
+export interface RequestLog {
+  /** `DEBUG_ERRORS_ONLY`: with DEBUG, log only requests that failed. */
+  readonly errorsOnly: boolean;
+  /** `DEBUG_HTTP_FORMAT` / `DEBUG_TCP_FORMAT`: HAProxy `log-format` strings (operator input, checked by `haproxy -c`). */
+  readonly httpFormat: string | undefined;
+  readonly tcpFormat: string | undefined;
+  /** `CAPTURE_REQUEST_HEADER` (`Host:15,X-Forwarded-For:20`): headers captured into the logs. */
+  readonly captureRequestHeaders: readonly { readonly name: string; readonly len: number }[];
 }
 
 export interface Drain {
@@ -322,15 +336,28 @@ export function loadSettings(env: Env = process.env): Settings {
     drain: {
       // A tunnel (WebSocket, TCP) idle for TIMEOUT_TUNNEL is closed anyway: by default an old worker
       // may wait that long for its last one.
-      // TIMEOUT_TUNNEL=0 means no tunnel timeout: then an hour, not a second.
-      hardStopAfter: int(env, 'HARD_STOP_AFTER', tunnel > 0 ? tunnel : 3600, 1, 7 * day),
+      // TIMEOUT_TUNNEL=0 means no tunnel timeout: then an hour, not a second. TERMINATE_ON_RELOAD
+      // (the original's -st): old workers stop within a second of a reload.
+      hardStopAfter: int(env, 'HARD_STOP_AFTER', bool(env, 'TERMINATE_ON_RELOAD', false) ? 1 : tunnel > 0 ? tunnel : 3600, 1, 7 * day),
       maxReloads: int(env, 'WORKER_MAX_RELOADS', 10, 1, 1000),
     },
     serviceVariables: Object.fromEntries(Object.entries(env).filter((e): e is [string, string] => e[0].startsWith('DFP_SERVICE_') && typeof e[1] === 'string')),
     defaultProtocol: oneOf(env, 'DEFAULT_PROTOCOL', ['http', 'tcp'] as const, 'http'),
+    // The original's `mode` of frontend services: routing by host and path needs http; TCP
+    // services get frontends of their own (reqMode=tcp), so tcp here is refused, not ignored.
+    defaultReqMode: oneOf(env, 'DEFAULT_REQ_MODE', ['http'] as const, 'http'),
     listenerUrl: listenerUrl(lookup(env, 'LISTENER_ADDRESS')),
     reloadInterval: int(env, 'RELOAD_INTERVAL', 5000, 10, 3_600_000),
     debug: bool(env, 'DEBUG', false),
+    requestLog: {
+      errorsOnly: bool(env, 'DEBUG_ERRORS_ONLY', false),
+      httpFormat: logFormat(env, 'DEBUG_HTTP_FORMAT'),
+      tcpFormat: logFormat(env, 'DEBUG_TCP_FORMAT'),
+      captureRequestHeaders: list(env, 'CAPTURE_REQUEST_HEADER', captureItem).map((item) => {
+        const [name = '', len = ''] = item.split(':');
+        return { name, len: Number(len) };
+      }),
+    },
     logLevel: parseLevel(lookup(env, 'LOG_LEVEL')),
     consulPassingOnly: bool(env, 'CONSUL_PASSING_ONLY', true),
     consulWatchWait: int(env, 'CONSUL_WATCH_WAIT', 300, 1, 600),
@@ -382,6 +409,22 @@ function statsSettings(env: Env, binds: readonly Listener[]): StatsSettings | un
   if (!ok(user) || user.includes(':')) throw new SettingsError(userVar, 'must be printable ASCII without whitespace, quotes, backslashes, # or :');
   if (!ok(pass)) throw new SettingsError(passVar, 'must be printable ASCII without whitespace, quotes, backslashes or # (value not shown)');
   return { uri, port, auth: user === 'none' ? undefined : { user, pass } };
+}
+
+/** `Name:len`, a header name (token characters) and a capture length 1..1024. */
+function captureItem(item: string): string {
+  if (!/^[A-Za-z0-9!#$%&'*+.^_`|~-]+:[0-9]{1,4}$/.test(item) || Number(item.split(':')[1]) < 1 || Number(item.split(':')[1]) > 1024) {
+    throw new Error(`each item must be Header-Name:length (length 1-1024), e.g. Host:15; got ${JSON.stringify(item)}`);
+  }
+  return item;
+}
+
+/** A log-format string: one config word once quoted, so no line breaks and no double quotes. */
+function logFormat(env: Env, name: string): string | undefined {
+  const raw = lookup(env, name);
+  if (raw === undefined) return undefined;
+  if (/[\r\n\0"]/.test(raw)) throw new SettingsError(name, 'a log-format string may not contain line breaks or double quotes');
+  return raw;
 }
 
 function rawLine(name: string, line: string): string {

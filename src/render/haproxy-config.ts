@@ -1,4 +1,4 @@
-import type { Drain, StatsSettings, Timeouts } from '../config/settings.js';
+import type { Drain, RequestLog, StatsSettings, Timeouts } from '../config/settings.js';
 import { backendName, type ConnectionMode, type Destination, type DomainAlgo, REDIRECT_CODES, routedSpec, type ServiceSpec } from '../spec/types.js';
 import type { ServiceState } from '../state/service-state.js';
 import type { Instance } from '../discovery/types.js';
@@ -35,6 +35,7 @@ export interface RenderSettings {
   readonly maxconn: number;
   readonly drain: Readonly<Drain>;
   readonly debug: boolean;
+  readonly requestLog: Readonly<RequestLog>;
   /** Admin socket path (runtime API). */
   readonly adminSocket: string;
   /** Directory the config refers to for its map files. */
@@ -210,7 +211,7 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
     '    mode http',
     '    log global',
     ...(settings.debug
-      ? ['    option httplog']
+      ? ['    option httplog', ...(settings.requestLog.errorsOnly ? ['    option dontlog-normal'] : [])]
       : // Session lines are logged at `info`, below the `notice` of the log target, so they are dropped;
         // HAProxy builds them all the same (measured: ~1.7 of ~42 µs of CPU per HTTPS request).
         ['    option dontlognull', '    option dontlog-normal']),
@@ -231,7 +232,7 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
     ...(settings.compression.type.length > 0 ? [`    compression type ${settings.compression.type.join(' ')}`] : []),
     '',
     ...renderFrontend(settings, routes, lookups),
-    ...renderTcpFrontends(ordered, nameOf, settings.debug),
+    ...renderTcpFrontends(ordered, nameOf, { debug: settings.debug, tcpFormat: settings.requestLog.tcpFormat }),
   ];
 
   // --- backends ---
@@ -401,6 +402,8 @@ function renderFrontend(settings: RenderSettings, routes: ReturnType<typeof buil
     '    mode http',
     '    option forwardfor',
     '    http-request set-header X-Forwarded-Proto https if { ssl_fc }',
+    ...settings.requestLog.captureRequestHeaders.map((h) => `    capture request header ${h.name} len ${h.len}`),
+    ...(settings.debug && settings.requestLog.httpFormat !== undefined ? [`    log-format "${settings.requestLog.httpFormat}"`] : []),
     ...settings.extraFrontend.map((l) => `    ${l}`),
     // The Host is normalised once: port stripped, lower case. The path keeps its case.
     `    http-request set-var(${V.host}) req.hdr(host),field(1,:),lower`,
@@ -488,7 +491,7 @@ function renderFrontend(settings: RenderSettings, routes: ReturnType<typeof buil
  * One frontend per reqMode=tcp destination, on its srcPort (withService keeps ports unique),
  * ordered by port: bytes go to the destination's backend as they come.
  */
-function renderTcpFrontends(services: readonly ServiceState[], nameOf: (spec: ServiceSpec, dest: Destination) => string, debug: boolean): string[] {
+function renderTcpFrontends(services: readonly ServiceState[], nameOf: (spec: ServiceSpec, dest: Destination) => string, log: { readonly debug: boolean; readonly tcpFormat: string | undefined }): string[] {
   const tcp = services.flatMap(({ spec }) => spec.destinations.filter((d) => d.reqMode === 'tcp' && d.srcPort !== undefined).map((dest) => ({ spec, dest, port: dest.srcPort as number })));
   tcp.sort((a, b) => a.port - b.port);
   return tcp.flatMap(({ spec, dest, port }) => [
@@ -497,7 +500,8 @@ function renderTcpFrontends(services: readonly ServiceState[], nameOf: (spec: Se
     `frontend tcpFE_${port}`,
     `    bind *:${port}`,
     '    mode tcp',
-    ...(debug ? ['    option tcplog'] : []),
+    ...(log.debug ? ['    option tcplog'] : []),
+    ...(log.debug && log.tcpFormat !== undefined ? [`    log-format "${log.tcpFormat}"`] : []),
     ...(dest.clitcpka ? ['    option clitcpka'] : []),
     ...(dest.timeoutClient !== undefined ? [`    timeout client ${dest.timeoutClient}s`] : []),
     `    default_backend ${nameOf(spec, dest)}`,

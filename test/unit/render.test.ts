@@ -131,6 +131,17 @@ const FIXTURES: Record<string, { settings?: Partial<RenderSettings>; services: S
       { spec: spec({ serviceName: 'pg', skipCheck: true, destinations: [{ reqMode: 'tcp', servicePath: [], srcPort: 5432 }] }), instances: [inst('h:pg.0:5432', 32001)] },
     ],
   },
+  logging: {
+    // DEBUG with the original's logging variables: errors only, custom formats, captured headers.
+    settings: {
+      debug: true,
+      requestLog: { errorsOnly: true, httpFormat: '%ci:%cp [%tr] %ft %b/%s %ST %B %{+Q}r %hr', tcpFormat: '%ci:%cp [%t] %ft %b/%s %B', captureRequestHeaders: [{ name: 'Host', len: 15 }, { name: 'X-Forwarded-For', len: 20 }] },
+    },
+    services: [
+      { spec: spec({ serviceName: 'web', destinations: [{ servicePath: ['/web'] }] }), instances: [inst('h:web.0:80', 31030)] },
+      { spec: spec({ serviceName: 'db', destinations: [{ reqMode: 'tcp', servicePath: [], srcPort: 5432 }] }), instances: [inst('h:db.0:5432', 31031)] },
+    ],
+  },
   stats: {
     settings: { stats: { uri: '/admin?stats', port: undefined, auth: { user: 'admin', pass: 'pa$$word!' } } },
     services: [{ spec: spec({ serviceName: 'web', destinations: [{ servicePath: ['/'], pathType: 'path_beg' }] }), instances: [inst('h:web.0:80', 31000)] }],

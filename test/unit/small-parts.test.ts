@@ -142,3 +142,23 @@ describe('LISTENER_ADDRESS', () => {
     }
   });
 });
+
+describe('logging and reload variables of the original', () => {
+  const load = (env: Record<string, string>) => loadSettings({ STATE_DIR: '/tmp/x', ...env });
+  it('CAPTURE_REQUEST_HEADER, DEBUG_ERRORS_ONLY, DEBUG_*_FORMAT, TERMINATE_ON_RELOAD; invalid values name the variable', () => {
+    const s = load({ CAPTURE_REQUEST_HEADER: 'Host:15,X-Forwarded-For:20', DEBUG_ERRORS_ONLY: 'true', DEBUG_HTTP_FORMAT: '%ci %ST', TERMINATE_ON_RELOAD: 'true' });
+    assert.deepEqual(s.requestLog, { errorsOnly: true, httpFormat: '%ci %ST', tcpFormat: undefined, captureRequestHeaders: [{ name: 'Host', len: 15 }, { name: 'X-Forwarded-For', len: 20 }] });
+    assert.equal(s.drain.hardStopAfter, 1, 'TERMINATE_ON_RELOAD: old workers stop within a second');
+    assert.equal(load({ TERMINATE_ON_RELOAD: 'true', HARD_STOP_AFTER: '5' }).drain.hardStopAfter, 5);
+    for (const [name, value] of [
+      ['CAPTURE_REQUEST_HEADER', 'Host'],
+      ['CAPTURE_REQUEST_HEADER', 'Host:0'],
+      ['CAPTURE_REQUEST_HEADER', 'Bad Name:10'],
+      ['DEBUG_HTTP_FORMAT', '%ci"\nbackend evil'],
+      ['DEFAULT_REQ_MODE', 'tcp'],
+      ['TERMINATE_ON_RELOAD', 'maybe'],
+    ] as const) {
+      assert.throws(() => load({ [name]: value }), (e: unknown) => e instanceof DfpError && e.parameter === name, `${name}=${value}`);
+    }
+  });
+});
