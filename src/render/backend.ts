@@ -35,7 +35,7 @@ export function quote(value: string): string {
 /** The backend of one destination of a service. */
 /** `userlist`: the userlist that protects the service (its own, the global one), or none. */
 export function buildBackend(spec: ServiceSpec, dest: Destination, slots: readonly Slot[], userlist: string | undefined, name = backendName(spec, dest)): Backend {
-  if (dest.reqMode === 'tcp') return tcpBackend(spec, dest, slots, name);
+  if (dest.reqMode !== 'http') return tcpBackend(spec, dest, slots, name);
   const lines = ['mode http'];
   const sticky = spec.sessionType === 'sticky-server';
   if (sticky) lines.push(`cookie ${spec.aclName} insert indirect nocache`);

@@ -488,24 +488,47 @@ function renderFrontend(settings: RenderSettings, routes: ReturnType<typeof buil
 }
 
 /**
- * One frontend per reqMode=tcp destination, on its srcPort (withService keeps ports unique),
- * ordered by port: bytes go to the destination's backend as they come.
+ * The TCP-level frontends, one per port (withService keeps ports and server names unique), by
+ * port: a reqMode=tcp destination has its port to itself (`tcpFE_<port>`); reqMode=sni
+ * destinations share theirs (`sniFE_<port>`), routed on the ClientHello's server name with the
+ * TLS left untouched: exact names first, then `*.` wildcards, then no match (the connection is
+ * closed). Frontend settings (timeoutClient, clitcpka) come from the first destination on the port.
  */
 function renderTcpFrontends(services: readonly ServiceState[], nameOf: (spec: ServiceSpec, dest: Destination) => string, log: { readonly debug: boolean; readonly tcpFormat: string | undefined }): string[] {
-  const tcp = services.flatMap(({ spec }) => spec.destinations.filter((d) => d.reqMode === 'tcp' && d.srcPort !== undefined).map((dest) => ({ spec, dest, port: dest.srcPort as number })));
-  tcp.sort((a, b) => a.port - b.port);
-  return tcp.flatMap(({ spec, dest, port }) => [
-    '',
-    // The original's name: its stats rows (`tcpFE_6379,FRONTEND`) are what dashboards read.
-    `frontend tcpFE_${port}`,
-    `    bind *:${port}`,
-    '    mode tcp',
-    ...(log.debug ? ['    option tcplog'] : []),
-    ...(log.debug && log.tcpFormat !== undefined ? [`    log-format "${log.tcpFormat}"`] : []),
-    ...(dest.clitcpka ? ['    option clitcpka'] : []),
-    ...(dest.timeoutClient !== undefined ? [`    timeout client ${dest.timeoutClient}s`] : []),
-    `    default_backend ${nameOf(spec, dest)}`,
-  ]);
+  const byPort = new Map<number, { spec: ServiceSpec; dest: Destination }[]>();
+  for (const { spec } of services) {
+    for (const dest of spec.destinations) {
+      if (dest.reqMode === 'http' || dest.srcPort === undefined) continue;
+      byPort.set(dest.srcPort, [...(byPort.get(dest.srcPort) ?? []), { spec, dest }]);
+    }
+  }
+  const out: string[] = [];
+  for (const [port, dests] of [...byPort].sort((a, b) => a[0] - b[0])) {
+    const first = dests[0];
+    if (!first) continue;
+    const sni = first.dest.reqMode === 'sni';
+    out.push(
+      '',
+      // The original's names: their stats rows (`tcpFE_6379,FRONTEND`) are what dashboards read.
+      `frontend ${sni ? 'sniFE' : 'tcpFE'}_${port}`,
+      `    bind *:${port}`,
+      '    mode tcp',
+      ...(log.debug ? ['    option tcplog'] : []),
+      ...(log.debug && log.tcpFormat !== undefined ? [`    log-format "${log.tcpFormat}"`] : []),
+      ...(first.dest.clitcpka ? ['    option clitcpka'] : []),
+      ...(first.dest.timeoutClient !== undefined ? [`    timeout client ${first.dest.timeoutClient}s`] : []),
+    );
+    if (!sni) {
+      out.push(`    default_backend ${nameOf(first.spec, first.dest)}`);
+      continue;
+    }
+    out.push('    tcp-request inspect-delay 5s', '    tcp-request content accept if { req_ssl_hello_type 1 }');
+    const exact = dests.map(({ spec, dest }) => ({ backend: nameOf(spec, dest), names: dest.serviceDomain.filter((d) => !d.startsWith('*.')) }));
+    const wild = dests.map(({ spec, dest }) => ({ backend: nameOf(spec, dest), names: dest.serviceDomain.filter((d) => d.startsWith('*.')).map((d) => d.slice(1)) }));
+    for (const r of exact) if (r.names.length > 0) out.push(`    use_backend ${r.backend} if { req_ssl_sni -i ${r.names.join(' ')} }`);
+    for (const r of wild) if (r.names.length > 0) out.push(`    use_backend ${r.backend} if { req_ssl_sni -m end -i ${r.names.join(' ')} }`);
+  }
+  return out;
 }
 
 /**

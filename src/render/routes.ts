@@ -172,8 +172,8 @@ function claimsOf(spec: ServiceSpec, names: readonly string[], flagsList: readon
     add('fallback', FALLBACK.default, firstDest.backend, { backend: firstDest.backend, spec, dest: firstDest.dest }, 'default backend');
   }
   for (const { dest, backend, flags } of byIndex) {
-    // A reqMode=tcp destination has a frontend of its own (render/haproxy-config.ts), no HTTP route.
-    if (dest.reqMode === 'tcp') continue;
+    // A reqMode=tcp or sni destination has a frontend of its own (render/haproxy-config.ts), no HTTP route.
+    if (dest.reqMode !== 'http') continue;
     const route: Route = { backend, spec, dest };
     if (flags !== '') add('flags', backend, flags, route, `flags of ${backend}`);
     // Redirects are keyed by host alone: they apply whatever kind of route the destination is.

@@ -240,7 +240,7 @@ export const DEST_FIELDS = [
     modes: 'both',
     response: 'SrcPort',
     show: (v) => v ?? 0,
-    doc: 'Entry port: this destination answers only there. http: one of `DEFAULT_PORTS` or `BIND_PORTS` (400 otherwise); with `httpsPort`, default the first plain port of `DEFAULT_PORTS` (80). tcp: required, a port of its own (not an HTTP listener, not another TCP service\'s).',
+    doc: 'Entry port: this destination answers only there. http: one of `DEFAULT_PORTS` or `BIND_PORTS` (400 otherwise); with `httpsPort`, default the first plain port of `DEFAULT_PORTS` (80). tcp and sni: required, not an HTTP listener, `PORT` or `STATS_PORT`; a tcp service has it to itself, sni services share it by server name.',
   }),
   field({
     name: 'httpsPort',
@@ -264,7 +264,7 @@ export const DEST_FIELDS = [
     empty: [],
     response: 'ServiceDomain',
     legacyKey: 'domain',
-    doc: 'Hosts this destination answers for (lower-cased; a port is ignored). `*.a.com` matches every sub-domain.',
+    doc: 'Hosts this destination answers for (lower-cased; a port is ignored). `*.a.com` matches every sub-domain. With `reqMode=sni`: the TLS server names routed to it.',
   }),
   field({ name: 'redirectFromDomain', codec: list('hosts', checkDomain), empty: [], response: 'RedirectFromDomain', doc: 'Hosts answered with a 301 to the first `serviceDomain`, path kept.' }),
   field({ name: 'serviceHeader', codec: list('`Name:Value`', checkHeaderMatch), empty: [], response: 'ServiceHeader', doc: 'The destination matches only requests carrying every one of these headers.' }),

@@ -22,11 +22,12 @@ export function specFromJson(raw: unknown, separator = ','): ServiceSpec {
     const dest = object(d, `destinations[${i}]`);
     const index = dest.index;
     if (typeof index !== 'number' || !Number.isInteger(index) || index < 0 || index > 10) throw new InvalidParamError('index', 'index must be 0..10');
-    if (dest.reqMode !== 'http' && dest.reqMode !== 'tcp') throw new InvalidParamError('reqMode', 'reqMode must be http or tcp');
+    if (dest.reqMode !== 'http' && dest.reqMode !== 'tcp' && dest.reqMode !== 'sni') throw new InvalidParamError('reqMode', 'reqMode must be http, tcp or sni');
     const parsed: Record<string, unknown> = { index, reqMode: dest.reqMode };
     readFields(DEST_FIELDS, dest, parsed, separator, 'path_beg');
-    if (dest.reqMode === 'tcp') {
-      if (parsed.srcPort === undefined) throw new InvalidParamError('srcPort', 'a reqMode=tcp destination needs srcPort');
+    if (dest.reqMode !== 'http') {
+      if (parsed.srcPort === undefined) throw new InvalidParamError('srcPort', `a reqMode=${dest.reqMode} destination needs srcPort`);
+      if (dest.reqMode === 'sni' && (parsed.serviceDomain as string[]).length === 0) throw new InvalidParamError('serviceDomain', 'a reqMode=sni destination needs serviceDomain');
       return parsed as unknown as Destination;
     }
     if ((parsed.servicePath as string[]).length === 0) throw new InvalidParamError('servicePath', 'servicePath must be a non-empty list');

@@ -19,16 +19,18 @@ export function checkModes(spec: ServiceSpec, param: (field: string, dest?: Dest
     for (const field of DEST_FIELDS) {
       if (!isSet(field, values[field.name])) continue;
       const name = param(field.name, dest);
-      if (dest.reqMode === 'tcp' && field.modes === undefined) throw new InvalidParamError(name, `${name} applies to http destinations; this one is reqMode=tcp`);
-      if (dest.reqMode === 'http' && field.modes === 'tcp') throw new InvalidParamError(name, `${name} applies to reqMode=tcp destinations only`);
+      // reqMode=sni is tcp routed on the ClientHello's server name: serviceDomain says which.
+      if (dest.reqMode === 'sni' && field.name === 'serviceDomain') continue;
+      if (dest.reqMode !== 'http' && field.modes === undefined) throw new InvalidParamError(name, `${name} applies to http destinations; this one is reqMode=${dest.reqMode}`);
+      if (dest.reqMode === 'http' && field.modes === 'tcp') throw new InvalidParamError(name, `${name} applies to reqMode=tcp and sni destinations only`);
     }
   }
-  if (!spec.destinations.every((d) => d.reqMode === 'tcp')) return;
+  if (!spec.destinations.every((d) => d.reqMode !== 'http')) return;
   const values = spec as unknown as Record<string, unknown>;
   for (const field of SERVICE_FIELDS) {
     if (field.modes === undefined && isSet(field, values[field.name])) {
       const name = param(field.name);
-      throw new InvalidParamError(name, `${name} applies to http destinations; every destination of this service is reqMode=tcp`);
+      throw new InvalidParamError(name, `${name} applies to http destinations; every destination of this service is reqMode=tcp or sni`);
     }
   }
 }

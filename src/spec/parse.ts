@@ -110,7 +110,7 @@ function pick(params: Params, field: Pick<FieldDef, 'name' | 'aliases'>, index: 
 function parseDestination(params: Params, index: number, opts: ParseOptions): Destination {
   const [modeName, modeRaw] = pick(params, { name: 'reqMode' }, index);
   const reqMode = modeRaw === undefined ? 'http' : checkEnum(modeName, modeRaw, REQ_MODES);
-  if (reqMode === 'sni') throw new UnsupportedParamError(modeName, `${modeName}=sni is not supported by this version yet; http and tcp are`);
+
   const out: Record<string, unknown> = { index, reqMode };
   let pathType: PathType = 'path_beg';
   for (const field of DEST_FIELDS) {
@@ -126,7 +126,7 @@ function parseDestination(params: Params, index: number, opts: ParseOptions): De
     const pair = DEST_FIELDS.find((f) => f.name === 'reqPathSearchReplace')?.codec.parse(searchName, `${search},${replace ?? ''}`, fieldContext(opts.separator)) as string[];
     out.reqPathSearchReplace = [...pair, ...(out.reqPathSearchReplace as string[])];
   }
-  if (reqMode === 'tcp') return tcpDestination(params, index, opts, out);
+  if (reqMode !== 'http') return tcpDestination(params, index, opts, out);
   const [srcHttpsName, srcHttpsRaw] = pick(params, { name: 'srcHttpsPort' }, index);
   if (out.httpsPort !== undefined) {
     // The original's defaults, taken from the listeners (80 and 443 with the default DEFAULT_PORTS).
@@ -178,6 +178,10 @@ function tcpDestination(params: Params, index: number, opts: ParseOptions, out: 
   }
   const reserved = opts.reservedPorts?.get(port);
   if (reserved !== undefined) throw new InvalidParamError(srcName, `${srcName}=${port} is ${reserved}; a TCP service needs a port of its own`);
+  if (out.reqMode === 'sni' && (out.serviceDomain as string[]).length === 0) {
+    const [domainName] = pick(params, { name: 'serviceDomain' }, index);
+    throw new InvalidParamError(domainName, `reqMode=sni needs ${domainName}: the server names (SNI) routed to this service`);
+  }
   return out as unknown as Destination;
 }
 

@@ -34,7 +34,7 @@ export const REDIRECT_CODES = [301, 302, 303, 307, 308] as const;
  */
 export type Destination = {
   readonly index: number;
-  readonly reqMode: 'http' | 'tcp';
+  readonly reqMode: 'http' | 'tcp' | 'sni';
   /** Set on the second destination routedSpec makes of one with `httpsPort`: its backend is `https-…`. */
   readonly https?: true;
 } & FieldsOf<typeof DEST_FIELDS>;

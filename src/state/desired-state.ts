@@ -1,7 +1,7 @@
 import type { Instance } from '../discovery/types.js';
 import { InvalidParamError } from '../errors.js';
 import type { ServiceState } from './service-state.js';
-import { backendName, consulServiceName, routedSpec, type ServiceSpec } from '../spec/types.js';
+import { backendName, consulServiceName, type Destination, routedSpec, type ServiceSpec } from '../spec/types.js';
 
 /**
  * The desired state: every configured service and the last known instances of each Consul
@@ -18,11 +18,11 @@ export const EMPTY_STATE: DesiredState = { services: new Map(), instances: new M
 
 /** Adds or replaces a service. Refuses names that would collide with another service's backends. */
 export function withService(state: DesiredState, spec: ServiceSpec, instances: readonly Instance[]): DesiredState {
-  const tcpPorts = new Map<number, string>();
+  const mineByPort = new Map<number, Destination[]>();
   for (const d of spec.destinations) {
-    if (d.reqMode !== 'tcp' || d.srcPort === undefined) continue;
-    if (tcpPorts.has(d.srcPort)) throw new InvalidParamError('srcPort', `srcPort ${d.srcPort} is given to two reqMode=tcp destinations of ${spec.serviceName}`);
-    tcpPorts.set(d.srcPort, spec.serviceName);
+    if (d.reqMode === 'http' || d.srcPort === undefined) continue;
+    for (const other of mineByPort.get(d.srcPort) ?? []) checkPortShare(d, other, `another destination of ${spec.serviceName}`);
+    mineByPort.set(d.srcPort, [...(mineByPort.get(d.srcPort) ?? []), d]);
   }
   const routed = routedSpec(spec);
   const mine = new Set(routed.destinations.map((d) => backendName(spec, d)));
@@ -33,10 +33,8 @@ export function withService(state: DesiredState, spec: ServiceSpec, instances: r
       throw new InvalidParamError('aclName', `aclName ${spec.aclName} is already used by service ${other.serviceName}`);
     }
     for (const d of other.destinations) {
-      // One TCP frontend per port: without SNI, nothing tells two services on it apart.
-      if (d.reqMode === 'tcp' && d.srcPort !== undefined && tcpPorts.has(d.srcPort)) {
-        throw new InvalidParamError('srcPort', `srcPort ${d.srcPort} is already the TCP port of service ${other.serviceName}`);
-      }
+      if (d.reqMode === 'http' || d.srcPort === undefined) continue;
+      for (const m of mineByPort.get(d.srcPort) ?? []) checkPortShare(m, d, `service ${other.serviceName}`);
     }
     // Backend names are `[https-]<aclName>-be…`: equal names need one root to be a prefix of the other.
     const theirs = routedSpec(other);
@@ -56,6 +54,18 @@ export function withService(state: DesiredState, spec: ServiceSpec, instances: r
   // Only a replaced spec that used another Consul service can leave an instance list unused.
   const next = { services, instances: byConsul };
   return replaced !== undefined && consulServiceName(replaced) !== consulServiceName(spec) ? prune(next) : next;
+}
+
+/**
+ * Two TCP-level destinations on one port: only reqMode=sni ones share it, told apart by server
+ * name, so their names must not overlap; a plain tcp one has the port to itself.
+ */
+function checkPortShare(mine: Destination, theirs: Destination, owner: string): void {
+  if (mine.reqMode === 'tcp' || theirs.reqMode === 'tcp') {
+    throw new InvalidParamError('srcPort', `srcPort ${mine.srcPort} is already the TCP port of ${owner}${mine.reqMode === 'sni' || theirs.reqMode === 'sni' ? ' (only reqMode=sni services share a port, by server name)' : ''}`);
+  }
+  const taken = mine.serviceDomain.find((d) => theirs.serviceDomain.includes(d));
+  if (taken !== undefined) throw new InvalidParamError('serviceDomain', `server name ${taken} on port ${mine.srcPort} is already routed to ${owner}`);
 }
 
 /** What every backend name of a (routed) spec starts with. */

@@ -170,7 +170,7 @@ describe('reqMode=tcp (issue 10): a frontend per srcPort, instances from Consul'
       [{ reqMode: 'tcp', srcPort: String(tcpPort + 1), addReqHeader: 'X-A 1' }, 'addReqHeader', /every destination of this service is reqMode=tcp/],
       [{ reqMode: 'tcp', port: '6379' }, 'srcPort', /needs srcPort/],
       [{ reqMode: 'tcp', srcPort: httpPort }, 'srcPort', /HTTP listener/],
-      [{ servicePath: '/x', checkTcp: 'true' }, 'checkTcp', /reqMode=tcp destinations only/],
+      [{ servicePath: '/x', checkTcp: 'true' }, 'checkTcp', /reqMode=tcp and sni destinations only/],
     ];
     for (const [params, parameter, message] of cases) {
       const res = await callApi(proxy, 'reconfigure', { serviceName: 'other', ...params });
@@ -183,9 +183,10 @@ describe('reqMode=tcp (issue 10): a frontend per srcPort, instances from Consul'
     assert.equal(taken.status, 400, taken.text);
     assert.equal(taken.body.Parameter, 'srcPort');
     assert.match(String(taken.body.Message), /already the TCP port of service redis/);
-    const sni = await callApi(proxy, 'reconfigure', { serviceName: 'tls', reqMode: 'sni', srcPort: String(tcpPort + 2) });
+    // A reqMode=sni service cannot share a plain tcp service's port either.
+    const sni = await callApi(proxy, 'reconfigure', { serviceName: 'tls', reqMode: 'sni', srcPort: String(tcpPort), serviceDomain: 'tls.com' });
     assert.equal(sni.status, 400, sni.text);
-    assert.equal(sni.body.Code, 'DFP_ERR_UNSUPPORTED_PARAM');
+    assert.equal(sni.body.Parameter, 'srcPort');
     const services = Object.keys((await callApi(proxy, 'config', { type: 'json' })).body).sort();
     assert.deepEqual(services, ['redis', 'web']);
   });
