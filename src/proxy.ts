@@ -641,6 +641,7 @@ function parseOptionsOf(settings: Settings): ParseOptions {
   return {
     separator: settings.separator,
     listenerPorts: new Set(settings.listeners.map((l) => l.port)),
+    tlsPorts: new Set(settings.listeners.filter((l) => l.ssl).map((l) => l.port)),
     entryPorts: { plain: settings.listeners.find((l) => !l.ssl)?.port, tls: settings.listeners.find((l) => l.ssl)?.port },
     clientCa: h.caFile !== undefined,
     // F16: a user without a password must get one from its usersSecret file or USERS.

@@ -172,6 +172,7 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
     settings.serviceDomainAlgo,
   );
   const lookups = inUse(routes.maps);
+  const sniShared = sniSharedPorts(settings, ordered);
   for (const kept of allocation.lookups ?? []) lookups.add(kept);
 
   // --- userlists (the secret file) ---
@@ -231,8 +232,8 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
     ...(settings.compression.algo.length > 0 ? [`    compression algo ${settings.compression.algo.join(' ')}`] : []),
     ...(settings.compression.type.length > 0 ? [`    compression type ${settings.compression.type.join(' ')}`] : []),
     '',
-    ...renderFrontend(settings, routes, lookups),
-    ...renderTcpFrontends(ordered, nameOf, { debug: settings.debug, tcpFormat: settings.requestLog.tcpFormat }),
+    ...renderFrontend(settings, routes, lookups, sniShared),
+    ...renderTcpFrontends(ordered, nameOf, settings, sniShared),
   ];
 
   // --- backends ---
@@ -346,11 +347,27 @@ function statsLines(stats: StatsSettings): string[] {
   ];
 }
 
-function bindLine(settings: RenderSettings, l: Listener): string {
+function bindLine(settings: RenderSettings, l: Listener, sniShared: ReadonlySet<number>): string {
   const tls = l.ssl
     ? ` ssl crt-list ${settings.crtList} alpn ${settings.enableH2 ? 'h2,http/1.1' : 'http/1.1'}${settings.caFile ? ` ca-file ${settings.caFile} verify optional` : ''}`
     : '';
+  // The port is the SNI frontend's (renderTcpFrontends): TLS it does not pass through arrives here,
+  // over a socket of HAProxy's own, with the client's addresses in a PROXY header.
+  if (l.ssl && sniShared.has(l.port)) return `    bind ${tlsTermSocket(l.port)} accept-proxy${tls}`;
   return `    bind *:${l.port}${tls}${l.options ? ` ${l.options}` : ''}`;
+}
+
+/** The abstract socket where a TLS port shared with SNI passthrough hands over what it terminates. */
+function tlsTermSocket(port: number): string {
+  return `abns@dfp-tls-${port}`;
+}
+
+/** TLS listener ports that reqMode=sni services share (their binds move to renderTcpFrontends). */
+function sniSharedPorts(settings: RenderSettings, services: readonly ServiceState[]): Set<number> {
+  const tls = new Set(settings.listeners.filter((l) => l.ssl).map((l) => l.port));
+  const out = new Set<number>();
+  for (const { spec } of services) for (const d of spec.destinations) if (d.reqMode === 'sni' && d.srcPort !== undefined && tls.has(d.srcPort)) out.add(d.srcPort);
+  return out;
 }
 
 /** ACL names derive from the backend name, which is unique by construction (spec/types.ts backendName). */
@@ -392,13 +409,13 @@ function aclConditions(r: AclRoute, acls: string[], defaultAlgo: DomainAlgo): st
   return conds.join(' ');
 }
 
-function renderFrontend(settings: RenderSettings, routes: ReturnType<typeof buildRoutes>, use: ReadonlySet<string>): string[] {
+function renderFrontend(settings: RenderSettings, routes: ReturnType<typeof buildRoutes>, use: ReadonlySet<string>, sniShared: ReadonlySet<number>): string[] {
   const file = (m: MapName) => `${settings.mapDir}/${MAP_FILES[m]}`;
   const binds = settings.listeners.filter((l) => !l.ssl || settings.crtList !== undefined);
   const out: string[] = [
     // The original's frontend name: its stats row (`services,FRONTEND`) is what dashboards read.
     'frontend services',
-    ...binds.map((l) => bindLine(settings, l)),
+    ...binds.map((l) => bindLine(settings, l, sniShared)),
     '    mode http',
     '    option forwardfor',
     '    http-request set-header X-Forwarded-Proto https if { ssl_fc }',
@@ -494,7 +511,8 @@ function renderFrontend(settings: RenderSettings, routes: ReturnType<typeof buil
  * TLS left untouched: exact names first, then `*.` wildcards, then no match (the connection is
  * closed). Frontend settings (timeoutClient, clitcpka) come from the first destination on the port.
  */
-function renderTcpFrontends(services: readonly ServiceState[], nameOf: (spec: ServiceSpec, dest: Destination) => string, log: { readonly debug: boolean; readonly tcpFormat: string | undefined }): string[] {
+function renderTcpFrontends(services: readonly ServiceState[], nameOf: (spec: ServiceSpec, dest: Destination) => string, settings: RenderSettings, sniShared: ReadonlySet<number>): string[] {
+  const log = { debug: settings.debug, tcpFormat: settings.requestLog.tcpFormat };
   const byPort = new Map<number, { spec: ServiceSpec; dest: Destination }[]>();
   for (const { spec } of services) {
     for (const dest of spec.destinations) {
@@ -507,11 +525,15 @@ function renderTcpFrontends(services: readonly ServiceState[], nameOf: (spec: Se
     const first = dests[0];
     if (!first) continue;
     const sni = first.dest.reqMode === 'sni';
+    // A TLS listener shared with passthrough: this frontend takes the port (with the listener's bind
+    // options), and what no SNI rule claims goes on to be terminated by frontend services.
+    const shared = sniShared.has(port) ? settings.listeners.find((l) => l.ssl && l.port === port) : undefined;
+    const terminate = shared !== undefined && settings.crtList !== undefined;
     out.push(
       '',
       // The original's names: their stats rows (`tcpFE_6379,FRONTEND`) are what dashboards read.
       `frontend ${sni ? 'sniFE' : 'tcpFE'}_${port}`,
-      `    bind *:${port}`,
+      `    bind *:${port}${shared?.options ? ` ${shared.options}` : ''}`,
       '    mode tcp',
       ...(log.debug ? ['    option tcplog'] : []),
       ...(log.debug && log.tcpFormat !== undefined ? [`    log-format "${log.tcpFormat}"`] : []),
@@ -527,6 +549,15 @@ function renderTcpFrontends(services: readonly ServiceState[], nameOf: (spec: Se
     const wild = dests.map(({ spec, dest }) => ({ backend: nameOf(spec, dest), names: dest.serviceDomain.filter((d) => d.startsWith('*.')).map((d) => d.slice(1)) }));
     for (const r of exact) if (r.names.length > 0) out.push(`    use_backend ${r.backend} if { req_ssl_sni -i ${r.names.join(' ')} }`);
     for (const r of wild) if (r.names.length > 0) out.push(`    use_backend ${r.backend} if { req_ssl_sni -m end -i ${r.names.join(' ')} }`);
+    if (terminate) {
+      out.push(
+        `    default_backend dfp-tls-${port}`,
+        '',
+        `backend dfp-tls-${port}`,
+        '    mode tcp',
+        `    server terminate ${tlsTermSocket(port)} send-proxy-v2`,
+      );
+    }
   }
   return out;
 }

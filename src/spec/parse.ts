@@ -11,6 +11,8 @@ export interface ParseOptions {
   readonly passwordKnown?: (user: string, usersSecret: string | undefined) => boolean;
   /** HAProxy's HTTP listener ports (DEFAULT_PORTS + BIND_PORTS): a srcPort must be one of them. */
   readonly listenerPorts?: ReadonlySet<number>;
+  /** The TLS listeners (`:ssl` ports): reqMode=sni services may share them with TLS termination. */
+  readonly tlsPorts?: ReadonlySet<number>;
   /** Ports the proxy uses for something else (the API's PORT, STATS_PORT): a TCP srcPort must not be one. */
   readonly reservedPorts?: ReadonlyMap<number, string>;
   /** Defaults of srcPort and srcHttpsPort with httpsPort: DEFAULT_PORTS' first plain and first TLS port (80, 443). */
@@ -173,8 +175,13 @@ function tcpDestination(params: Params, index: number, opts: ParseOptions, out: 
   const [srcName] = pick(params, { name: 'srcPort' }, index);
   const port = out.srcPort as number | undefined;
   if (port === undefined) throw new InvalidParamError(srcName, `reqMode=tcp needs ${srcName}: the port HAProxy listens on for this service`);
-  if (opts.listenerPorts?.has(port)) {
-    throw new InvalidParamError(srcName, `${srcName}=${port} is an HTTP listener (DEFAULT_PORTS or BIND_PORTS); a TCP service needs a port of its own`);
+  // A TLS listener is shared with SNI passthrough: what no server name claims is terminated there.
+  const sharedTls = out.reqMode === 'sni' && opts.tlsPorts?.has(port) === true;
+  if (opts.listenerPorts?.has(port) && !sharedTls) {
+    throw new InvalidParamError(
+      srcName,
+      `${srcName}=${port} is an HTTP listener (DEFAULT_PORTS or BIND_PORTS); a TCP service needs a port of its own${out.reqMode === 'sni' ? ' (reqMode=sni may share a TLS listener, an :ssl port)' : ''}`,
+    );
   }
   const reserved = opts.reservedPorts?.get(port);
   if (reserved !== undefined) throw new InvalidParamError(srcName, `${srcName}=${port} is ${reserved}; a TCP service needs a port of its own`);

@@ -4,6 +4,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { createServer as tlsServer } from 'node:tls';
 import { certNameFrom, checkCertName, orderCertNames } from '../../src/certs/pem.js';
 import type { ConsulAgent } from '../../src/consul/agent.js';
 import { callApi, eventually, haproxyGeneration, registerLikeRegistrator, startConsul, stopConsul, tempDir } from '../helpers/harness.js';
@@ -183,6 +184,37 @@ describe('TLS termination with certificates', () => {
       assert.equal(bad.body.Parameter, 'srcHttpsPort');
     }
     assert.equal((await callApi(p1, 'remove', { serviceName: 'echo' })).status, 200);
+  });
+
+  it('reqMode=sni shares the TLS listener: a claimed server name passes through untouched, the rest is terminated here', async () => {
+    // An instance that terminates TLS itself, with a certificate the proxy does not have.
+    const own = makeCert(certDir, 'pass.example');
+    const server = tlsServer({ key: own.key, cert: own.cert }, (sock) => sock.end('hello from pass.0\n'));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      await registerLikeRegistrator(consul.address, { name: 'pass', container: 'pass.0', exposedPort: 443, hostPort: (server.address() as AddressInfo).port });
+      assert.equal((await callApi(p1, 'reconfigure', { serviceName: 'echo', servicePath: '/echo' })).status, 200);
+      const res = await callApi(p1, 'reconfigure', { serviceName: 'pass', reqMode: 'sni', srcPort: String(p1.tlsPort), serviceDomain: 'pass.example' });
+      assert.equal(res.status, 200, res.text);
+      // Passed through: the instance's own certificate, and its own answer.
+      assert.equal((await hello(p1.tlsPort, 'pass.example')).fingerprint256, own.fingerprint256);
+      // Not claimed: terminated by frontend services with the stored certificate, routed as HTTP,
+      // the client's address kept (PROXY protocol between the two frontends).
+      assert.equal((await hello(p1.tlsPort, 'a.com')).fingerprint256, a2.fingerprint256);
+      const echo = await httpsGet(p1.tlsPort, 'a.com', '/echo');
+      assert.equal(echo.status, 200);
+      const headers = (JSON.parse(echo.body) as { headers: Record<string, string> }).headers;
+      assert.equal(headers['x-forwarded-proto'], 'https');
+      assert.equal(headers['x-forwarded-for'], '127.0.0.1');
+      // A plain tcp service cannot take a TLS listener.
+      const plain = await callApi(p1, 'reconfigure', { serviceName: 'rawtls', reqMode: 'tcp', srcPort: String(p1.tlsPort) });
+      assert.equal(plain.status, 400, plain.text);
+      assert.equal(plain.body.Parameter, 'srcPort');
+      assert.equal((await callApi(p1, 'remove', { serviceName: 'pass' })).status, 200);
+      assert.equal((await hello(p1.tlsPort, 'a.com')).fingerprint256, a2.fingerprint256, 'the listener is back in frontend services');
+    } finally {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
   });
 
   it('serviceCert on reconfigure stores a certificate named after the first domain', async () => {
