@@ -43,6 +43,7 @@ export function renderSettings(settings: Settings, adminSocket: string): Omit<Re
     connectionMode: settings.connectionMode,
     maxconn: settings.maxconn,
     drain: settings.drain,
+    resolvers: settings.resolvers,
     debug: settings.debug,
     requestLog: settings.requestLog,
     adminSocket,
@@ -415,7 +416,7 @@ export class FlowProxy implements ProxyCore {
     const warnings: string[] = [];
     const env = this.fromEnv.get(spec.serviceName);
     if (env) warnings.push(`${spec.serviceName} is also defined by ${env.prefix}* in this proxy's environment; this one wins until it is removed`);
-    if (instances.length === 0) warnings.push(`Consul has no healthy instance of ${consulServiceName(spec)} yet; the route answers 503 until one passes`);
+    if (instances.length === 0 && spec.destinations.some((d) => d.outboundHostname === undefined)) warnings.push(`Consul has no healthy instance of ${consulServiceName(spec)} yet; the route answers 503 until one passes`);
     const next = change(this.reconciler.snapshot()); // refuses a taken aclName before anything is stored
     if (options.dryRun) return { warnings, dryRun: this.preview(next) };
     this.assertReady();

@@ -15,7 +15,7 @@ function backendIds(services: readonly ServiceState[]): Map<string, readonly str
   const out = new Map<string, readonly string[]>();
   for (const { spec, instances } of services) {
     const ids = instanceIds(instances);
-    for (const d of routedSpec(spec).destinations) out.set(backendName(spec, d), ids);
+    for (const d of routedSpec(spec).destinations) out.set(backendName(spec, d), d.outboundHostname === undefined ? ids : []);
   }
   return out;
 }

@@ -33,6 +33,11 @@ export interface Settings {
   readonly serviceVariables: Readonly<Record<string, string>>;
   /** `reqMode` of services from the environment that do not set one (`DEFAULT_PROTOCOL`). */
   readonly defaultProtocol: 'http' | 'tcp';
+  /**
+   * Name servers for DNS targets (`outboundHostname`), `name ip:port` each, from `RESOLVERS`; empty:
+   * the machine's /etc/resolv.conf (`parse-resolv-conf`).
+   */
+  readonly resolvers: readonly { readonly name: string; readonly address: string }[];
   /** `DEFAULT_REQ_MODE`: only `http` (see loadSettings). */
   readonly defaultReqMode: 'http';
   /** The Docker Flow Swarm Listener's base URL (`LISTENER_ADDRESS`), pulled at start-up. */
@@ -280,6 +285,10 @@ export function loadSettings(env: Env = process.env): Settings {
   }
   const day = 86_400;
   const tunnel = int(env, 'TIMEOUT_TUNNEL', 3600, 0, day);
+  // The original's switches for unresolvable names: checked, and always on here (DNS targets start
+  // unresolved, init-addr none, and HAProxy re-resolves them at run time).
+  bool(env, 'CHECK_RESOLVERS', false);
+  bool(env, 'DO_NOT_RESOLVE_ADDR', false);
   return {
     apiHost,
     apiPort: int(env, 'PORT', 8080, 0, 65535),
@@ -346,6 +355,11 @@ export function loadSettings(env: Env = process.env): Settings {
     // The original's `mode` of frontend services: routing by host and path needs http; TCP
     // services get frontends of their own (reqMode=tcp), so tcp here is refused, not ignored.
     defaultReqMode: oneOf(env, 'DEFAULT_REQ_MODE', ['http'] as const, 'http'),
+    resolvers: list(env, 'RESOLVERS', resolverItem).map((item, i) => {
+      const parts = item.split(/\s+/);
+      const address = parts.at(-1) ?? '';
+      return { name: parts.length === 3 ? (parts[1] ?? `ns${i + 1}`) : `ns${i + 1}`, address };
+    }),
     listenerUrl: listenerUrl(lookup(env, 'LISTENER_ADDRESS')),
     reloadInterval: int(env, 'RELOAD_INTERVAL', 5000, 10, 3_600_000),
     debug: bool(env, 'DEBUG', false),
@@ -409,6 +423,14 @@ function statsSettings(env: Env, binds: readonly Listener[]): StatsSettings | un
   if (!ok(user) || user.includes(':')) throw new SettingsError(userVar, 'must be printable ASCII without whitespace, quotes, backslashes, # or :');
   if (!ok(pass)) throw new SettingsError(passVar, 'must be printable ASCII without whitespace, quotes, backslashes or # (value not shown)');
   return { uri, port, auth: user === 'none' ? undefined : { user, pass } };
+}
+
+/** `nameserver <name> <ip>:<port>` (the original's form) or `<ip>:<port>`; an IPv4 or bracketed IPv6 literal. */
+function resolverItem(item: string): string {
+  const parts = item.split(/\s+/);
+  const ok = (parts.length === 1 || (parts.length === 3 && parts[0] === 'nameserver' && /^[A-Za-z0-9_-]{1,32}$/.test(parts[1] ?? ''))) && /^([0-9]{1,3}(\.[0-9]{1,3}){3}|\[[0-9a-fA-F:]+\]):[0-9]{1,5}$/.test(parts.at(-1) ?? '');
+  if (!ok) throw new Error(`each item must be "nameserver <name> <ip>:<port>" or "<ip>:<port>"; got ${JSON.stringify(item)}`);
+  return item;
 }
 
 /** `Name:len`, a header name (token characters) and a capture length 1..1024. */

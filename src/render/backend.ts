@@ -35,7 +35,19 @@ export function quote(value: string): string {
 /** The backend of one destination of a service. */
 /** `userlist`: the userlist that protects the service (its own, the global one), or none. */
 export function buildBackend(spec: ServiceSpec, dest: Destination, slots: readonly Slot[], userlist: string | undefined, name = backendName(spec, dest)): Backend {
-  if (dest.reqMode !== 'http') return tcpBackend(spec, dest, slots, name);
+  const built = dest.reqMode !== 'http' ? tcpBackend(spec, dest, slots, name) : httpBackend(spec, dest, slots, userlist, name);
+  if (dest.outboundHostname === undefined) return built;
+  // A DNS target: HAProxy resolves the name at run time and fills the servers from its A records;
+  // `init-addr none` lets it start, and keep every other route, while the name does not resolve.
+  const check = spec.skipCheck ? '' : ' check';
+  const template = `server-template s 1-${Math.max(1, slots.length)} ${dest.outboundHostname}:${dest.port} resolvers ${DNS_RESOLVERS} init-addr none${check}${dest.sslVerifyNone ? ' ssl verify none' : ''}`;
+  return { ...built, lines: [...built.lines, template], slots: [] };
+}
+
+/** The `resolvers` section DNS targets use (render/haproxy-config.ts renders it). */
+export const DNS_RESOLVERS = 'dfp';
+
+function httpBackend(spec: ServiceSpec, dest: Destination, slots: readonly Slot[], userlist: string | undefined, name: string): Backend {
   const lines = ['mode http'];
   const sticky = spec.sessionType === 'sticky-server';
   if (sticky) lines.push(`cookie ${spec.aclName} insert indirect nocache`);

@@ -2,7 +2,7 @@ import type { Drain, RequestLog, StatsSettings, Timeouts } from '../config/setti
 import { backendName, type ConnectionMode, type Destination, type DomainAlgo, REDIRECT_CODES, routedSpec, type ServiceSpec } from '../spec/types.js';
 import type { ServiceState } from '../state/service-state.js';
 import type { Instance } from '../discovery/types.js';
-import { type Backend, buildBackend, quote, renderBackend, type Slot, spareBackend } from './backend.js';
+import { type Backend, buildBackend, DNS_RESOLVERS, quote, renderBackend, type Slot, spareBackend } from './backend.js';
 import { assignSlots, type SlotTable, slotName } from './slots.js';
 import { type AclRoute, buildRoutes, byAclName, FALLBACK, MAP_FILES, MAP_NAMES, type MapName, mapText, type RouteConflict, type RouteTable, WILDCARD_DEPTH } from './routes.js';
 
@@ -34,6 +34,8 @@ export interface RenderSettings {
   readonly connectionMode: ConnectionMode;
   readonly maxconn: number;
   readonly drain: Readonly<Drain>;
+  /** RESOLVERS: name servers of DNS targets; empty: /etc/resolv.conf. */
+  readonly resolvers: readonly { readonly name: string; readonly address: string }[];
   readonly debug: boolean;
   readonly requestLog: Readonly<RequestLog>;
   /** Admin socket path (runtime API). */
@@ -234,6 +236,7 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
     '',
     ...renderFrontend(settings, routes, lookups, sniShared),
     ...renderTcpFrontends(ordered, nameOf, settings, sniShared),
+    ...renderResolvers(settings, ordered),
   ];
 
   // --- backends ---
@@ -243,9 +246,11 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
     const ids = instanceIds(instances);
     for (const dest of spec.destinations) {
       const name = nameOf(spec, dest);
+      // A DNS target's servers come from HAProxy's resolver, not from Consul.
+      const dns = dest.outboundHostname !== undefined;
       const given = allocation.slots.get(name);
-      const table = given ?? assignSlots(undefined, ids, settings.serverSlots, true) ?? [];
-      const section = backendSection(spec, dest, name, userlistOf(spec), table, instances, ids, settings.serverSlots);
+      const table = given ?? assignSlots(undefined, dns ? [] : ids, settings.serverSlots, true) ?? [];
+      const section = backendSection(spec, dest, name, userlistOf(spec), table, dns ? NO_INSTANCES : instances, dns ? [] : ids, settings.serverSlots);
       texts.set(name, section);
       backends.set(name, section.backend);
     }
@@ -318,6 +323,8 @@ function spareSection(b: Backend): Section {
   return section;
 }
 
+const NO_INSTANCES: readonly Instance[] = [];
+
 const idMemo = new WeakMap<readonly Instance[], readonly string[]>();
 
 /** Distinct instance IDs, memoised per (immutable) instance list. */
@@ -355,6 +362,18 @@ function bindLine(settings: RenderSettings, l: Listener, sniShared: ReadonlySet<
   // over a socket of HAProxy's own, with the client's addresses in a PROXY header.
   if (l.ssl && sniShared.has(l.port)) return `    bind ${tlsTermSocket(l.port)} accept-proxy${tls}`;
   return `    bind *:${l.port}${tls}${l.options ? ` ${l.options}` : ''}`;
+}
+
+/** The name servers of DNS targets (outboundHostname), only while one exists. */
+function renderResolvers(settings: RenderSettings, services: readonly ServiceState[]): string[] {
+  if (!services.some(({ spec }) => spec.destinations.some((d) => d.outboundHostname !== undefined))) return [];
+  return [
+    '',
+    `resolvers ${DNS_RESOLVERS}`,
+    ...(settings.resolvers.length === 0 ? ['    parse-resolv-conf'] : settings.resolvers.map((r) => `    nameserver ${r.name} ${r.address}`)),
+    '    hold valid 10s',
+    '    accepted_payload_size 8192',
+  ];
 }
 
 /** The abstract socket where a TLS port shared with SNI passthrough hands over what it terminates. */

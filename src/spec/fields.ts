@@ -126,6 +126,19 @@ function oneOf<T extends string | number>(values: readonly T[]): Codec<T> {
 }
 
 /** A list split on SEPARATOR (or a fixed separator), each item through `item`; duplicates collapse. */
+/** A DNS name to route to (no wildcard, no port): what `server-template` resolves. */
+const dnsHost: Codec<string> = {
+  grammar: 'host name: letters, digits, `-` and `.`',
+  parse: (p, raw) => checkDnsHost(p, raw),
+  check: (p, v) => checkDnsHost(p, str(p, v)),
+};
+
+function checkDnsHost(parameter: string, value: string): string {
+  const host = checkDomain(parameter, value);
+  if (host.startsWith('*') || /:/.test(value)) throw new InvalidParamError(parameter, `${parameter} must be a host name without a wildcard or a port (give port); got ${JSON.stringify(value)}`);
+  return host;
+}
+
 function list(grammar: string, item: (p: string, s: string, ctx: FieldContext) => string, fixedSeparator?: string): Codec<readonly string[]> {
   return {
     grammar: `list of ${grammar}${fixedSeparator ? ` joined by \`${fixedSeparator}\`` : ''}`,
@@ -285,6 +298,16 @@ export const DEST_FIELDS = [
   field({ name: 'sslVerifyNone', codec: bool, empty: false, response: 'SslVerifyNone', modes: 'both', doc: 'TLS to the instances, without verifying their certificates.' }),
   field({ name: 'timeoutServer', codec: int(0, 86400, 'seconds'), empty: undefined, response: 'TimeoutServer', show: showOptional, modes: 'both', doc: '`timeout server` of this backend, seconds.' }),
   field({ name: 'timeoutTunnel', codec: int(0, 86400, 'seconds'), empty: undefined, response: 'TimeoutTunnel', show: showOptional, modes: 'both', doc: '`timeout tunnel` (WebSockets) of this backend, seconds.' }),
+  field({
+    name: 'outboundHostname',
+    codec: dnsHost,
+    empty: undefined,
+    response: 'OutboundHostname',
+    show: showOptional,
+    legacyKey: 'hostname',
+    modes: 'both',
+    doc: 'Route to this DNS name (on `port`, required) instead of Consul instances: HAProxy resolves it at run time and follows its A records (`server-template`, `RESOLVERS`); a name that does not resolve answers 503 and breaks no other route.',
+  }),
   field({ name: 'timeoutClient', codec: int(0, 86400, 'seconds'), empty: undefined, response: 'TimeoutClient', show: showOptional, modes: 'tcp', doc: 'tcp only: `timeout client` of its frontend, seconds (default `TIMEOUT_CLIENT`); an established connection idles out on the tunnel timeout instead (`timeoutTunnel`).' }),
   field({ name: 'checkTcp', codec: bool, empty: false, response: 'CheckTcp', modes: 'tcp', doc: 'tcp only: `option tcp-check` on the backend (a connect check is the default).' }),
   field({ name: 'clitcpka', codec: bool, empty: false, response: 'Clitcpka', modes: 'tcp', doc: 'tcp only: TCP keep-alive towards clients (`option clitcpka`).' }),
@@ -293,7 +316,6 @@ export const DEST_FIELDS = [
 
 /** Parameters of the original whose meaning this version does not implement: refused by name. */
 export const NOT_YET = new Set([
-  'outboundHostname',
   'serviceGroup',
   'balanceGroup',
   'discoveryType',
@@ -314,7 +336,6 @@ export function fieldContext(separator: string, pathType: PathType = 'path_beg')
 const LEGACY_OTHER: Readonly<Record<string, string>> = {
   consultemplatefepath: 'consulTemplateFePath',
   consultemplatebepath: 'consulTemplateBePath',
-  hostname: 'outboundHostname',
   cert: 'serviceCert',
 };
 

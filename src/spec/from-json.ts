@@ -25,6 +25,7 @@ export function specFromJson(raw: unknown, separator = ','): ServiceSpec {
     if (dest.reqMode !== 'http' && dest.reqMode !== 'tcp' && dest.reqMode !== 'sni') throw new InvalidParamError('reqMode', 'reqMode must be http, tcp or sni');
     const parsed: Record<string, unknown> = { index, reqMode: dest.reqMode };
     readFields(DEST_FIELDS, dest, parsed, separator, 'path_beg');
+    if (parsed.outboundHostname !== undefined && parsed.port === undefined) throw new InvalidParamError('port', 'outboundHostname needs port');
     if (dest.reqMode !== 'http') {
       if (parsed.srcPort === undefined) throw new InvalidParamError('srcPort', `a reqMode=${dest.reqMode} destination needs srcPort`);
       if (dest.reqMode === 'sni' && (parsed.serviceDomain as string[]).length === 0) throw new InvalidParamError('serviceDomain', 'a reqMode=sni destination needs serviceDomain');

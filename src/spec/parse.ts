@@ -128,6 +128,10 @@ function parseDestination(params: Params, index: number, opts: ParseOptions): De
     const pair = DEST_FIELDS.find((f) => f.name === 'reqPathSearchReplace')?.codec.parse(searchName, `${search},${replace ?? ''}`, fieldContext(opts.separator)) as string[];
     out.reqPathSearchReplace = [...pair, ...(out.reqPathSearchReplace as string[])];
   }
+  if (out.outboundHostname !== undefined && out.port === undefined) {
+    const [portName] = pick(params, { name: 'port' }, index);
+    throw new InvalidParamError(portName, `outboundHostname needs ${portName}: the port to reach ${String(out.outboundHostname)} on`);
+  }
   if (reqMode !== 'http') return tcpDestination(params, index, opts, out);
   const [srcHttpsName, srcHttpsRaw] = pick(params, { name: 'srcHttpsPort' }, index);
   if (out.httpsPort !== undefined) {

@@ -124,6 +124,7 @@ describe('validation: bad and hostile input changes nothing', () => {
     'timeoutTunnel',
     'srcPort',
     'httpsOnly',
+    'outboundHostname',
   ];
   // biome-ignore lint/suspicious/noTemplateCurlyInString: a hostile value (HAProxy's env expansion), not a template
   const HTTP_HOSTILE = [...HOSTILE, 'X-A %[env(HOME)]', 'X-A ${HOME}', 'a:b\nuser evil insecure-password x', '^/(a),/\\9"', 'x,y:z', 'GET\r\nX'];
@@ -189,7 +190,8 @@ describe('validation: bad and hostile input changes nothing', () => {
     // F16: a user without a password, and no USERS or usersSecret to give one.
     await expectRejected('serviceName=demo&servicePath=/x&users=ghost', 400, 'users');
     // Known parameters of the original this version does not implement are refused by name, not ignored.
-    await expectRejected('serviceName=demo&servicePath=/x&outboundHostname=a.com', 400, 'outboundHostname', 'DFP_ERR_UNSUPPORTED_PARAM');
+    await expectRejected('serviceName=demo&servicePath=/x&outboundHostname=a.com', 400, 'port', 'DFP_ERR_INVALID_PARAM');
+    await expectRejected('serviceName=demo&servicePath=/x&serviceGroup=g', 400, 'serviceGroup', 'DFP_ERR_UNSUPPORTED_PARAM');
   });
 
   it('another service may not take an aclName that is in use', async () => {

@@ -94,7 +94,8 @@ describe('reconfigure parameters', () => {
 
   it('raw configuration and not-yet-supported routing parameters are refused by name', () => {
     rejects('serviceName=a&servicePath=/x&consulTemplateFePath=/t', 'DFP_ERR_UNSUPPORTED_PARAM', 'consulTemplateFePath');
-    rejects('serviceName=a&servicePath=/x&outboundHostname=a.com', 'DFP_ERR_UNSUPPORTED_PARAM', 'outboundHostname');
+    rejects('serviceName=a&servicePath=/x&outboundHostname=a.com', 'DFP_ERR_INVALID_PARAM', 'port');
+    rejects('serviceName=a&servicePath=/x&serviceGroup=g', 'DFP_ERR_UNSUPPORTED_PARAM', 'serviceGroup');
     rejects('serviceName=a&srcPort=9000&reqMode=sni', 'DFP_ERR_INVALID_PARAM', 'serviceDomain');
     rejects('serviceName=a&servicePath=/x&srcPort=9000&reqMode=tcp', 'DFP_ERR_INVALID_PARAM', 'servicePath');
   });

@@ -162,3 +162,21 @@ describe('logging and reload variables of the original', () => {
     }
   });
 });
+
+describe('RESOLVERS, CHECK_RESOLVERS, DO_NOT_RESOLVE_ADDR', () => {
+  it('name servers in the original form or as ip:port; the switches are checked', () => {
+    const s = loadSettings({ STATE_DIR: '/tmp/x', RESOLVERS: 'nameserver dns 127.0.0.11:53,10.0.0.2:53', CHECK_RESOLVERS: 'true' });
+    assert.deepEqual(s.resolvers, [
+      { name: 'dns', address: '127.0.0.11:53' },
+      { name: 'ns2', address: '10.0.0.2:53' },
+    ]);
+    for (const [name, value] of [
+      ['RESOLVERS', 'dns 127.0.0.11:53'],
+      ['RESOLVERS', 'nameserver x evil.host:53'],
+      ['CHECK_RESOLVERS', 'maybe'],
+      ['DO_NOT_RESOLVE_ADDR', '2'],
+    ] as const) {
+      assert.throws(() => loadSettings({ STATE_DIR: '/tmp/x', [name]: value }), (e: unknown) => e instanceof DfpError && e.parameter === name, `${name}=${value}`);
+    }
+  });
+});
