@@ -8,6 +8,7 @@ import { ConfigRejectedError, DfpError, FdLimitError, InvalidParamError } from '
 import { Fleet, specsHash } from './fleet.js';
 import { ApiServer } from './api/server.js';
 import { PrecheckBatch } from './apply/precheck-batch.js';
+import { retryUntilDone } from './consul/kv.js';
 import { type EnvService, envServices } from './sources/env-services.js';
 import { SwarmListener } from './sources/swarm-listener.js';
 import { specToJson } from './spec/from-json.js';
@@ -309,7 +310,10 @@ export class FlowProxy implements ProxyCore {
   private async pullListener(listener: SwarmListener): Promise<void> {
     const requests = await listener.services(parseOptionsOf(this.settings), this.settings.reloadInterval, this.lifetime.signal);
     if (requests === undefined) return;
-    const stored = (await this.store.list()).specs;
+    // Consul may still be coming up, like the listener: retry as the restore does.
+    const list = await retryUntilDone(this.lifetime.signal, () => this.store.list(), (err) => this.log.warn(`reading the shared specs for the Swarm Listener's services: ${err.message}; retrying`));
+    if (list === undefined) return;
+    const stored = list.specs;
     let written = 0;
     let removed = 0;
     for (const r of requests) {

@@ -355,11 +355,7 @@ export function loadSettings(env: Env = process.env): Settings {
     // The original's `mode` of frontend services: routing by host and path needs http; TCP
     // services get frontends of their own (reqMode=tcp), so tcp here is refused, not ignored.
     defaultReqMode: oneOf(env, 'DEFAULT_REQ_MODE', ['http'] as const, 'http'),
-    resolvers: list(env, 'RESOLVERS', resolverItem).map((item, i) => {
-      const parts = item.split(/\s+/);
-      const address = parts.at(-1) ?? '';
-      return { name: parts.length === 3 ? (parts[1] ?? `ns${i + 1}`) : `ns${i + 1}`, address };
-    }),
+    resolvers: resolvers(env),
     listenerUrl: listenerUrl(lookup(env, 'LISTENER_ADDRESS')),
     reloadInterval: int(env, 'RELOAD_INTERVAL', 5000, 10, 3_600_000),
     debug: bool(env, 'DEBUG', false),
@@ -425,6 +421,17 @@ function statsSettings(env: Env, binds: readonly Listener[]): StatsSettings | un
   return { uri, port, auth: user === 'none' ? undefined : { user, pass } };
 }
 
+function resolvers(env: Env): { name: string; address: string }[] {
+  const out = list(env, 'RESOLVERS', resolverItem).map((item, i) => {
+    const parts = item.split(/\s+/);
+    return { name: parts.length === 3 ? (parts[1] ?? `dfp-ns${i + 1}`) : `dfp-ns${i + 1}`, address: parts.at(-1) ?? '' };
+  });
+  const names = out.map((r) => r.name);
+  const twice = names.find((n, i) => names.indexOf(n) !== i);
+  if (twice !== undefined) throw new SettingsError('RESOLVERS', `the name server name ${twice} is given twice`);
+  return out;
+}
+
 /** `nameserver <name> <ip>:<port>` (the original's form) or `<ip>:<port>`; an IPv4 or bracketed IPv6 literal. */
 function resolverItem(item: string): string {
   const parts = item.split(/\s+/);
@@ -435,7 +442,7 @@ function resolverItem(item: string): string {
 
 /** `Name:len`, a header name (token characters) and a capture length 1..1024. */
 function captureItem(item: string): string {
-  if (!/^[A-Za-z0-9!#$%&'*+.^_`|~-]+:[0-9]{1,4}$/.test(item) || Number(item.split(':')[1]) < 1 || Number(item.split(':')[1]) > 1024) {
+  if (!/^[A-Za-z0-9_-]{1,100}:[0-9]{1,4}$/.test(item) || Number(item.split(':')[1]) < 1 || Number(item.split(':')[1]) > 1024) {
     throw new Error(`each item must be Header-Name:length (length 1-1024), e.g. Host:15; got ${JSON.stringify(item)}`);
   }
   return item;
@@ -445,7 +452,7 @@ function captureItem(item: string): string {
 function logFormat(env: Env, name: string): string | undefined {
   const raw = lookup(env, name);
   if (raw === undefined) return undefined;
-  if (/[\r\n\0"]/.test(raw)) throw new SettingsError(name, 'a log-format string may not contain line breaks or double quotes');
+  if (/[\r\n\0]/.test(raw)) throw new SettingsError(name, 'a log-format string may not contain line breaks');
   return raw;
 }
 

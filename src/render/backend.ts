@@ -40,7 +40,7 @@ export function buildBackend(spec: ServiceSpec, dest: Destination, slots: readon
   // A DNS target: HAProxy resolves the name at run time and fills the servers from its A records;
   // `init-addr none` lets it start, and keep every other route, while the name does not resolve.
   const check = spec.skipCheck ? '' : ' check';
-  const template = `server-template s 1-${Math.max(1, slots.length)} ${dest.outboundHostname}:${dest.port} resolvers ${DNS_RESOLVERS} init-addr none${check}${dest.sslVerifyNone ? ' ssl verify none' : ''}`;
+  const template = `server-template s 1-${Math.max(1, slots.length)} ${dest.outboundHostname}:${dest.port} resolvers ${DNS_RESOLVERS} resolve-prefer ipv4 init-addr none${check}${dest.sslVerifyNone ? ' ssl verify none' : ''}`;
   return { ...built, lines: [...built.lines, template], slots: [] };
 }
 

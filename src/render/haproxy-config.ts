@@ -360,7 +360,10 @@ function bindLine(settings: RenderSettings, l: Listener, sniShared: ReadonlySet<
     : '';
   // The port is the SNI frontend's (renderTcpFrontends): TLS it does not pass through arrives here,
   // over a socket of HAProxy's own, with the client's addresses in a PROXY header.
-  if (l.ssl && sniShared.has(l.port)) return `    bind ${tlsTermSocket(l.port)} accept-proxy${tls}`;
+  if (l.ssl && sniShared.has(l.port)) {
+    const tlsOptions = splitBindOptions(l.options).tls;
+    return `    bind ${tlsTermSocket(l.port)} accept-proxy${tls}${tlsOptions ? ` ${tlsOptions}` : ''}`;
+  }
   return `    bind *:${l.port}${tls}${l.options ? ` ${l.options}` : ''}`;
 }
 
@@ -374,6 +377,23 @@ function renderResolvers(settings: RenderSettings, services: readonly ServiceSta
     '    hold valid 10s',
     '    accepted_payload_size 8192',
   ];
+}
+
+/** Bind keywords about the connection itself; with SNI sharing they stay on the public bind, the rest (TLS) moves to the terminating one. */
+const CONNECTION_KEYWORDS = new Set(['accept-proxy', 'tfo', 'defer-accept', 'v4v6', 'v6only', 'transparent', 'interface', 'backlog', 'maxconn', 'namespace']);
+const WITH_VALUE = new Set(['interface', 'backlog', 'maxconn', 'namespace']);
+
+function splitBindOptions(options: string): { connection: string; tls: string } {
+  const words = options.split(/\s+/).filter((w) => w !== '');
+  const connection: string[] = [];
+  const tls: string[] = [];
+  for (let i = 0; i < words.length; i++) {
+    const w = words[i] as string;
+    const target = CONNECTION_KEYWORDS.has(w) ? connection : tls;
+    target.push(w);
+    if (WITH_VALUE.has(w) && i + 1 < words.length) target.push(words[++i] as string);
+  }
+  return { connection: connection.join(' '), tls: tls.join(' ') };
 }
 
 /** The abstract socket where a TLS port shared with SNI passthrough hands over what it terminates. */
@@ -439,7 +459,7 @@ function renderFrontend(settings: RenderSettings, routes: ReturnType<typeof buil
     '    option forwardfor',
     '    http-request set-header X-Forwarded-Proto https if { ssl_fc }',
     ...settings.requestLog.captureRequestHeaders.map((h) => `    capture request header ${h.name} len ${h.len}`),
-    ...(settings.debug && settings.requestLog.httpFormat !== undefined ? [`    log-format "${settings.requestLog.httpFormat}"`] : []),
+    ...(settings.debug && settings.requestLog.httpFormat !== undefined ? [`    log-format ${quote(settings.requestLog.httpFormat)}`] : []),
     ...settings.extraFrontend.map((l) => `    ${l}`),
     // The Host is normalised once: port stripped, lower case. The path keeps its case.
     `    http-request set-var(${V.host}) req.hdr(host),field(1,:),lower`,
@@ -552,10 +572,10 @@ function renderTcpFrontends(services: readonly ServiceState[], nameOf: (spec: Se
       '',
       // The original's names: their stats rows (`tcpFE_6379,FRONTEND`) are what dashboards read.
       `frontend ${sni ? 'sniFE' : 'tcpFE'}_${port}`,
-      `    bind *:${port}${shared?.options ? ` ${shared.options}` : ''}`,
+      `    bind *:${port}${shared && splitBindOptions(shared.options).connection ? ` ${splitBindOptions(shared.options).connection}` : ''}`,
       '    mode tcp',
       ...(log.debug ? ['    option tcplog'] : []),
-      ...(log.debug && log.tcpFormat !== undefined ? [`    log-format "${log.tcpFormat}"`] : []),
+      ...(log.debug && log.tcpFormat !== undefined ? [`    log-format ${quote(log.tcpFormat)}`] : []),
       ...(first.dest.clitcpka ? ['    option clitcpka'] : []),
       ...(first.dest.timeoutClient !== undefined ? [`    timeout client ${first.dest.timeoutClient}s`] : []),
     );
@@ -567,7 +587,9 @@ function renderTcpFrontends(services: readonly ServiceState[], nameOf: (spec: Se
     const exact = dests.map(({ spec, dest }) => ({ backend: nameOf(spec, dest), names: dest.serviceDomain.filter((d) => !d.startsWith('*.')) }));
     const wild = dests.map(({ spec, dest }) => ({ backend: nameOf(spec, dest), names: dest.serviceDomain.filter((d) => d.startsWith('*.')).map((d) => d.slice(1)) }));
     for (const r of exact) if (r.names.length > 0) out.push(`    use_backend ${r.backend} if { req_ssl_sni -i ${r.names.join(' ')} }`);
-    for (const r of wild) if (r.names.length > 0) out.push(`    use_backend ${r.backend} if { req_ssl_sni -m end -i ${r.names.join(' ')} }`);
+    // The longest suffix first: *.b.a.com wins over *.a.com whichever service came first.
+    const wildNames = wild.flatMap((r) => r.names.map((name) => ({ backend: r.backend, name }))).sort((a, b) => b.name.length - a.name.length || (a.name < b.name ? -1 : 1));
+    for (const r of wildNames) out.push(`    use_backend ${r.backend} if { req_ssl_sni -m end -i ${r.name} }`);
     if (terminate) {
       out.push(
         `    default_backend dfp-tls-${port}`,

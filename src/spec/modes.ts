@@ -25,6 +25,11 @@ export function checkModes(spec: ServiceSpec, param: (field: string, dest?: Dest
       if (dest.reqMode === 'http' && field.modes === 'tcp') throw new InvalidParamError(name, `${name} applies to reqMode=tcp and sni destinations only`);
     }
   }
+  // A sticky cookie names a config-defined server; a DNS target's servers come from the resolver.
+  if (spec.sessionType === 'sticky-server' && spec.destinations.some((d) => d.outboundHostname !== undefined)) {
+    const name = param('sessionType');
+    throw new InvalidParamError(name, `${name}=sticky-server does not work with outboundHostname (DNS targets have no config-defined servers to stick to)`);
+  }
   if (!spec.destinations.every((d) => d.reqMode !== 'http')) return;
   const values = spec as unknown as Record<string, unknown>;
   for (const field of SERVICE_FIELDS) {

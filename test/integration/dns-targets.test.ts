@@ -37,7 +37,7 @@ describe('DNS targets (outboundHostname)', () => {
     await eventually('the name resolved and served', async () => (await through(proxy, '/api')).instance, (i) => i === 'by-dns.0', 15_000);
     assert.ok(dns.queries.includes('books-api.test'), 'HAProxy asked our resolver');
     const config = (await callApi(proxy, 'config')).text;
-    assert.match(config, new RegExp(`server-template s 1-4 books-api\\.test:${dnsBackend.port} resolvers dfp init-addr none check`));
+    assert.match(config, new RegExp(`server-template s 1-4 books-api\\.test:${dnsBackend.port} resolvers dfp resolve-prefer ipv4 init-addr none check`));
     assert.match(config, new RegExp(`resolvers dfp\\n    nameserver t 127\\.0\\.0\\.1:${dns.port}`));
   });
 

@@ -172,6 +172,13 @@ describe('reconfigure parameters', () => {
     assert.throws(() => specFromJson(stored), (e: unknown) => e instanceof DfpError && e.parameter === 'servicePath');
   });
 
+  it('sticky sessions and DNS targets do not mix: 400 naming sessionType', () => {
+    assert.throws(
+      () => parse('serviceName=a&servicePath=/x&outboundHostname=a.test&port=80&sessionType=sticky-server'),
+      (e: unknown) => e instanceof DfpError && e.parameter === 'sessionType',
+    );
+  });
+
   it('verifyClientSsl needs CA_FILE', () => {
     assert.equal(parse('serviceName=a&servicePath=/x&verifyClientSsl=true', { separator: ',', clientCa: true }).kind, 'upsert');
     assert.throws(

@@ -226,6 +226,22 @@ describe('renderer golden files', () => {
     assert.throws(() => loadSettings({ STATE_DIR: '/var/lib/dfp', HARD_STOP_AFTER: '0' }), /HARD_STOP_AFTER/);
   });
 
+  it('SNI: a more specific wildcard wins whatever the service order; a shared TLS port keeps its TLS bind options where TLS ends', () => {
+    const settings = { ...SETTINGS, listeners: [{ port: 443, ssl: true, options: 'accept-proxy ssl-min-ver TLSv1.2' }], crtList: '/var/lib/dfp/crt-list.txt' };
+    const r = renderConfig(settings, [
+      { spec: spec({ serviceName: 'broad', destinations: [{ reqMode: 'sni', servicePath: [], srcPort: 443, serviceDomain: ['*.a.com'] }] }), instances: [] },
+      { spec: spec({ serviceName: 'narrow', destinations: [{ reqMode: 'sni', servicePath: [], srcPort: 443, serviceDomain: ['*.b.a.com', 'x.a.com'] }] }), instances: [] },
+    ]);
+    const rules = r.config.split('\n').filter((l) => l.includes('req_ssl_sni'));
+    assert.deepEqual(rules, [
+      '    use_backend narrow-be_0 if { req_ssl_sni -i x.a.com }',
+      '    use_backend narrow-be_0 if { req_ssl_sni -m end -i .b.a.com }',
+      '    use_backend broad-be_0 if { req_ssl_sni -m end -i .a.com }',
+    ]);
+    assert.match(r.config, /^ {4}bind \*:443 accept-proxy$/m);
+    assert.match(r.config, /^ {4}bind abns@dfp-tls-443 accept-proxy ssl crt-list \/var\/lib\/dfp\/crt-list\.txt alpn h2,http\/1\.1 ssl-min-ver TLSv1\.2$/m);
+  });
+
   it('every golden config passes haproxy -c', () => {
     for (const [name, fixture] of Object.entries(FIXTURES)) {
       const dir = tempDir();

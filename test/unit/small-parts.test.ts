@@ -168,11 +168,12 @@ describe('RESOLVERS, CHECK_RESOLVERS, DO_NOT_RESOLVE_ADDR', () => {
     const s = loadSettings({ STATE_DIR: '/tmp/x', RESOLVERS: 'nameserver dns 127.0.0.11:53,10.0.0.2:53', CHECK_RESOLVERS: 'true' });
     assert.deepEqual(s.resolvers, [
       { name: 'dns', address: '127.0.0.11:53' },
-      { name: 'ns2', address: '10.0.0.2:53' },
+      { name: 'dfp-ns2', address: '10.0.0.2:53' },
     ]);
     for (const [name, value] of [
       ['RESOLVERS', 'dns 127.0.0.11:53'],
       ['RESOLVERS', 'nameserver x evil.host:53'],
+      ['RESOLVERS', 'nameserver dfp-ns2 10.0.0.1:53,10.0.0.2:53'],
       ['CHECK_RESOLVERS', 'maybe'],
       ['DO_NOT_RESOLVE_ADDR', '2'],
     ] as const) {
