@@ -381,10 +381,8 @@ export class FlowProxy implements ProxyCore {
       ['withdrawing the replica report', () => this.publisher?.stop()],
       ['stopping the Consul watches', () => this.watcher.stop()],
       ['finishing the apply in flight', () => this.reconciler.close()],
-      ['stopping HAProxy', () => {
-        this.idleGc.stop();
-        return this.haproxy.stop();
-      }],
+      ['stopping the idle-time GC', () => this.idleGc.stop()],
+      ['stopping HAProxy', () => this.haproxy.stop()],
       ['closing the Consul connections', () => this.consul.close()],
       ['stopping the local Consul', () => this.localConsul?.stop()],
     ];

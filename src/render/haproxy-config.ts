@@ -568,11 +568,12 @@ function renderTcpFrontends(services: readonly ServiceState[], nameOf: (spec: Se
     // options), and what no SNI rule claims goes on to be terminated by frontend services.
     const shared = sniShared.has(port) ? settings.listeners.find((l) => l.ssl && l.port === port) : undefined;
     const terminate = shared !== undefined && settings.crtList !== undefined;
+    const connectionOptions = shared ? splitBindOptions(shared.options).connection : '';
     out.push(
       '',
       // The original's names: their stats rows (`tcpFE_6379,FRONTEND`) are what dashboards read.
       `frontend ${sni ? 'sniFE' : 'tcpFE'}_${port}`,
-      `    bind *:${port}${shared && splitBindOptions(shared.options).connection ? ` ${splitBindOptions(shared.options).connection}` : ''}`,
+      `    bind *:${port}${connectionOptions ? ` ${connectionOptions}` : ''}`,
       '    mode tcp',
       ...(log.debug ? ['    option tcplog'] : []),
       ...(log.debug && log.tcpFormat !== undefined ? [`    log-format ${quote(log.tcpFormat)}`] : []),
