@@ -24,12 +24,13 @@ import { describeOp } from './apply/runtime.js';
 import type { Settings } from './config/settings.js';
 import { ConsulAgent } from './consul/agent.js';
 import { ConsulClient } from './consul/client.js';
-import { ConsulInstanceSource } from './consul/instances.js';
+import { ConsulInstanceSource, knownToConsul } from './consul/instances.js';
+import { checkDnsHost } from './spec/fields.js';
 import { ConsulWatcher } from './consul/watcher.js';
 import type { InstanceSource } from './discovery/types.js';
 import { HaproxyProcess } from './haproxy/process.js';
 import { MAP_FILES, MAP_NAMES, type RenderSettings } from './render/haproxy-config.js';
-import { consulServiceName, type ServiceSpec } from './spec/types.js';
+import { consulServiceName, dnsTarget, type ServiceSpec } from './spec/types.js';
 import { type DesiredState, EMPTY_STATE, serviceStates, withInstances, withoutService, withService } from './state/desired-state.js';
 import { unifiedDiff } from './util/diff.js';
 import { killQuietly } from './util/process.js';
@@ -324,9 +325,10 @@ export class FlowProxy implements ProxyCore {
           removed++;
           continue;
         }
-        const have = stored.get(r.spec.serviceName);
-        if (have && specToJson(have) === specToJson(r.spec)) continue;
-        await this.store.put(r.spec, have === undefined);
+        const spec = (await this.routesByDns(r.spec)) ? { ...r.spec, discoveryType: 'dns' as const } : r.spec;
+        const have = stored.get(spec.serviceName);
+        if (have && specToJson(have) === specToJson(spec)) continue;
+        await this.store.put(spec, have === undefined);
         written++;
       } catch (err) {
         this.log.error(`storing the Swarm Listener's service ${r.kind === 'remove' ? r.serviceName : r.spec.serviceName}: ${(err as Error).message}`);
@@ -402,23 +404,45 @@ export class FlowProxy implements ProxyCore {
     }
   }
 
+  /**
+   * DISCOVERY=dns: a service that names no discoveryType, gives every destination a port and that
+   * Consul has never heard of goes to its DNS name. Decided here, once, and stored with the spec, so
+   * every replica routes it the same way; a later reconfigure decides again.
+   */
+  private async routesByDns(spec: ServiceSpec): Promise<boolean> {
+    if (this.settings.discovery !== 'dns' || spec.discoveryType !== undefined) return false;
+    if (!spec.destinations.every((d) => d.port !== undefined || d.outboundHostname !== undefined)) return false;
+    if (spec.destinations.every((d) => d.outboundHostname !== undefined)) return false;
+    try {
+      checkDnsHost('serviceName', consulServiceName(spec));
+    } catch {
+      return false; // not a name a resolver could answer: Consul it stays, with its warning
+    }
+    return !(await knownToConsul(this.consul, consulServiceName(spec)));
+  }
+
   // --- ProxyCore -------------------------------------------------------------------------------
 
   async reconfigure(
-    spec: ServiceSpec,
+    requested: ServiceSpec,
     options: Partial<ChangeOptions> = {},
     cert?: { readonly name: string; readonly pem: string },
   ): Promise<{ warnings: string[]; dryRun?: DryRunResult }> {
+    let spec = requested;
     // serviceCert: a 400 naming it before anything changes.
     if (cert) parseCertBundle('serviceCert', cert.pem);
     // Read instances before touching state: if Consul cannot answer, nothing changes (503).
     const mark = this.watcher.mark(consulServiceName(spec));
     const instances = await this.instances.instances(consulServiceName(spec));
-    const change: Change = (s) => withService(s, spec, instances);
     const warnings: string[] = [];
+    if (instances.length === 0 && (await this.routesByDns(spec))) {
+      spec = { ...spec, discoveryType: 'dns' };
+      warnings.push(`Consul does not know ${consulServiceName(spec)}: routed to the DNS name ${dnsTarget(spec, {})} (DISCOVERY=dns)`);
+    }
+    const change: Change = (s) => withService(s, spec, instances);
     const env = this.fromEnv.get(spec.serviceName);
     if (env) warnings.push(`${spec.serviceName} is also defined by ${env.prefix}* in this proxy's environment; this one wins until it is removed`);
-    if (instances.length === 0 && spec.destinations.some((d) => d.outboundHostname === undefined)) warnings.push(`Consul has no healthy instance of ${consulServiceName(spec)} yet; the route answers 503 until one passes`);
+    if (instances.length === 0 && spec.destinations.some((d) => dnsTarget(spec, d) === undefined)) warnings.push(`Consul has no healthy instance of ${consulServiceName(spec)} yet; the route answers 503 until one passes`);
     const next = change(this.reconciler.snapshot()); // refuses a taken aclName before anything is stored
     if (options.dryRun) return { warnings, dryRun: this.preview(next) };
     this.assertReady();

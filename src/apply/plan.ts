@@ -1,7 +1,7 @@
 import { type BackendAllocation, instanceIds, MAP_NAMES, type MapName, type RenderedConfig } from '../render/haproxy-config.js';
 import { assignSlots, type SlotTable } from '../render/slots.js';
 import type { ServiceState } from '../state/service-state.js';
-import { backendName, routedSpec } from '../spec/types.js';
+import { backendName, dnsTarget, routedSpec } from '../spec/types.js';
 
 /**
  * Pure decisions of the applier: which backend names to use, and whether a change can go out
@@ -15,7 +15,7 @@ function backendIds(services: readonly ServiceState[]): Map<string, readonly str
   const out = new Map<string, readonly string[]>();
   for (const { spec, instances } of services) {
     const ids = instanceIds(instances);
-    for (const d of routedSpec(spec).destinations) out.set(backendName(spec, d), d.outboundHostname === undefined ? ids : []);
+    for (const d of routedSpec(spec).destinations) out.set(backendName(spec, d), dnsTarget(spec, d) === undefined ? ids : []);
   }
   return out;
 }

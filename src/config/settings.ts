@@ -40,6 +40,11 @@ export interface Settings {
   readonly resolvers: readonly { readonly name: string; readonly address: string }[];
   /** `DEFAULT_REQ_MODE`: only `http` (see loadSettings). */
   readonly defaultReqMode: 'http';
+  /**
+   * `DISCOVERY`: `dns` routes a service that names no `discoveryType` and that Consul does not know
+   * when it is reconfigured to its DNS name (`discoveryType=dns`); `consul` (default) never does.
+   */
+  readonly discovery: 'consul' | 'dns';
   /** The Docker Flow Swarm Listener's base URL (`LISTENER_ADDRESS`), pulled at start-up. */
   readonly listenerUrl: string | undefined;
   /** How long to wait between tries of the listener at start-up, ms (`RELOAD_INTERVAL`). */
@@ -329,7 +334,7 @@ export function loadSettings(env: Env = process.env): Settings {
       extraFrontend: list(env, 'EXTRA_FRONTEND', (l) => rawLine('EXTRA_FRONTEND', l)),
       ssl: {
         // Operator input, checked by `haproxy -c` at start-up; the grammar only keeps it one config line of words.
-        options: matching(env, 'SSL_BIND_OPTIONS', /^[A-Za-z0-9._-]+( [A-Za-z0-9._-]+)*$/, 'HAProxy bind options separated by single spaces, e.g. ssl-min-ver TLSv1.2 no-tls-tickets'),
+        options: sslBindOptions(env),
         ciphers: matching(env, 'SSL_BIND_CIPHERS', /^[A-Za-z0-9:!+@_.-]+$/, 'an OpenSSL cipher list, e.g. ECDHE-RSA-AES128-GCM-SHA256:!aNULL'),
       },
       compression: {
@@ -355,6 +360,7 @@ export function loadSettings(env: Env = process.env): Settings {
     // The original's `mode` of frontend services: routing by host and path needs http; TCP
     // services get frontends of their own (reqMode=tcp), so tcp here is refused, not ignored.
     defaultReqMode: oneOf(env, 'DEFAULT_REQ_MODE', ['http'] as const, 'http'),
+    discovery: oneOf(env, 'DISCOVERY', ['consul', 'dns'] as const, 'consul'),
     resolvers: resolvers(env),
     listenerUrl: listenerUrl(lookup(env, 'LISTENER_ADDRESS')),
     reloadInterval: int(env, 'RELOAD_INTERVAL', 5000, 10, 3_600_000),
@@ -473,6 +479,33 @@ function filePath(env: Env, name: string): string | undefined {
   const resolved = path.resolve(raw);
   if (!/^[A-Za-z0-9/_.+-]+$/.test(resolved)) throw new SettingsError(name, `must be a path using letters, digits and / _ . + - (got ${JSON.stringify(raw)})`);
   return resolved;
+}
+
+const SSL_FLAGS = new Set(['no-sslv3', 'no-tlsv10', 'no-tlsv11', 'no-tlsv12', 'no-tlsv13', 'force-sslv3', 'force-tlsv10', 'force-tlsv11', 'force-tlsv12', 'force-tlsv13', 'no-tls-tickets', 'prefer-client-ciphers']);
+const SSL_VERSIONS = new Set(['SSLv3', 'TLSv1.0', 'TLSv1.1', 'TLSv1.2', 'TLSv1.3']);
+
+/**
+ * SSL_BIND_OPTIONS, word by word against what HAProxy 2.6's `ssl-default-bind-options` takes: an
+ * unknown word would otherwise surface as HAProxy refusing the whole config at start-up, without
+ * naming the variable.
+ */
+function sslBindOptions(env: Env): string | undefined {
+  const raw = lookup(env, 'SSL_BIND_OPTIONS');
+  if (raw === undefined) return undefined;
+  const words = raw.split(' ');
+  for (let i = 0; i < words.length; i++) {
+    const word = words[i] ?? '';
+    if (SSL_FLAGS.has(word)) continue;
+    if ((word === 'ssl-min-ver' || word === 'ssl-max-ver') && SSL_VERSIONS.has(words[i + 1] ?? '')) {
+      i++;
+      continue;
+    }
+    throw new SettingsError(
+      'SSL_BIND_OPTIONS',
+      `must be HAProxy bind options separated by single spaces (${[...SSL_FLAGS].join(', ')}, ssl-min-ver/ssl-max-ver ${[...SSL_VERSIONS].join('|')}); ${JSON.stringify(word.slice(0, 60))} is not one`,
+    );
+  }
+  return raw;
 }
 
 function matching(env: Env, name: string, re: RegExp, what: string): string | undefined {

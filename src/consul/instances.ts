@@ -90,3 +90,18 @@ export function toInstances(service: string, entries: readonly HealthEntry[], lo
   }
   return out;
 }
+
+/**
+ * Whether Consul has any registration of a service, healthy or not (`/v1/catalog/service/<name>`):
+ * what `DISCOVERY=dns` asks before routing a service to its DNS name instead.
+ */
+export async function knownToConsul(consul: ConsulClient, service: string): Promise<boolean> {
+  const path = `/v1/catalog/service/${encodeURIComponent(service)}`;
+  const res = await consul.request(path).catch((err: unknown) => {
+    if (!(err instanceof ConsulUnavailableError) || !err.transient) throw err;
+    return retryTransient(() => consul.request(`${path}?stale`));
+  });
+  if (res.status !== 200) throw new ConsulUnavailableError(`Consul answered ${res.status} for the catalog of ${service}: ${res.body.slice(0, 200)}`);
+  const entries: unknown = JSON.parse(res.body);
+  return Array.isArray(entries) && entries.length > 0;
+}

@@ -1,5 +1,5 @@
 import type { Instance } from '../discovery/types.js';
-import { backendName, type Destination, type ServiceSpec } from '../spec/types.js';
+import { backendName, type Destination, dnsTarget, type ServiceSpec } from '../spec/types.js';
 import { slotName } from './slots.js';
 
 /**
@@ -36,11 +36,12 @@ export function quote(value: string): string {
 /** `userlist`: the userlist that protects the service (its own, the global one), or none. */
 export function buildBackend(spec: ServiceSpec, dest: Destination, slots: readonly Slot[], userlist: string | undefined, name = backendName(spec, dest)): Backend {
   const built = dest.reqMode !== 'http' ? tcpBackend(spec, dest, slots, name) : httpBackend(spec, dest, slots, userlist, name);
-  if (dest.outboundHostname === undefined) return built;
+  const host = dnsTarget(spec, dest);
+  if (host === undefined) return built;
   // A DNS target: HAProxy resolves the name at run time and fills the servers from its A records;
   // `init-addr none` lets it start, and keep every other route, while the name does not resolve.
   const check = spec.skipCheck ? '' : ' check';
-  const template = `server-template s 1-${Math.max(1, slots.length)} ${dest.outboundHostname}:${dest.port} resolvers ${DNS_RESOLVERS} resolve-prefer ipv4 init-addr none${check}${dest.sslVerifyNone ? ' ssl verify none' : ''}`;
+  const template = `server-template s 1-${Math.max(1, slots.length)} ${host}:${dest.port} resolvers ${DNS_RESOLVERS} resolve-prefer ipv4 init-addr none${check}${dest.sslVerifyNone ? ' ssl verify none' : ''}`;
   return { ...built, lines: [...built.lines, template], slots: [] };
 }
 

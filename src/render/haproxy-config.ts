@@ -1,5 +1,5 @@
 import type { Drain, RequestLog, StatsSettings, Timeouts } from '../config/settings.js';
-import { backendName, type ConnectionMode, type Destination, type DomainAlgo, REDIRECT_CODES, routedSpec, type ServiceSpec } from '../spec/types.js';
+import { backendName, type ConnectionMode, type Destination, dnsTarget, type DomainAlgo, REDIRECT_CODES, routedSpec, type ServiceSpec } from '../spec/types.js';
 import type { ServiceState } from '../state/service-state.js';
 import type { Instance } from '../discovery/types.js';
 import { type Backend, buildBackend, DNS_RESOLVERS, quote, renderBackend, type Slot, spareBackend } from './backend.js';
@@ -206,7 +206,8 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
     `    hard-stop-after ${settings.drain.hardStopAfter}s`,
     `    mworker-max-reloads ${settings.drain.maxReloads}`,
     `    log stdout format raw local0 ${settings.debug ? 'info' : 'notice'}`,
-    ...(settings.ssl?.options ? [`    ssl-default-bind-options ${settings.ssl.options}`, `    ssl-default-server-options ${settings.ssl.options}`] : []),
+    ...(settings.ssl?.options ? [`    ssl-default-bind-options ${settings.ssl.options}`] : []),
+    ...(settings.ssl?.options && serverSslOptions(settings.ssl.options) ? [`    ssl-default-server-options ${serverSslOptions(settings.ssl.options)}`] : []),
     ...(settings.ssl?.ciphers ? [`    ssl-default-bind-ciphers ${settings.ssl.ciphers}`] : []),
     ...settings.extraGlobal.map((l) => `    ${l}`),
     '',
@@ -247,7 +248,7 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
     for (const dest of spec.destinations) {
       const name = nameOf(spec, dest);
       // A DNS target's servers come from HAProxy's resolver, not from Consul.
-      const dns = dest.outboundHostname !== undefined;
+      const dns = dnsTarget(spec, dest) !== undefined;
       const given = allocation.slots.get(name);
       const table = given ?? assignSlots(undefined, dns ? [] : ids, settings.serverSlots, true) ?? [];
       const section = backendSection(spec, dest, name, userlistOf(spec), table, dns ? NO_INSTANCES : instances, dns ? [] : ids, settings.serverSlots);
@@ -369,7 +370,7 @@ function bindLine(settings: RenderSettings, l: Listener, sniShared: ReadonlySet<
 
 /** The name servers of DNS targets (outboundHostname), only while one exists. */
 function renderResolvers(settings: RenderSettings, services: readonly ServiceState[]): string[] {
-  if (!services.some(({ spec }) => spec.destinations.some((d) => d.outboundHostname !== undefined))) return [];
+  if (!services.some(({ spec }) => spec.destinations.some((d) => dnsTarget(spec, d) !== undefined))) return [];
   return [
     '',
     `resolvers ${DNS_RESOLVERS}`,
@@ -631,3 +632,11 @@ function inUse(maps: RouteTable['maps']): Set<string> {
 }
 
 const WELL_KNOWN = '/.well-known/';
+
+/** SSL_BIND_OPTIONS towards servers too, but for `prefer-client-ciphers`, which only a bind takes. */
+function serverSslOptions(options: string): string {
+  return options
+    .split(' ')
+    .filter((w) => w !== 'prefer-client-ciphers')
+    .join(' ');
+}

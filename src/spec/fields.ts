@@ -126,16 +126,30 @@ function oneOf<T extends string | number>(values: readonly T[]): Codec<T> {
 }
 
 /** A list split on SEPARATOR (or a fixed separator), each item through `item`; duplicates collapse. */
-/** A DNS name to route to (no wildcard, no port): what `server-template` resolves. */
+/** `discoveryType`: the original sent `DNS`; case does not matter. */
+const discovery: Codec<'consul' | 'dns'> = {
+  grammar: '`consul` or `dns` (any case)',
+  parse: (p, raw) => checkEnum(p, raw.toLowerCase(), ['consul', 'dns'] as const),
+  check: (p, v) => checkEnum(p, str(p, v), ['consul', 'dns'] as const),
+};
+
+/**
+ * A DNS name to route to (no wildcard, no port): what `server-template` resolves. `_` is allowed:
+ * Swarm names services `<stack>_<service>` and its DNS answers them.
+ */
 const dnsHost: Codec<string> = {
-  grammar: 'host name: letters, digits, `-` and `.`',
+  grammar: 'host name: letters, digits, `-`, `_` and `.`',
   parse: (p, raw) => checkDnsHost(p, raw),
   check: (p, v) => checkDnsHost(p, str(p, v)),
 };
 
-function checkDnsHost(parameter: string, value: string): string {
-  const host = checkDomain(parameter, value);
-  if (host.startsWith('*') || /:/.test(value)) throw new InvalidParamError(parameter, `${parameter} must be a host name without a wildcard or a port (give port); got ${JSON.stringify(value)}`);
+const DNS_LABEL = /^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$/;
+
+export function checkDnsHost(parameter: string, value: string): string {
+  const host = value.toLowerCase().replace(/\.$/, '');
+  if (host.length === 0 || host.length > 253 || !host.split('.').every((label) => DNS_LABEL.test(label))) {
+    throw new InvalidParamError(parameter, `${parameter} must be a host name without a wildcard or a port (letters, digits, '-', '_' and '.'; give the port as port); got ${JSON.stringify(value.slice(0, 100))}`);
+  }
   return host;
 }
 
@@ -176,6 +190,15 @@ export const SERVICE_FIELDS = [
     doc: 'Blue/green: instances come from the Consul service `<serviceName>-<serviceColor>`; names stay those of `serviceName`.',
   }),
   field({ name: 'skipCheck', codec: bool, empty: false, response: 'SkipCheck', legacyKey: 'skipcheck', modes: 'both', doc: 'No HAProxy health check on the servers (Consul still filters by health).' }),
+  field({
+    name: 'discoveryType',
+    codec: discovery,
+    empty: undefined,
+    response: 'DiscoveryType',
+    show: showOptional,
+    modes: 'both',
+    doc: 'Where instances come from: `consul` (the registry service `<serviceName>[-<serviceColor>]`) or `dns` (HAProxy resolves that same name on `port`, required, as Swarm and Kubernetes services are reached). Not given: Consul, unless `DISCOVERY=dns` and Consul does not know the service when it is reconfigured.',
+  }),
   field({
     name: 'serviceDomainAlgo',
     codec: oneOf(DOMAIN_ALGOS),
@@ -318,7 +341,6 @@ export const DEST_FIELDS = [
 export const NOT_YET = new Set([
   'serviceGroup',
   'balanceGroup',
-  'discoveryType',
   'serviceDomainMatchAll',
 ]);
 

@@ -1,6 +1,6 @@
 import { InvalidParamError } from '../errors.js';
-import { DEST_FIELDS, type FieldDef, SERVICE_FIELDS } from './fields.js';
-import type { Destination, ServiceSpec } from './types.js';
+import { checkDnsHost, DEST_FIELDS, type FieldDef, SERVICE_FIELDS } from './fields.js';
+import { consulServiceName, type Destination, dnsTarget, type ServiceSpec } from './types.js';
 
 function isSet(field: FieldDef, value: unknown): boolean {
   if (value === undefined || value === field.empty) return false;
@@ -25,10 +25,18 @@ export function checkModes(spec: ServiceSpec, param: (field: string, dest?: Dest
       if (dest.reqMode === 'http' && field.modes === 'tcp') throw new InvalidParamError(name, `${name} applies to reqMode=tcp and sni destinations only`);
     }
   }
+  // A DNS target has no other source for the port; its name must be one a resolver can answer.
+  for (const dest of spec.destinations) {
+    if (dnsTarget(spec, dest) !== undefined && dest.port === undefined) {
+      const name = param('port', dest);
+      throw new InvalidParamError(name, `${name} is required${dest.index > 0 ? ` for destination ${dest.index}` : ''}: ${dest.outboundHostname !== undefined ? 'outboundHostname' : 'discoveryType=dns'} routes to a DNS name, and only ${name} says which port`);
+    }
+  }
+  if (spec.discoveryType === 'dns') checkDnsHost(param('serviceName'), consulServiceName(spec));
   // A sticky cookie names a config-defined server; a DNS target's servers come from the resolver.
-  if (spec.sessionType === 'sticky-server' && spec.destinations.some((d) => d.outboundHostname !== undefined)) {
+  if (spec.sessionType === 'sticky-server' && spec.destinations.some((d) => dnsTarget(spec, d) !== undefined)) {
     const name = param('sessionType');
-    throw new InvalidParamError(name, `${name}=sticky-server does not work with outboundHostname (DNS targets have no config-defined servers to stick to)`);
+    throw new InvalidParamError(name, `${name}=sticky-server does not work with DNS targets (outboundHostname, discoveryType=dns: DNS targets have no config-defined servers to stick to)`);
   }
   if (!spec.destinations.every((d) => d.reqMode !== 'http')) return;
   const values = spec as unknown as Record<string, unknown>;

@@ -51,6 +51,14 @@ export function consulServiceName(spec: Pick<ServiceSpec, 'serviceName' | 'servi
 }
 
 /**
+ * The DNS name a destination routes to (HAProxy resolves it at run time), or undefined when its
+ * instances come from Consul: `outboundHostname`, else with `discoveryType=dns` the registry name.
+ */
+export function dnsTarget(spec: Pick<ServiceSpec, 'serviceName' | 'serviceColor' | 'discoveryType'>, dest: Pick<Destination, 'outboundHostname'>): string | undefined {
+  return dest.outboundHostname ?? (spec.discoveryType === 'dns' ? consulServiceName(spec).toLowerCase() : undefined);
+}
+
+/**
  * HAProxy backend name, following the original's `<aclName>-be<port>_<index>` pattern, and
  * `https-<aclName>-be<httpsPort>_<index>` for the second backend of a destination with httpsPort.
  * Reading from the right, `_<index>` ends it and the last `-be<digits>` before that is ours (a port

@@ -64,6 +64,7 @@ describe('validation: bad and hostile input changes nothing', () => {
     { param: 'serviceColor', base: { serviceName: 'demo', servicePath: '/x' } },
     { param: 'skipCheck', base: { serviceName: 'demo', servicePath: '/x' } },
     { param: 'reqMode', base: { serviceName: 'demo', servicePath: '/x' } },
+    { param: 'discoveryType', base: { serviceName: 'demo', servicePath: '/x', port: '80' } },
     // reqMode=tcp destinations (issue 10).
     { param: 'timeoutClient', base: { serviceName: 'demo', reqMode: 'tcp', srcPort: '29999' } },
     { param: 'checkTcp', base: { serviceName: 'demo', reqMode: 'tcp', srcPort: '29999' } },

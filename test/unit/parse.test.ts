@@ -172,6 +172,34 @@ describe('reconfigure parameters', () => {
     assert.throws(() => specFromJson(stored), (e: unknown) => e instanceof DfpError && e.parameter === 'servicePath');
   });
 
+  it('discoveryType: consul or dns in any case (the original sent DNS); dns needs port and a DNS-able name', () => {
+    const r = parse('serviceName=a&servicePath=/x&discoveryType=DNS&port=80');
+    assert.equal(r.kind === 'upsert' && r.spec.discoveryType, 'dns');
+    const c = parse('serviceName=a&servicePath=/x&discoveryType=Consul');
+    assert.equal(c.kind === 'upsert' && c.spec.discoveryType, 'consul');
+    for (const [q, parameter] of [
+      ['serviceName=a&servicePath=/x&discoveryType=dns', 'port'],
+      ['serviceName=a&servicePath.1=/x&port.1=80&servicePath.2=/y&discoveryType=dns', 'port'],
+      ['serviceName=a.-b&servicePath=/x&discoveryType=dns&port=80', 'serviceName'],
+      ['serviceName=a&servicePath=/x&discoveryType=swarm', 'discoveryType'],
+      ['serviceName=a&servicePath=/x&discoveryType=dns&port=80&sessionType=sticky-server', 'sessionType'],
+    ] as const) {
+      assert.throws(() => parse(q), (e: unknown) => e instanceof DfpError && e.parameter === parameter, q);
+    }
+    // Stored specs are checked the same way.
+    const stored = JSON.parse(specToJson((r as { spec: Parameters<typeof specToJson>[0] }).spec)) as { destinations: Record<string, unknown>[] };
+    delete stored.destinations[0]?.port;
+    assert.throws(() => specFromJson(stored), (e: unknown) => e instanceof DfpError && e.parameter === 'port');
+  });
+
+  it('outboundHostname: Swarm names with `_` pass; anything a resolver cannot ask for is refused', () => {
+    const r = parse('serviceName=a&servicePath=/x&outboundHostname=Stack_Web.&port=80');
+    assert.equal(r.kind === 'upsert' && r.spec.destinations[0]?.outboundHostname, 'stack_web');
+    for (const bad of ['-a', 'a..b', 'a b', 'a/b', `${'x'.repeat(64)}.com`, '*.a.com', 'a.com:80']) {
+      assert.throws(() => parse(`serviceName=a&servicePath=/x&port=80&outboundHostname=${encodeURIComponent(bad)}`), (e: unknown) => e instanceof DfpError && e.parameter === 'outboundHostname', bad);
+    }
+  });
+
   it('sticky sessions and DNS targets do not mix: 400 naming sessionType', () => {
     assert.throws(
       () => parse('serviceName=a&servicePath=/x&outboundHostname=a.test&port=80&sessionType=sticky-server'),

@@ -190,6 +190,18 @@ describe('renderer golden files', () => {
     assert.equal(new Set(names).size, names.length);
   });
 
+  it('discoveryType=dns: the registry name (with its colour) on port, resolved by HAProxy; Consul instances ignored', () => {
+    const r = renderConfig(SETTINGS, [
+      {
+        spec: spec({ serviceName: 'stack_web', serviceColor: 'blue', discoveryType: 'dns', destinations: [{ servicePath: ['/w'], port: 8080 }] }),
+        instances: [{ id: 'consul-1', address: '127.0.0.9', port: 9 }],
+      },
+    ]);
+    assert.match(r.config, /^ {4}server-template s 1-\d+ stack_web-blue:8080 resolvers dfp resolve-prefer ipv4 init-addr none check$/m);
+    assert.doesNotMatch(r.config, /127\.0\.0\.9/);
+    assert.match(r.config, /^resolvers dfp$/m);
+  });
+
   it('pattern routes with a domain follow SERVICE_DOMAIN_ALGO unless the service sets its own', () => {
     const r = renderConfig({ ...SETTINGS, serviceDomainAlgo: 'hdr(host)' }, [
       { spec: spec({ serviceName: 'reg', destinations: [{ servicePath: ['^/r/'], pathType: 'path_reg', serviceDomain: ['r.com'] }] }), instances: [] },
