@@ -3,7 +3,8 @@ import http, { type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import type { ConsulAgent } from '../../src/consul/agent.js';
-import { type Backend, callApi, registerLikeRegistrator, startBackend, startConsul, startProxy, stopConsul, type TestProxy, through } from '../helpers/harness.js';
+import { startDns } from '../helpers/dns.js';
+import { type Backend, callApi, eventually, registerLikeRegistrator, startBackend, startConsul, startProxy, stopConsul, type TestProxy, through } from '../helpers/harness.js';
 
 /**
  * Issue 10, AC-22: the Docker Flow Swarm Listener. A stub serves get-services (refusing the first
@@ -90,3 +91,45 @@ describe('Swarm Listener (LISTENER_ADDRESS)', () => {
     assert.equal(calls.notifyServices, 1);
   });
 });
+
+/** DISCOVERY=dns with the listener: Swarm services Consul does not know go to their DNS names. */
+describe('Swarm Listener with DISCOVERY=dns', () => {
+  it('the start-up pull routes an unregistered service by its name and a registered one by Consul', async () => {
+    const consul = await startConsul();
+    const task = await startBackend('stack_api.task');
+    const books = await startBackend('books.0');
+    const dns = await startDns(new Map([['stack_api', '127.0.0.1']]));
+    await registerLikeRegistrator(consul.address, { name: 'books', container: 'books.0', exposedPort: 80, hostPort: books.port });
+    const listed = [
+      { serviceName: 'stack_api', replicas: '2', servicePath: '/api', port: String(task.port) },
+      { serviceName: 'books', replicas: '1', servicePath: '/books', port: '80' },
+    ];
+    const stub = http.createServer((req, res) => {
+      if (req.url === '/v1/docker-flow-swarm-listener/get-services') res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify(listed));
+      else res.writeHead(404).end();
+    });
+    await new Promise<void>((resolve) => stub.listen(0, '127.0.0.1', resolve));
+    let proxy: TestProxy | undefined;
+    try {
+      proxy = await startProxy(consul.address, {
+        LISTENER_ADDRESS: `127.0.0.1:${(stub.address() as AddressInfo).port}`,
+        DISCOVERY: 'dns',
+        RESOLVERS: `nameserver t 127.0.0.1:${dns.port}`,
+      });
+      const model = (await callApi(proxy, 'config', { type: 'json' })).body as Record<string, Record<string, unknown>>;
+      assert.equal(model.stack_api?.DiscoveryType, 'dns');
+      assert.equal(model.books?.DiscoveryType, '');
+      const p = proxy;
+      await eventually('stack_api served through DNS', async () => (await through(p, '/api')).instance, (i) => i === 'stack_api.task', 15_000);
+      assert.equal((await through(proxy, '/books')).instance, 'books.0');
+    } finally {
+      await proxy?.stop();
+      await new Promise<void>((resolve) => stub.close(() => resolve()));
+      await dns.close();
+      await task.close();
+      await books.close();
+      await stopConsul(consul);
+    }
+  });
+});
+
