@@ -239,6 +239,7 @@ export class FlowProxy implements ProxyCore {
       if (settings.listenerUrl) proxy.listener = new SwarmListener(settings.listenerUrl, log.child('listener'));
       if (fromEnv.length > 0) log.info(`${fromEnv.length} service${fromEnv.length === 1 ? '' : 's'} from the environment: ${fromEnv.map((e) => `${e.spec.serviceName} (${e.prefix}*)`).join(', ')}`);
       certs.onApplied = () => proxy?.publisher?.publish();
+      applier.onMaterialized = () => proxy?.publisher?.publish();
       const api = new ApiServer(
         proxy,
         parseOptionsOf(settings),
@@ -354,13 +355,14 @@ export class FlowProxy implements ProxyCore {
   }
 
   private report(): ReplicaReport {
-    const { generation, hash } = this.applier.current();
+    // Quick: a scale event's files are written a moment later, and onMaterialized publishes again.
+    const { generation, hash } = this.applier.current(true);
     return {
       id: this.replicaId,
       api: `http://${this.settings.apiHost}:${this.apiPort}`,
       generation,
       configHash: hash,
-      specsHash: specsHash(this.sharedSpecs(this.reconciler.snapshot())),
+      specsHash: this.sharedSpecsHash(this.reconciler.snapshot()),
       kvIndex: this.fleet?.kvIndex ?? 0,
       certsIndex: this.certs?.appliedIndex ?? 0,
       certsRefused: this.certs?.refusedNames() ?? [],
@@ -383,6 +385,7 @@ export class FlowProxy implements ProxyCore {
       ['withdrawing the replica report', () => this.publisher?.stop()],
       ['stopping the Consul watches', () => this.watcher.stop()],
       ['finishing the apply in flight', () => this.reconciler.close()],
+      ['writing the files of the last scale events', () => this.applier.flush()],
       ['stopping the idle-time GC', () => this.idleGc.stop()],
       ['stopping HAProxy', () => this.haproxy.stop()],
       ['closing the Consul connections', () => this.consul.close()],
@@ -602,6 +605,14 @@ export class FlowProxy implements ProxyCore {
   }
 
   /** The specs every replica of the fleet shares (agreement is about those; env services are each replica's own). */
+  private specsHashMemo: { readonly services: DesiredState['services']; readonly hash: string } | undefined;
+
+  /** The agreement hash; a scale event keeps the very same map of specs, so it is not hashed again. */
+  private sharedSpecsHash(state: DesiredState): string {
+    if (this.specsHashMemo?.services !== state.services) this.specsHashMemo = { services: state.services, hash: specsHash(this.sharedSpecs(state)) };
+    return this.specsHashMemo.hash;
+  }
+
   private sharedSpecs(state: DesiredState): ServiceSpec[] {
     return [...state.services.values()].filter((spec) => this.fromEnv.get(spec.serviceName)?.spec !== spec);
   }
@@ -613,7 +624,7 @@ export class FlowProxy implements ProxyCore {
   async status(): Promise<Record<string, unknown>> {
     const state = this.reconciler.snapshot();
     const { generation, hash } = this.applier.current();
-    const mine = specsHash(this.sharedSpecs(state));
+    const mine = this.sharedSpecsHash(state);
     const { replicas, unknown } = this.fleet ? await readReplicas(this.consul, this.fleet.replicaPrefix) : { replicas: null, unknown: 'not part of the fleet yet' };
     return {
       Ready: this.ready,

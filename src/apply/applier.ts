@@ -8,7 +8,7 @@ import { FdLimitError } from '../errors.js';
 import { type BackendAllocation, MAP_FILES, MAP_NAMES, type MapName, type RenderedConfig, type RenderSettings, renderConfig } from '../render/haproxy-config.js';
 import type { ServiceState } from '../state/service-state.js';
 import type { Logger } from '../util/log.js';
-import { canonicalAllocation, reloadReasons, type RuntimeOp, runtimeAllocation, runtimeOps } from './plan.js';
+import { canonicalAllocation, reloadReasons, type RuntimeOp, runtimeAllocation, runtimeOps, scaleOnlyOps } from './plan.js';
 import { runRuntimeOps } from './runtime.js';
 import { slotUsage } from '../render/slots.js';
 
@@ -20,6 +20,10 @@ export interface ApplyRecord {
   readonly trigger: string;
   /** From the start of the apply until the change is live (runtime commands done, or new worker up). */
   readonly durationMs: number;
+  /**
+   * The files' hash. A scale event's files are written just after its commands went out
+   * (ConfigApplier.materialize): until then '' and then the hash of the files that include it.
+   */
   readonly hash: string;
   readonly at: string;
   /** Why a change that looked runtime-only went through a reload. */
@@ -85,6 +89,25 @@ export class ConfigApplier {
   /** The newest files `haproxy -c` accepted, to fall back on when HAProxy cannot load the live ones. */
   private lastGood: Files | undefined;
 
+  /**
+   * The services of the last apply, by name: a scale event is planned against them from the
+   * changed services alone (plan.ts scaleOnlyOps). Undefined when something besides the services
+   * changed what is rendered (the certificate list), so the next apply renders.
+   */
+  private applied: ReadonlyMap<string, ServiceState> | undefined;
+
+  /**
+   * Set while `live` and the files on disk lag behind the last scale events, which went out through
+   * the runtime API unrendered: the services to render them from. materialize() catches up, off the
+   * change's path, before anything reads `live` or HAProxy could load the files.
+   */
+  private lagging: readonly ServiceState[] | undefined;
+  private lagSince = 0;
+  private materializeTimer: NodeJS.Timeout | undefined;
+
+  /** Called when lagging files have been written (the replica report then carries their hash). */
+  onMaterialized: () => void = () => undefined;
+
   constructor(
     private readonly haproxyBin: string,
     private readonly haproxy: HaproxyProcess,
@@ -94,6 +117,7 @@ export class ConfigApplier {
     private readonly minSpares = 16,
   ) {
     haproxy.onRestartFailure(() => this.restoreLastGood());
+    haproxy.onBeforeRestart(() => this.materialize());
   }
 
   /**
@@ -105,6 +129,10 @@ export class ConfigApplier {
     if (!this.lastGood) return;
     this.log.warn('restoring the last config that passed haproxy -c');
     this.writeLive(this.lastGood, true);
+    // The reload owed below renders everything anew; lagging files must not overwrite these meanwhile.
+    this.lagging = undefined;
+    clearTimeout(this.materializeTimer);
+    this.materializeTimer = undefined;
     this.mustReload = 'HAProxy was restarted from the last validated config';
     this.afterRecovery();
   }
@@ -125,6 +153,7 @@ export class ConfigApplier {
   /** Takes effect with the next apply (the TLS binds appear or go). */
   setCrtList(file: string | undefined): void {
     this.crtList = file;
+    this.applied = undefined;
     this.lastPlan = undefined;
     this.verdicts.clear();
     this.verdictEpoch++;
@@ -152,14 +181,17 @@ export class ConfigApplier {
     this.live = rendered;
     this.lastGood = rendered;
     this.allocation = allocation;
+    this.applied = byName(services);
     this.record({ kind: 'reload', trigger: 'start', durationMs: 0 }, rendered);
   }
 
   liveConfig(): string | undefined {
+    this.materialize();
     return this.live?.config;
   }
 
   liveFiles(): RenderedConfig | undefined {
+    this.materialize();
     return this.live;
   }
 
@@ -171,8 +203,51 @@ export class ConfigApplier {
     return this.counts;
   }
 
-  current(): { generation: number; hash: string } {
-    return { generation: this.generation, hash: this.live ? hashOf(this.live) : '' };
+  /** `quick`: no rendering; while the files of a scale event are being written, the hash is ''. */
+  current(quick = false): { generation: number; hash: string } {
+    if (!quick) this.materialize();
+    return { generation: this.generation, hash: this.live && !this.lagging ? hashOf(this.live) : '' };
+  }
+
+  /**
+   * Renders and writes the files the last scale events left lagging (see `lagging`). Cheap when
+   * nothing lags. Runs by itself shortly after a burst of scale events, and before anything that
+   * reads the live files or the config.
+   */
+  materialize(): void {
+    const services = this.lagging;
+    if (services === undefined || this.allocation === undefined) return;
+    clearTimeout(this.materializeTimer);
+    this.materializeTimer = undefined;
+    const rendered = this.render(services, this.allocation);
+    this.writeLive(rendered);
+    this.live = rendered;
+    this.lagging = undefined;
+    this.lastPlan = undefined;
+    const hash = hashOf(rendered);
+    for (const r of this.history) if (r.hash === '') (r as { hash: string }).hash = hash;
+    this.onMaterialized();
+  }
+
+  /** Writes lagging files now (before a stop, so the next start finds them current). */
+  flush(): Promise<void> {
+    return this.exclusive(async () => this.materialize());
+  }
+
+  /**
+   * Soon after the last of a burst of scale events (one render for the burst), and at most a second
+   * after the first, so the files never lag long.
+   */
+  private scheduleMaterialize(): void {
+    const now = performance.now();
+    if (this.materializeTimer === undefined) this.lagSince = now;
+    clearTimeout(this.materializeTimer);
+    const delay = Math.max(0, Math.min(MATERIALIZE_QUIET_MS, this.lagSince + MATERIALIZE_MAX_LAG_MS - now));
+    this.materializeTimer = setTimeout(() => {
+      this.materializeTimer = undefined;
+      this.flush().catch((err: unknown) => this.log.error(`writing the config after scale events failed: ${(err as Error).message}`));
+    }, delay);
+    this.materializeTimer.unref();
   }
 
   private prechecks = 0;
@@ -213,7 +288,7 @@ export class ConfigApplier {
   /** The record of an apply that had nothing to do: the live files already say it. */
   unchanged(trigger: string): ApplyRecord {
     this.counts.none++;
-    return { generation: this.generation, kind: 'none', trigger, durationMs: 0, hash: this.live ? hashOf(this.live) : '', at: new Date().toISOString() };
+    return { generation: this.generation, kind: 'none', trigger, durationMs: 0, hash: this.live && !this.lagging ? hashOf(this.live) : '', at: new Date().toISOString() };
   }
 
   apply(services: readonly ServiceState[], trigger: string, force = false): Promise<ApplyRecord> {
@@ -224,6 +299,33 @@ export class ConfigApplier {
     const started = performance.now();
     let fallback: string | undefined = force ? undefined : this.mustReload;
     let reasons: readonly string[] | undefined;
+    if (!force && fallback === undefined && this.applied !== undefined && this.allocation !== undefined) {
+      const quick = scaleOnlyOps(this.applied, services, this.allocation, this.settings.serverSlots);
+      if (quick !== undefined && quick.ops.length === 0 && quick.allocation === this.allocation) {
+        // The same slots at the same addresses: the files would not change either.
+        this.applied = quick.byName;
+        if (this.lagging) this.lagging = services;
+        return this.unchanged(trigger);
+      }
+      if (quick !== undefined) {
+        try {
+          await this.haproxy.whenUp();
+          await runRuntimeOps(this.haproxy, quick.ops, this.mapFiles());
+          this.allocation = quick.allocation;
+          this.applied = quick.byName;
+          this.lagging = services;
+          this.lastPlan = undefined;
+          this.scheduleMaterialize();
+          const record = this.record({ kind: 'runtime', trigger, durationMs: performance.now() - started }, undefined);
+          this.log.info(`applied generation ${record.generation} (${trigger}) through the runtime API in ${record.durationMs.toFixed(1)} ms (${quick.ops.length} commands, scale only)`);
+          return record;
+        } catch (err) {
+          fallback = `runtime API failed: ${(err as Error).message}`;
+          this.mustReload = fallback;
+          this.log.warn(`${fallback}; reloading instead`);
+        }
+      }
+    }
     if (!force && fallback === undefined) {
       const runtime = this.runtimePlan(services);
       const plan = 'ops' in runtime ? runtime : undefined;
@@ -238,6 +340,7 @@ export class ConfigApplier {
           this.writeLive(plan.rendered);
           this.live = plan.rendered;
           this.allocation = plan.allocation;
+          this.applied = byName(services);
           const record = this.record({ kind: 'runtime', trigger, durationMs: performance.now() - started }, plan.rendered);
           this.log.info(`applied generation ${record.generation} (${trigger}) through the runtime API in ${record.durationMs.toFixed(1)} ms (${plan.ops.length} commands)`);
           return record;
@@ -263,6 +366,7 @@ export class ConfigApplier {
 
   /** The runtime API commands for these services, or why there are none (a reload is needed). */
   private runtimePlan(services: readonly ServiceState[]): RuntimePlan | { reasons: readonly string[] } {
+    this.materialize();
     if (!this.live || !this.allocation) return { reasons: ['no live config yet'] };
     const refs = services.flatMap((s) => [s.spec, s.instances]);
     const last = this.lastPlan;
@@ -294,6 +398,7 @@ export class ConfigApplier {
     fallback: string | undefined,
     reasons: readonly string[] | undefined = undefined,
   ): Promise<ApplyRecord> {
+    this.materialize();
     const allocation = this.canonical(services);
     const rendered = this.render(services, allocation);
     if (!force && fallback === undefined && this.live !== undefined && hashOf(rendered) === hashOf(this.live)) return this.unchanged(trigger);
@@ -310,6 +415,7 @@ export class ConfigApplier {
     this.live = rendered;
     this.lastGood = rendered;
     this.allocation = allocation;
+    this.applied = byName(services);
     this.mustReload = undefined;
     const record = this.record(
       { kind: 'reload', trigger, durationMs: performance.now() - started, ...(fallback ? { fallback } : {}), ...(reasons && reasons.length > 0 ? { reloadBecause: reasons } : {}) },
@@ -391,8 +497,9 @@ export class ConfigApplier {
     this.written = files;
   }
 
-  private record(r: Pick<ApplyRecord, 'kind' | 'trigger' | 'durationMs' | 'fallback' | 'reloadBecause'>, files: Files): ApplyRecord {
-    const record: ApplyRecord = { generation: ++this.generation, ...r, hash: hashOf(files), at: new Date().toISOString() };
+  /** `files` undefined: not rendered yet (a scale event); materialize() fills the hash in. */
+  private record(r: Pick<ApplyRecord, 'kind' | 'trigger' | 'durationMs' | 'fallback' | 'reloadBecause'>, files: Files | undefined): ApplyRecord {
+    const record: ApplyRecord = { generation: ++this.generation, ...r, hash: files ? hashOf(files) : '', at: new Date().toISOString() };
     this.counts[r.kind]++;
     this.history.push(record);
     if (this.history.length > 50) this.history.shift();
@@ -420,6 +527,14 @@ function computeHash(files: Files): string {
 }
 
 const VERDICT_TTL_MS = 60_000;
+/** Scale events write their files this long after the last one of a burst… */
+const MATERIALIZE_QUIET_MS = 100;
+/** …and never later than this after the first. */
+const MATERIALIZE_MAX_LAG_MS = 1000;
+
+function byName(services: readonly ServiceState[]): Map<string, ServiceState> {
+  return new Map(services.map((s) => [s.spec.serviceName, s]));
+}
 
 /** The candidate's files with the directory they were checked in left out (prechecks use their own). */
 function verdictKey(files: Files, dir: string): string {

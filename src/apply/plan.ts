@@ -1,5 +1,6 @@
+import type { Instance } from '../discovery/types.js';
 import { type BackendAllocation, instanceIds, MAP_NAMES, type MapName, type RenderedConfig } from '../render/haproxy-config.js';
-import { assignSlots, type SlotTable } from '../render/slots.js';
+import { assignSlots, type SlotTable, slotName } from '../render/slots.js';
 import type { ServiceState } from '../state/service-state.js';
 import { backendName, dnsTarget, routedSpec } from '../spec/types.js';
 
@@ -178,4 +179,68 @@ export function parseMap(text: string): Map<string, string> {
     if (i > 0) out.set(line.slice(0, i), line.slice(i + 1));
   }
   return out;
+}
+
+/** What a scale-only change does: its commands, the allocation after them, and the services by name. */
+export interface ScaleOnlyPlan {
+  readonly ops: RuntimeOp[];
+  readonly allocation: BackendAllocation;
+  readonly byName: ReadonlyMap<string, ServiceState>;
+}
+
+/**
+ * The runtime commands of a change in which only instance lists moved (the same specs, by
+ * reference, under the same names): found from the changed services alone, without rendering the
+ * config, so a scale event costs the same at 10 services and at 10,000. Undefined when the change is
+ * anything else, or does not fit the slots (a backend must grow, a sticky service), so the caller
+ * takes the general path, which renders. The commands are those runtimeOps finds between the two
+ * rendered configs (a unit test holds them equal).
+ */
+export function scaleOnlyOps(before: ReadonlyMap<string, ServiceState>, services: readonly ServiceState[], allocation: BackendAllocation, minSlots: number): ScaleOnlyPlan | undefined {
+  if (before.size !== services.length) return undefined;
+  const byName = new Map<string, ServiceState>();
+  const changed: [ServiceState, ServiceState][] = [];
+  for (const s of services) {
+    const was = before.get(s.spec.serviceName);
+    if (was === undefined || was.spec !== s.spec) return undefined;
+    byName.set(s.spec.serviceName, s);
+    if (was.instances !== s.instances) changed.push([was, s]);
+  }
+  const fills: RuntimeOp[] = [];
+  const frees: RuntimeOp[] = [];
+  let slots: Map<string, SlotTable> | undefined;
+  for (const [was, now] of changed) {
+    // A sticky cookie names a slot: such services keep the general path (plan.ts canonicalAllocation).
+    if (now.spec.sessionType !== undefined) return undefined;
+    const ids = instanceIds(now.instances);
+    const held = byId(was.instances);
+    const next = byId(now.instances);
+    for (const d of routedSpec(now.spec).destinations) {
+      if (dnsTarget(now.spec, d) !== undefined) continue;
+      const key = backendName(now.spec, d);
+      const name = allocation.names.get(key) ?? key;
+      const previous = allocation.slots.get(name);
+      if (previous === undefined) return undefined;
+      const table = assignSlots(previous, ids, minSlots, false);
+      if (table === undefined) return undefined;
+      table.forEach((id, i) => {
+        const old = previous[i] === undefined ? undefined : held.get(previous[i] as string);
+        const fresh = id === undefined ? undefined : next.get(id);
+        const slot = slotName(i);
+        if (fresh && (old === undefined || old.address !== fresh.address || old.port !== fresh.port)) {
+          fills.push({ kind: 'fill-slot', backend: name, slot, address: fresh.address, port: fresh.port });
+        } else if (!fresh && old) frees.push({ kind: 'free-slot', backend: name, slot });
+      });
+      if (table !== previous) {
+        slots ??= new Map(allocation.slots);
+        slots.set(name, table);
+      }
+    }
+  }
+  return { ops: [...fills, ...frees], allocation: slots ? { ...allocation, slots } : allocation, byName };
+}
+
+/** By ID, the last of equal IDs winning, as the renderer picks them (render/haproxy-config.ts backendSection). */
+function byId(instances: readonly Instance[]): Map<string, Instance> {
+  return new Map(instances.map((i) => [i.id, i]));
 }

@@ -50,6 +50,13 @@ export class HaproxyProcess {
     private readonly log: Logger,
   ) {}
 
+  /** Called before HAProxy is started again after it died: the files on disk must be current by then. */
+  private beforeRestart: (() => void) | undefined;
+
+  onBeforeRestart(fn: () => void): void {
+    this.beforeRestart = fn;
+  }
+
   onRestartFailure(recover: () => void): void {
     this.recover = recover;
   }
@@ -242,6 +249,11 @@ export class HaproxyProcess {
     this.log.error(`HAProxy master ${child.pid} exited (code ${code}, signal ${signal}); starting it again with the last good config`);
     killQuietly(-(child.pid ?? 0), 'SIGKILL'); // workers of the dead master
     this.restarts++;
+    try {
+      this.beforeRestart?.();
+    } catch (err) {
+      this.log.error(`writing the current config before the restart failed: ${(err as Error).message}`);
+    }
     this.up = this.restartLoop();
     this.up.catch(() => undefined);
   }

@@ -1,0 +1,111 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { canonicalAllocation, runtimeAllocation, runtimeOps, scaleOnlyOps } from '../../src/apply/plan.js';
+import type { Instance } from '../../src/discovery/types.js';
+import { renderConfig } from '../../src/render/haproxy-config.js';
+import { spec } from '../../src/spec/defaults.js';
+import type { ServiceState } from '../../src/state/service-state.js';
+import { defaultRenderSettings } from '../helpers/render-settings.js';
+
+/**
+ * Issue 9, work per change proportional to the change: a scale event's commands come from the
+ * changed services alone (scaleOnlyOps). They must be exactly the commands the general path finds
+ * by rendering both configs and comparing them, and the files rendered afterwards must be the same.
+ */
+
+const SETTINGS = defaultRenderSettings();
+const MIN_SLOTS = SETTINGS.serverSlots;
+
+/** A small deterministic generator, so a failure replays. */
+function random(seed: number): () => number {
+  let x = seed;
+  return () => {
+    x = (x * 1103515245 + 12345) % 2147483648;
+    return x / 2147483648;
+  };
+}
+
+function instances(rand: () => number, service: number, count: number): Instance[] {
+  return Array.from({ length: count }, (_, i) => ({ id: `host:${service}.${i}:80`, address: `127.0.0.${1 + Math.floor(rand() * 3)}`, port: 10000 + service * 10 + i }));
+}
+
+const byName = (services: readonly ServiceState[]) => new Map(services.map((s) => [s.spec.serviceName, s]));
+const sorted = (ops: readonly unknown[]) => ops.map((o) => JSON.stringify(o)).sort();
+
+describe('scale events without rendering (plan.ts scaleOnlyOps)', () => {
+  it('gives the very commands and files of the general path, over random scale events', () => {
+    const rand = random(42);
+    const specs = Array.from({ length: 30 }, (_, i) =>
+      spec({ serviceName: `svc${i}`, destinations: i % 7 === 0 ? [{ servicePath: [`/a${i}`], port: 80 }, { servicePath: [`/b${i}`], port: 81 }] : [{ servicePath: [`/s${i}`] }] }),
+    );
+    let services: ServiceState[] = specs.map((s, i) => ({ spec: s, instances: instances(rand, i, 1 + (i % 3)) }));
+    let allocation = canonicalAllocation(services, 16, MIN_SLOTS);
+    let live = renderConfig(SETTINGS, services, allocation);
+    let quickCount = 0;
+    let fallbacks = 0;
+    for (let round = 0; round < 200; round++) {
+      const next = services.map((s, i) => {
+        if (rand() > 0.15) return s;
+        const list = [...s.instances];
+        const what = rand();
+        if (what < 0.35 && list.length > 0) list.splice(Math.floor(rand() * list.length), 1);
+        else if (what < 0.7) list.push({ id: `host:${i}.r${round}:80`, address: '127.0.0.9', port: 20000 + round });
+        else if (list.length > 0) {
+          const k = Math.floor(rand() * list.length);
+          const moved = list[k] as Instance;
+          list[k] = { ...moved, port: moved.port + 1 }; // same ID, new address: a moved instance
+        }
+        return { spec: s.spec, instances: list };
+      });
+      const quick = scaleOnlyOps(byName(services), next, allocation, MIN_SLOTS);
+      const fresh = runtimeAllocation(allocation, next, MIN_SLOTS);
+      if (quick === undefined) {
+        // Only when the slots do not hold the change: the general path needs a reload too.
+        fallbacks++;
+        assert.equal(typeof fresh, 'string', `round ${round}: scaleOnlyOps gave up on a change the runtime API can make`);
+        allocation = canonicalAllocation(next, 16, MIN_SLOTS, allocation);
+        live = renderConfig(SETTINGS, next, allocation);
+        services = next;
+        continue;
+      }
+      quickCount++;
+      assert.notEqual(typeof fresh, 'string', `round ${round}`);
+      if (typeof fresh === 'string') continue;
+      const rendered = renderConfig(SETTINGS, next, { ...fresh, lookups: live.lookups });
+      const general = runtimeOps(live, rendered);
+      assert.ok(general, `round ${round}: the general path wants a reload`);
+      assert.deepEqual(sorted(quick.ops), sorted(general ?? []), `round ${round}`);
+      assert.deepEqual([...quick.allocation.slots], [...fresh.slots], `round ${round}: slot tables`);
+      const materialized = renderConfig(SETTINGS, next, quick.allocation);
+      assert.equal(materialized.config, rendered.config, `round ${round}: files`);
+      services = next;
+      allocation = quick.allocation;
+      live = materialized;
+    }
+    assert.ok(quickCount > 150, `${quickCount} scale-only plans, ${fallbacks} fallbacks`);
+  });
+
+  it('anything but instance lists takes the general path', () => {
+    const a = spec({ serviceName: 'a', destinations: [{ servicePath: ['/a'] }] });
+    const b = spec({ serviceName: 'b', destinations: [{ servicePath: ['/b'] }] });
+    const one: Instance[] = [{ id: 'i1', address: '127.0.0.1', port: 1 }];
+    const services: ServiceState[] = [
+      { spec: a, instances: one },
+      { spec: b, instances: one },
+    ];
+    const allocation = canonicalAllocation(services, 16, MIN_SLOTS);
+    const before = byName(services);
+    // A changed spec (even an equal copy), a new service, a removed one.
+    assert.equal(scaleOnlyOps(before, [{ spec: { ...a }, instances: one }, services[1] as ServiceState], allocation, MIN_SLOTS), undefined);
+    assert.equal(scaleOnlyOps(before, [...services, { spec: spec({ serviceName: 'c', destinations: [{ servicePath: ['/c'] }] }), instances: [] }], allocation, MIN_SLOTS), undefined);
+    assert.equal(scaleOnlyOps(before, [services[0] as ServiceState], allocation, MIN_SLOTS), undefined);
+    // A sticky service keeps the general path.
+    const sticky = spec({ serviceName: 's', sessionType: 'sticky-server', destinations: [{ servicePath: ['/s'] }] });
+    const withSticky: ServiceState[] = [{ spec: sticky, instances: one }];
+    assert.equal(scaleOnlyOps(byName(withSticky), [{ spec: sticky, instances: [...one, { id: 'i2', address: '127.0.0.2', port: 2 }] }], canonicalAllocation(withSticky, 16, MIN_SLOTS), MIN_SLOTS), undefined);
+    // Nothing moved: no command, the same allocation.
+    const same = scaleOnlyOps(before, services, allocation, MIN_SLOTS);
+    assert.deepEqual(same?.ops, []);
+    assert.equal(same?.allocation, allocation);
+  });
+});
