@@ -212,22 +212,28 @@ function define(registry: Registry, metrics: Metrics) {
         this.set({ kind: 'ordinary' }, c?.request ?? 0);
       },
     }),
-    replicas: new Gauge({
-      name: 'dfp_fleet_replicas',
-      help: 'Live replicas of this PROXY_INSTANCE_NAME (their reports in Consul KV), this one included; NaN while the list cannot be read.',
+    fleetKnown: new Gauge({
+      name: 'dfp_fleet_known',
+      help: '1 when the replica list could be read from Consul at this scrape, else 0 (then the two gauges below are 0 too).',
       registers,
       async collect() {
-        const view = await metrics.fleetView();
-        this.set(view === undefined ? Number.NaN : view.replicas);
+        this.set((await metrics.fleetView()) === undefined ? 0 : 1);
+      },
+    }),
+    replicas: new Gauge({
+      name: 'dfp_fleet_replicas',
+      help: 'Live replicas of this PROXY_INSTANCE_NAME (their reports in Consul KV), this one included.',
+      registers,
+      async collect() {
+        this.set((await metrics.fleetView())?.replicas ?? 0);
       },
     }),
     inAgreement: new Gauge({
       name: 'dfp_fleet_in_agreement',
-      help: '1 when every live replica has applied the same shared specs as this one, 0 when one differs, NaN while unknown.',
+      help: '1 when every live replica has applied the same shared specs as this one, 0 when one differs or the list is unknown (dfp_fleet_known 0).',
       registers,
       async collect() {
-        const view = await metrics.fleetView();
-        this.set(view === undefined ? Number.NaN : view.inAgreement ? 1 : 0);
+        this.set((await metrics.fleetView())?.inAgreement ? 1 : 0);
       },
     }),
   };

@@ -1,3 +1,4 @@
+import { Writable } from 'node:stream';
 import { pino, type Logger as Pino, stdTimeFunctions } from 'pino';
 import pretty from 'pino-pretty';
 
@@ -83,7 +84,15 @@ export function createLogger(level: Level = 'info', scope = 'dfp', write?: (line
           ignore: 'scope',
           messageFormat: '[{scope}] {msg}',
           singleLine: true,
-          ...(write === undefined ? { destination: 2 } : { destination: { write: (s: string) => { write(s); return true; } } as unknown as NodeJS.WritableStream }),
+          destination:
+            write === undefined
+              ? 2
+              : new Writable({
+                  write(chunk: Buffer | string, _encoding, done) {
+                    write(chunk.toString());
+                    done();
+                  },
+                }),
         })
       : write === undefined
         ? // Synchronous: a line logged just before process.exit is not lost.
