@@ -49,7 +49,7 @@ export function parsePrometheusText(text: string): Map<string, Family> {
         family.type = rest;
       } else {
         if (family.help !== undefined) throw new Error(`second HELP at ${where}`);
-        family.help = unescape(rest, false, where);
+        family.help = unescapeText(rest, false, where);
       }
       return;
     }
@@ -120,7 +120,7 @@ function parseSample(line: string, where: string): Sample {
         raw += c;
       }
       if (lm[1] in labels) throw new Error(`label ${lm[1]} twice at ${where}`);
-      labels[lm[1]] = unescape(raw, true, where);
+      labels[lm[1]] = unescapeText(raw, true, where);
       if (line[pos] === ',') pos++;
       else if (line[pos] !== '}') throw new Error(`expected , or } at ${where}`);
     }
@@ -141,7 +141,7 @@ function parseValue(raw: string, where: string): number {
 }
 
 /** HELP text escapes `\\` and `\n`; label values also `\"`. Anything else after a backslash is an error. */
-function unescape(raw: string, quotes: boolean, where: string): string {
+function unescapeText(raw: string, quotes: boolean, where: string): string {
   return raw.replace(/\\(.?)/g, (_, c: string) => {
     if (c === '\\') return '\\';
     if (c === 'n') return '\n';
