@@ -102,7 +102,7 @@ describe('logs', () => {
         try {
           return JSON.parse(l) as Line;
         } catch {
-          assert.fail(`not a JSON line: ${l}`);
+          throw new Error(`not a JSON line: ${l}`);
         }
       });
   });
