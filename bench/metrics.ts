@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import http from 'node:http';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ConsulAgent } from '../src/consul/agent.js';
@@ -23,7 +23,7 @@ const QUICK = process.env.BENCH_QUICK === '1';
 const ROUTED = QUICK ? 50 : 200;
 const SAMPLES = QUICK ? 10 : 30;
 const SECONDS = QUICK ? 3 : 8;
-const ROUNDS = QUICK ? 1 : 2;
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? (QUICK ? 1 : 3));
 const { out, note } = notebook();
 
 /** The status of one GET through HAProxy on a fresh connection (0: no answer). */
@@ -45,6 +45,8 @@ interface Run {
   readonly p99: number;
   /** The control plane's CPU over the run (ms), the Node process alone. */
   readonly cpuMs: number;
+  /** HAProxy's CPU (master and workers) per request of the wrk run, µs: steadier than req/s on shared cores. */
+  readonly haproxyUsPerRequest: number;
   readonly scrapes: number;
 }
 
@@ -101,9 +103,12 @@ async function oneRun(dir: string, consul: ConsulAgent, backendPort: number, met
       while ((await status(httpPort, `/${name(n)}`)) !== 200) if (Date.now() > deadline) throw new Error(`no 200 for ${name(n)}`);
       times.push(performance.now() - started);
     }
+    const haproxyPid = Number(readFileSync(path.join(dir, instance, 'haproxy.pid'), 'utf8').trim());
+    const h0 = treeCpuMs(haproxyPid);
     const load = await wrk(`http://127.0.0.1:${httpPort}/${name(0)}`, { seconds: SECONDS });
+    const haproxyUsPerRequest = ((treeCpuMs(haproxyPid) - h0) * 1000) / Math.max(1, load.requests);
     const cpuMs = treeCpuMs(proxy.pid ?? 0) - cpu0;
-    return { metrics, rps: load.rps, errors: load.errors + load.non2xx, p50: pct(times, 50), p99: pct(times, 99), cpuMs, scrapes };
+    return { metrics, rps: load.rps, errors: load.errors + load.non2xx, p50: pct(times, 50), p99: pct(times, 99), cpuMs, haproxyUsPerRequest, scrapes };
   } finally {
     scraping = false;
     await scraper;
@@ -127,12 +132,12 @@ async function main(): Promise<void> {
     note(
       `${QUICK ? '**Quick run (BENCH_QUICK=1): smaller sizes, fewer samples.** ' : ''}Produced by \`npm run bench:metrics\` (bench/metrics.ts). The proxy with its defaults on a Consul dev agent, ${ROUTED} path services routed first; **on**: \`METRICS=true\` and \`PROMETHEUS_PORT\` set, both endpoints scraped every second throughout; **off**: \`METRICS=false\`, no exporter. ${ROUNDS} run(s) of each, interleaved, each on a fresh proxy. Per run: ${SAMPLES} new routes timed from the API call until the first 200 through HAProxy, then wrk -t1 -c32 for ${SECONDS} s through HAProxy to one of them; the control plane's CPU is the Node process's over both. wrk, HAProxy, nginx, the proxy and Consul share the same cores: compare numbers within this run only.\n`,
     );
-    note('| run | metrics | req/s | errors | new route p50 | new route p99 | control-plane CPU | scrapes |\n|---|---|---|---|---|---|---|---|');
+    note('| run | metrics | req/s | HAProxy CPU per request | errors | new route p50 | new route p99 | control-plane CPU | scrapes |\n|---|---|---|---|---|---|---|---|---|');
     const order = Array.from({ length: ROUNDS }, (_, r) => (r % 2 === 0 ? [true, false] : [false, true])).flat();
     for (const [i, metrics] of order.entries()) {
       const r = await oneRun(dir, consul, nginx.ports[0] ?? 0, metrics, i);
       runs.push(r);
-      note(`| ${i + 1} | ${metrics ? 'on' : 'off'} | ${Math.round(r.rps).toLocaleString('en')} | ${r.errors} | ${r.p50.toFixed(1)} ms | ${r.p99.toFixed(1)} ms | ${Math.round(r.cpuMs)} ms | ${r.scrapes} |`);
+      note(`| ${i + 1} | ${metrics ? 'on' : 'off'} | ${Math.round(r.rps).toLocaleString('en')} | ${r.haproxyUsPerRequest.toFixed(1)} µs | ${r.errors} | ${r.p50.toFixed(1)} ms | ${r.p99.toFixed(1)} ms | ${Math.round(r.cpuMs)} ms | ${r.scrapes} |`);
     }
     const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
     const on = runs.filter((r) => r.metrics);
@@ -140,8 +145,9 @@ async function main(): Promise<void> {
     const rps = mean(on.map((r) => r.rps)) / mean(off.map((r) => r.rps));
     const p50 = mean(on.map((r) => r.p50)) / mean(off.map((r) => r.p50));
     const cpu = mean(on.map((r) => r.cpuMs)) / mean(off.map((r) => r.cpuMs));
+    const hcpu = mean(on.map((r) => r.haproxyUsPerRequest)) / mean(off.map((r) => r.haproxyUsPerRequest));
     note(
-      `\n**On / off** (means over the runs): requests/s **${rps.toFixed(3)}** (aim >= 0.98), new-route p50 **${p50.toFixed(3)}** (aim <= 1.02), control-plane CPU **${cpu.toFixed(3)}**.`,
+      `\n**On / off** (means over the runs): requests/s **${rps.toFixed(3)}** (aim >= 0.98), HAProxy CPU per request **${hcpu.toFixed(3)}**, new-route p50 **${p50.toFixed(3)}** (aim <= 1.02), control-plane CPU **${cpu.toFixed(3)}**. Load average at the end: ${os.loadavg().map((l) => l.toFixed(1)).join(', ')} (other work on the machine moves every figure).`,
     );
   } finally {
     await consul.stop('SIGKILL');

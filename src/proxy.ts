@@ -4,7 +4,8 @@ import os from 'node:os';
 import type { ChangeOptions, DryRunResult, ProxyCore } from './api/core.js';
 import { listReplicas, ReplicaPublisher, type ReplicaReport, readReplicas } from './consul/replicas.js';
 import { ConsulSpecStore } from './consul/spec-store.js';
-import { ConfigRejectedError, DfpError, FdLimitError, HaproxyUnavailableError, InvalidParamError, ReplicaUnreachableError } from './errors.js';
+import { ConfigRejectedError, DfpError, FdLimitError, HaproxyUnavailableError, InvalidParamError, ReplicaUnreachableError, SettingsError } from './errors.js';
+import { hasPrometheusExporter } from './haproxy/validate.js';
 import { Fleet, specsHash } from './fleet.js';
 import { ApiServer } from './api/server.js';
 import { PrecheckBatch } from './apply/precheck-batch.js';
@@ -174,6 +175,9 @@ export class FlowProxy implements ProxyCore {
       }
       if (settings.consolidateAfter !== undefined) {
         log.warn('CONSOLIDATE_AFTER is ignored: scale events fill config-defined server slots, so no reload has to fold runtime servers into the config');
+      }
+      if (settings.prometheusPort !== undefined && !(await hasPrometheusExporter(settings.haproxyBin))) {
+        throw new SettingsError('PROMETHEUS_PORT', `${settings.haproxyBin} was built without the Prometheus exporter (haproxy -vv lists no prometheus-exporter service); unset PROMETHEUS_PORT or use a build with USE_PROMEX=1`);
       }
       haproxy = new HaproxyProcess(settings.haproxyBin, paths, log.child('haproxy'));
       haproxy.onRestart = () => metrics.haproxyRestarted();

@@ -1,8 +1,12 @@
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { describe, it } from 'node:test';
 import { loadSettings, secretValues } from '../../src/config/settings.js';
 import { SettingsError } from '../../src/errors.js';
 import { classifyHaproxyLine } from '../../src/haproxy/output.js';
+import { hasPrometheusExporter } from '../../src/haproxy/validate.js';
 import { Metrics } from '../../src/metrics/metrics.js';
 import { Ring } from '../../src/metrics/ring.js';
 import { createLogger, scrub } from '../../src/util/log.js';
@@ -108,6 +112,20 @@ describe("HAProxy's output", () => {
   });
   it('a worker that exits with an error is a warning at least', () => {
     assert.equal(classifyHaproxyLine('[NOTICE]   (1) : Former worker (2) exited with code 1 (Exit)', false).level, 'warn');
+  });
+});
+
+describe("HAProxy's Prometheus exporter", () => {
+  it('is found in haproxy -vv, and missing from a build without it', async () => {
+    assert.equal(await hasPrometheusExporter(process.env.HAPROXY_BIN ?? 'haproxy'), true, 'Debian 2.6 has it');
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'dfp-test-'));
+    try {
+      const fake = path.join(dir, 'haproxy');
+      writeFileSync(fake, '#!/bin/sh\necho "HAProxy version 2.6"\necho "Available services : none"\n', { mode: 0o755 });
+      assert.equal(await hasPrometheusExporter(fake), false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
