@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Instance } from '../discovery/types.js';
-import type { Logger } from '../util/log.js';
+import { type Logger, SILENT } from '../util/log.js';
 import { CatalogModel, type CheckEntry, entry, type ModelChange, type Recovery } from './catalog.js';
 import type { ConsulClient, ConsulResponse } from './client.js';
 import { type ConsulInstanceSource, toInstances } from './instances.js';
@@ -81,7 +81,6 @@ interface Loop {
   onExit?(): void;
 }
 
-const QUIET: Logger = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined, child: () => QUIET };
 
 /**
  * Follows the instances of the configured Consul services and reports changes, so scaling,
@@ -680,7 +679,7 @@ export class ConsulWatcher {
   }
 
   private modelKey(name: string): string {
-    return keyOf(toInstances(name, this.model.entries(name, this.passingOnly), QUIET));
+    return keyOf(toInstances(name, this.model.entries(name, this.passingOnly), SILENT));
   }
 
   // ---- direct reads ------------------------------------------------------------------------
