@@ -36,7 +36,6 @@ import { unifiedDiff } from './util/diff.js';
 import { killQuietly } from './util/process.js';
 import type { Logger } from './util/log.js';
 import { Metrics, type MetricsSources } from './metrics/metrics.js';
-import { socketCommand } from './haproxy/socket.js';
 
 /** What the renderer needs from the settings (everything but the map directory, which the applier picks). */
 export function renderSettings(settings: Settings, adminSocket: string): Omit<RenderSettings, 'mapDir'> {
@@ -478,7 +477,7 @@ export class FlowProxy implements ProxyCore {
   async haproxyStats(distribute: boolean): Promise<string> {
     if (!distribute) {
       await this.haproxy.whenUp(5000);
-      const csv = await socketCommand(statePaths(this.settings.stateDir).adminSocket, 'show stat', { retryForMs: 1000, timeoutMs: 5000 }).catch((err: unknown) => {
+      const csv = await this.haproxy.adminCommand('show stat').catch((err: unknown) => {
         throw new HaproxyUnavailableError(`HAProxy's admin socket did not answer show stat: ${(err as Error).message}`, err);
       });
       return csv.endsWith('\n') ? csv : `${csv}\n`;
