@@ -101,7 +101,8 @@ export class Metrics {
 
   /** An apply finished (any kind), with the propagation of each change it made live. */
   applied(record: Omit<RecentApply, 'propagation'>, propagation: RecentApply['propagation']): void {
-    this.recent.push({ ...record, propagation });
+    // The ring keeps what changed HAProxy or made a change live, not a watch's repeated answers.
+    if (record.kind !== 'none' || propagation.length > 0) this.recent.push({ ...record, propagation });
     if (!this.m) return;
     this.m.applies.inc({ kind: record.kind });
     this.m.applyDuration.observe({ kind: record.kind }, record.durationMs / 1000);
