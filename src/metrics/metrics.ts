@@ -70,6 +70,8 @@ export class Metrics {
 
   constructor(readonly enabled: boolean) {
     this.m = enabled ? define(this.registry, this) : undefined;
+    // From start-up on: GC and event-loop figures cover the whole life of the process.
+    if (enabled) processMetrics();
   }
 
   /** Gauges read these at scrape time. */
