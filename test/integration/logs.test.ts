@@ -35,6 +35,7 @@ describe('logs', () => {
   let output = '';
   let lines: Line[] = [];
   let pem: ReturnType<typeof makeCert>;
+  let servicePem: ReturnType<typeof makeCert>;
 
   before(async () => {
     consul = await startConsul();
@@ -44,6 +45,7 @@ describe('logs', () => {
     mkdirSync(secretsDir, { recursive: true });
     writeFileSync(path.join(secretsDir, 'dfp_users_team'), `bob:${SECRETS.file}\n`);
     pem = makeCert(stateDir, 'a.example.com');
+    servicePem = makeCert(stateDir, 'b.example.com');
     const [apiPort, httpPort, tlsPort, statsPort] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
     const child = spawn(process.execPath, [path.join(PROJECT_ROOT, 'dist/src/main.js')], {
       env: {
@@ -82,7 +84,9 @@ describe('logs', () => {
       assert.equal((await call('reconfigure?serviceName=team&servicePath=/team&usersSecret=team')).status, 200);
       // A refused request carrying a password, and one sent as a form body.
       assert.equal((await call(`reconfigure?serviceName=bad&servicePath=/a%0Ab&users=dave:${SECRETS.refused}`)).status, 400);
-      const form = await call('reconfigure', { method: 'POST', headers: { 'Content-Type': 'application/x-www-form-urlencoded' }, body: `serviceName=form&servicePath=/form&users=erin:${SECRETS.form}` });
+      // A form body with a password and a serviceCert (certificate and key in a parameter).
+      const body = new URLSearchParams({ serviceName: 'form', servicePath: '/form', serviceDomain: 'b.example.com', users: `erin:${SECRETS.form}`, serviceCert: servicePem.bundle });
+      const form = await call('reconfigure', { method: 'POST', headers: { 'Content-Type': 'application/x-www-form-urlencoded' }, body: body.toString() });
       assert.equal(form.status, 200, form.text);
       assert.equal((await call('cert?certName=a.example.com', { method: 'PUT', body: pem.bundle })).status, 200);
       assert.equal((await call('reload')).status, 200);
@@ -126,7 +130,7 @@ describe('logs', () => {
   it('no password or key appears in any line', () => {
     for (const [what, secret] of Object.entries(SECRETS)) assert.ok(!output.includes(secret), `the ${what} password leaked`);
     assert.ok(!output.includes(Buffer.from(`carol:${SECRETS.service}`).toString('base64')), 'the basic-auth header leaked');
-    assertNoKey(output, [pem], 'the log');
+    assertNoKey(output, [pem, servicePem], 'the log');
   });
 
   it('start-up says what it found, restored and applied; every apply has its fields', () => {
