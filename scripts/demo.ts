@@ -69,7 +69,7 @@ async function main(): Promise<void> {
   };
   try {
     const deadline = Date.now() + 60_000;
-    while (!/\] ready: /.test(log)) {
+    while (!/ready: serving /.test(log)) {
       if (proxy.exitCode !== null || Date.now() > deadline) throw new Error(`the proxy did not start:\n${log}`);
       await new Promise((r) => setTimeout(r, 50));
     }

@@ -18,6 +18,7 @@ export type ErrorCode =
   | 'DFP_ERR_REPLICAS_LAGGING' // wait=all timed out: some live replicas have not applied the change
   | 'DFP_ERR_REPLICAS_UNKNOWN' // Consul refused the replica list (e.g. an ACL): whether they applied it cannot be known
   | 'DFP_ERR_NOT_READY' // start-up restore has not finished
+  | 'DFP_ERR_REPLICA_UNREACHABLE' // metrics?distribute=true: a live replica's API did not answer
   | 'DFP_ERR_INTERNAL';
 
 export class DfpError extends Error {
@@ -135,6 +136,12 @@ export class ReplicasUnknownError extends DfpError {
   constructor(reason: string, context = 'the live replicas cannot be listed') {
     super('DFP_ERR_REPLICAS_UNKNOWN', `${context}: ${reason}`);
     this.reason = reason;
+  }
+}
+
+export class ReplicaUnreachableError extends DfpError {
+  constructor(message: string, cause?: unknown) {
+    super('DFP_ERR_REPLICA_UNREACHABLE', message, { cause });
   }
 }
 

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { repeatWithBackoff, retryUntilDone } from './consul/kv.js';
-import type { Reconciler } from './apply/reconciler.js';
+import type { Reconciler, SubmitOptions } from './apply/reconciler.js';
 import { ConfigRejectedError, ReloadFailedError, ReplicasLaggingError, ReplicasUnknownError } from './errors.js';
 import { listReplicas, noReportsReason, type ReplicaReport } from './consul/replicas.js';
 import type { ConsulSpecStore } from './consul/spec-store.js';
@@ -75,6 +75,7 @@ export class Fleet {
       this.ctrl.signal,
       async () => {
         const stored = await this.store.list();
+        const seenAt = performance.now();
         const specs = new Map(stored.specs);
         for (const spec of await this.store.legacy()) {
           if (specs.has(spec.serviceName)) continue;
@@ -82,11 +83,17 @@ export class Fleet {
           await this.store.put(spec);
           specs.set(spec.serviceName, spec);
         }
-        await this.applySpecs(specs, 'start-up restore', true, source);
+        const counts = await this.applySpecs(specs, 'start-up restore', true, source, { source: 'restore', seenAt });
         this.kvIndex = stored.index;
         this.invalid = stored.invalid;
         this.restored = true;
-        this.log.info(`restored ${specs.size} service${specs.size === 1 ? '' : 's'} from Consul KV`);
+        this.log.info(`restored ${specs.size} service${specs.size === 1 ? '' : 's'} from Consul KV`, {
+          restored: specs.size,
+          invalid: stored.invalid.length,
+          fromEnvironment: this.local.size,
+          instances: counts.instances,
+          kvIndex: stored.index,
+        });
         this.onApplied();
       },
       (err) => this.log.warn(`start-up restore: ${err.message}; retrying`),
@@ -164,6 +171,7 @@ export class Fleet {
   /** One blocking read of the shared specs and what follows from it. */
   private async followStep(at: { index: number; highest: number; hash: string }): Promise<void> {
     const stored = await this.store.list(at.index, this.waitSeconds, this.ctrl.signal);
+    const seenAt = performance.now();
     if (stored.index < at.highest) {
       const current = [...this.reconciler.snapshot().services.values()];
       const lost = current.filter((spec) => !stored.specs.has(spec.serviceName) && this.local.get(spec.serviceName) !== spec);
@@ -195,7 +203,7 @@ export class Fleet {
       return;
     }
     this.invalid = stored.invalid;
-    await this.applySpecs(stored.specs, 'kv', false);
+    await this.applySpecs(stored.specs, 'kv', false, this.instances, { source: 'kv', seenAt });
     at.hash = stored.hash;
     // The report published by onApplied carries kvIndex: set it first.
     this.kvIndex = stored.index;
@@ -203,7 +211,13 @@ export class Fleet {
   }
 
   /** Brings the local desired state to exactly these specs: one batch, one apply. */
-  private async applySpecs(shared: ReadonlyMap<string, ServiceSpec>, trigger: string, replaceAll: boolean, source: InstanceSource = this.instances): Promise<void> {
+  private async applySpecs(
+    shared: ReadonlyMap<string, ServiceSpec>,
+    trigger: string,
+    replaceAll: boolean,
+    source: InstanceSource = this.instances,
+    seen: Pick<SubmitOptions, 'source' | 'seenAt'> = {},
+  ): Promise<{ instances: number }> {
     const specs = this.local.size === 0 ? shared : new Map([...this.local, ...shared]);
     const current = this.reconciler.snapshot();
     const changed = [...specs.values()].filter((s) => {
@@ -212,7 +226,7 @@ export class Fleet {
       return have === undefined || (have !== s && jsonOf(have) !== jsonOf(s));
     });
     const removed = [...current.services.keys()].filter((name) => !specs.has(name));
-    if (changed.length === 0 && removed.length === 0 && !replaceAll) return;
+    if (changed.length === 0 && removed.length === 0 && !replaceAll) return { instances: 0 };
     // Instances for new or changed specs; a failed read starts the service empty (503) and the
     // instance watch fills it in, rather than blocking every other service.
     const queue = [...changed];
@@ -238,7 +252,7 @@ export class Fleet {
       }
     };
     try {
-      await this.reconciler.submit(label, (state: DesiredState) => changed.reduce(upsert, removed.reduce(withoutService, state)));
+      await this.reconciler.submit(label, (state: DesiredState) => changed.reduce(upsert, removed.reduce(withoutService, state)), seen);
       // Instances read one by one may be older than what the watch reported meanwhile (adopt
       // reads again then), and a failed read left the service as it was (read again). Those taken
       // from the watch's own model need neither.
@@ -258,12 +272,13 @@ export class Fleet {
       if (!(err instanceof ConfigRejectedError) && !(err instanceof ReloadFailedError)) throw err;
       // One bad spec must not hold back the others: apply them one by one, skipping what HAProxy refuses.
       this.log.error(`HAProxy refused the shared specs as a whole (${err.message}); applying them one by one`);
-      await this.reconciler.submit(`${label} (removals)`, (state) => removed.reduce(withoutService, state));
+      await this.reconciler.submit(`${label} (removals)`, (state) => removed.reduce(withoutService, state), seen);
       for (const spec of changed) {
-        await this.reconciler.submit(`${trigger}: ${spec.serviceName}`, (state) => upsert(state, spec)).catch((e: unknown) => {
+        await this.reconciler.submit(`${trigger}: ${spec.serviceName}`, (state) => upsert(state, spec), seen).catch((e: unknown) => {
           this.log.error(`shared spec ${spec.serviceName} refused by HAProxy: ${(e as Error).message}`);
         });
       }
     }
+    return { instances: [...this.reconciler.snapshot().instances.values()].reduce((n, list) => n + list.length, 0) };
   }
 }

@@ -1,28 +1,36 @@
-import { loadSettings } from './config/settings.js';
+import { loadSettings, type Settings, secretValues } from './config/settings.js';
 import { DfpError } from './errors.js';
 import { FlowProxy } from './proxy.js';
-import { createLogger, parseLevel } from './util/log.js';
+import { chooseFormat, createLogger, type Logger, parseLevel } from './util/log.js';
 
 /** Stopping HAProxy does not wait for old workers to drain (it stops them); the rest takes far less. */
 const STOP_TIMEOUT_MS = 40_000;
 
 /** `npm start`: runs the proxy in the foreground until SIGTERM or SIGINT. */
 async function main(): Promise<void> {
-  const log = createLogger(parseLevel(process.env.LOG_LEVEL));
+  const isTty = process.stderr.isTTY === true;
+  let settings: Settings;
+  try {
+    settings = loadSettings();
+  } catch (err) {
+    // No settings yet: log as the environment asks, as far as it can be read.
+    fail(createLogger(parseLevel(process.env.LOG_LEVEL), 'dfp', undefined, { format: chooseFormat(process.env.LOG_FORMAT, isTty) }), err);
+    return;
+  }
+  // One stream, stderr; JSON unless it is a terminal or LOG_FORMAT=pretty.
+  const log = createLogger(settings.logLevel, 'dfp', undefined, { format: settings.logFormat ?? (isTty ? 'pretty' : 'json'), secrets: secretValues(settings) });
   let proxy: FlowProxy;
   try {
-    proxy = await FlowProxy.start(loadSettings(), log);
+    proxy = await FlowProxy.start(settings, log);
   } catch (err) {
-    const message = err instanceof DfpError ? err.message : ((err as Error).stack ?? String(err));
-    log.error(`cannot start: ${message}`);
-    process.exitCode = 1;
+    fail(log, err);
     return;
   }
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
-    log.info(`${signal}: stopping HAProxy${proxy.settings.consulAddresses.length === 0 ? ' and the local Consul' : ''}`);
+    log.info(`${signal}: stopping HAProxy${proxy.settings.consulAddresses.length === 0 ? ' and the local Consul' : ''}`, { signal });
     // A stop that hangs must still leave no process behind: say where it hung, kill by PID, exit 1.
     setTimeout(() => {
       log.error(`stop did not finish within ${STOP_TIMEOUT_MS / 1000} s (at: ${proxy.stopStep}); killing HAProxy${proxy.settings.consulAddresses.length === 0 ? ' and the local Consul' : ''}`);
@@ -39,6 +47,12 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+}
+
+function fail(log: Logger, err: unknown): void {
+  const message = err instanceof DfpError ? err.message : ((err as Error).stack ?? String(err));
+  log.error(`cannot start: ${message}`, err instanceof DfpError ? { code: err.code, ...(err.parameter ? { parameter: err.parameter } : {}) } : undefined);
+  process.exitCode = 1;
 }
 
 void main();

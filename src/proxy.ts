@@ -4,7 +4,8 @@ import os from 'node:os';
 import type { ChangeOptions, DryRunResult, ProxyCore } from './api/core.js';
 import { listReplicas, ReplicaPublisher, type ReplicaReport, readReplicas } from './consul/replicas.js';
 import { ConsulSpecStore } from './consul/spec-store.js';
-import { ConfigRejectedError, DfpError, FdLimitError, InvalidParamError } from './errors.js';
+import { ConfigRejectedError, DfpError, FdLimitError, HaproxyUnavailableError, InvalidParamError, ReplicaUnreachableError, SettingsError } from './errors.js';
+import { hasPrometheusExporter } from './haproxy/validate.js';
 import { Fleet, specsHash } from './fleet.js';
 import { ApiServer } from './api/server.js';
 import { PrecheckBatch } from './apply/precheck-batch.js';
@@ -35,6 +36,7 @@ import { type DesiredState, EMPTY_STATE, serviceStates, withInstances, withoutSe
 import { unifiedDiff } from './util/diff.js';
 import { killQuietly } from './util/process.js';
 import type { Logger } from './util/log.js';
+import { Metrics, type MetricsSources } from './metrics/metrics.js';
 
 /** What the renderer needs from the settings (everything but the map directory, which the applier picks). */
 export function renderSettings(settings: Settings, adminSocket: string): Omit<RenderSettings, 'mapDir'> {
@@ -63,6 +65,7 @@ export function renderSettings(settings: Settings, adminSocket: string): Omit<Re
     compression: h.compression,
     stats: settings.stats,
     serverSlots: settings.serverSlots,
+    prometheusPort: settings.prometheusPort,
   };
 }
 
@@ -101,6 +104,8 @@ function consulServices(state: DesiredState): Set<string> {
 export class FlowProxy implements ProxyCore {
   private ready = false;
   apiPort = 0;
+  /** `performance.now()` when start() began (start-up's duration in the ready line). */
+  private startedAt = 0;
   private fleet: Fleet | undefined;
   private publisher: ReplicaPublisher | undefined;
   private readyPromise: Promise<void> = Promise.resolve();
@@ -133,9 +138,13 @@ export class FlowProxy implements ProxyCore {
     private readonly store: ConsulSpecStore,
     private readonly localConsul: ConsulAgent | undefined,
     private api: ApiServer | undefined,
+    /** The control plane's Prometheus metrics and the recent applies (metrics/metrics.ts). */
+    readonly metrics: Metrics,
   ) {}
 
   static async start(settings: Settings, log: Logger): Promise<FlowProxy> {
+    const startedAt = performance.now();
+    const metrics = new Metrics(settings.metrics);
     // Services from the environment are checked before anything starts: a bad one stops start-up.
     const fromEnv = envServices(settings.serviceVariables, parseOptionsOf(settings), settings.defaultProtocol);
     const paths = statePaths(settings.stateDir);
@@ -160,13 +169,18 @@ export class FlowProxy implements ProxyCore {
         watchConnections: settings.consulWatchConnections,
         requestConnections: settings.consulRequestConnections,
       });
+      if (metrics.enabled) consul.onResult = (budget, outcome) => metrics.consulRequest(budget === 'watch' ? 'blocking' : 'ordinary', outcome);
       if (settings.consulMaxWatches !== undefined) {
         log.warn('CONSUL_MAX_WATCHES is deprecated and ignored: discovery holds one query per Consul node, not per service (CONSUL_WATCH_CONNECTIONS bounds them)');
       }
       if (settings.consolidateAfter !== undefined) {
         log.warn('CONSOLIDATE_AFTER is ignored: scale events fill config-defined server slots, so no reload has to fold runtime servers into the config');
       }
+      if (settings.prometheusPort !== undefined && !(await hasPrometheusExporter(settings.haproxyBin))) {
+        throw new SettingsError('PROMETHEUS_PORT', `${settings.haproxyBin} was built without the Prometheus exporter (haproxy -vv lists no prometheus-exporter service); unset PROMETHEUS_PORT or use a build with USE_PROMEX=1`);
+      }
       haproxy = new HaproxyProcess(settings.haproxyBin, paths, log.child('haproxy'));
+      haproxy.onRestart = () => metrics.haproxyRestarted();
       const applier = new ConfigApplier(
         settings.haproxyBin,
         haproxy,
@@ -175,6 +189,8 @@ export class FlowProxy implements ProxyCore {
         log.child('apply'),
         settings.spareBackends,
       );
+      applier.onReloadFailure = (stage) => metrics.reloadFailed(stage);
+      applier.onRuntimeFallback = () => metrics.runtimeFallback();
       // Certificates from CERTS_DIR and the secrets directory: in HAProxy's first config already.
       let reconciler: Reconciler | undefined;
       const certs = new CertManager({
@@ -204,9 +220,9 @@ export class FlowProxy implements ProxyCore {
       const watcher = new ConsulWatcher(
         consul,
         source,
-        (service, list) => {
+        (service, list, seenAt) => {
           reconciler
-            ?.submit(`consul: ${service} has ${list.length} instance${list.length === 1 ? '' : 's'}`, (s) => withInstances(s, service, list))
+            ?.submit(`consul: ${service} has ${list.length} instance${list.length === 1 ? '' : 's'}`, (s) => withInstances(s, service, list), { source: 'consul-instances', seenAt })
             .catch((err: unknown) => {
               // Not lost: read the service again shortly (the watch would otherwise wait for its next change).
               log.warn(`applying the instances of ${service} failed: ${(err as Error).message}; reading them again in 1 s`);
@@ -225,6 +241,7 @@ export class FlowProxy implements ProxyCore {
           proxy?.publisher?.publish();
           proxy?.idleGc.touch();
         },
+        metrics,
       );
       // HAProxy restarted from the last validated files: apply the desired state again (a reload).
       applier.afterRecovery = () => {
@@ -233,7 +250,9 @@ export class FlowProxy implements ProxyCore {
           .catch((err: unknown) => log.error(`re-applying after recovery failed: ${(err as Error).message}`));
       };
       const store = new ConsulSpecStore(consul, settings.proxyInstanceName, log.child('kv'), settings.separator);
-      proxy = new FlowProxy(settings, log, haproxy, applier, reconciler, source, watcher, consul, store, localConsul, undefined);
+      proxy = new FlowProxy(settings, log, haproxy, applier, reconciler, source, watcher, consul, store, localConsul, undefined, metrics);
+      proxy.startedAt = startedAt;
+      metrics.bind(proxy.metricsSources());
       proxy.certs = certs;
       proxy.fromEnv = new Map(fromEnv.map((e) => [e.spec.serviceName, e]));
       if (settings.listenerUrl) proxy.listener = new SwarmListener(settings.listenerUrl, log.child('listener'));
@@ -245,10 +264,17 @@ export class FlowProxy implements ProxyCore {
         parseOptionsOf(settings),
         log.child('api'),
         settings.filterProxyInstanceName ? settings.proxyInstanceName : undefined,
+        (endpoint, status, seconds) => metrics.apiRequest(endpoint, status, seconds),
       );
       proxy.apiPort = await api.listen(settings.apiPort, settings.apiHost);
       proxy.api = api;
-      log.info(`API listening on ${settings.apiHost}:${proxy.apiPort}; HAProxy binds ${settings.listeners.map((l) => `${l.port}${l.ssl ? ':ssl' : ''}`).join(', ')}`);
+      log.info(`API listening on ${settings.apiHost}:${proxy.apiPort}; HAProxy binds ${settings.listeners.map((l) => `${l.port}${l.ssl ? ':ssl' : ''}`).join(', ')}`, {
+        apiPort: proxy.apiPort,
+        binds: settings.listeners.map((l) => `${l.port}${l.ssl ? ':ssl' : ''}`),
+        metrics: settings.metrics ? '/metrics' : 'off',
+        ...(settings.prometheusPort !== undefined ? { prometheusPort: settings.prometheusPort } : {}),
+        ...(settings.stats?.port !== undefined ? { statsPort: settings.stats.port } : {}),
+      });
       proxy.joinFleet();
       return proxy;
     } catch (err) {
@@ -300,7 +326,19 @@ export class FlowProxy implements ProxyCore {
       this.ready = true;
       fleet.startWatching();
       this.publisher?.start();
-      this.log.info(`ready: serving ${this.reconciler.snapshot().services.size} services as replica ${this.replicaId} of ${this.settings.proxyInstanceName}`);
+      const state = this.reconciler.snapshot();
+      const watches = this.watcher.stats();
+      const { generation } = this.applier.current();
+      this.log.info(`ready: serving ${state.services.size} services as replica ${this.replicaId} of ${this.settings.proxyInstanceName}`, {
+        services: state.services.size,
+        fromEnvironment: this.fromEnv.size,
+        instances: [...state.instances.values()].reduce((n, list) => n + list.length, 0),
+        consulNodes: watches.nodes,
+        certificates: this.certs?.list().length ?? 0,
+        generation,
+        applies: this.applier.totals(),
+        startupMs: Math.round(performance.now() - this.startedAt),
+      });
     })();
   }
 
@@ -424,7 +462,63 @@ export class FlowProxy implements ProxyCore {
     return !(await knownToConsul(this.consul, consulServiceName(spec)));
   }
 
+  /** What the metrics' gauges read at scrape time. */
+  private metricsSources(): MetricsSources {
+    return {
+      generation: () => this.applier.current(true).generation,
+      ready: () => this.ready,
+      services: () => this.reconciler.snapshot().services.size,
+      haproxyUp: () => this.haproxy.status().running,
+      consul: () => {
+        const stats = this.consul.stats();
+        return { openWatches: stats.inFlight.watch, connections: stats.connections };
+      },
+      fleet: async () => {
+        if (!this.fleet) return undefined;
+        const { replicas, unknown } = await readReplicas(this.consul, this.fleet.replicaPrefix);
+        if (replicas === null || unknown !== null) return undefined;
+        const mine = this.sharedSpecsHash(this.reconciler.snapshot());
+        return { replicas: replicas.length, inAgreement: replicas.every((r) => r.specsHash === mine) };
+      },
+    };
+  }
+
   // --- ProxyCore -------------------------------------------------------------------------------
+
+  /** `GET /metrics`: the Prometheus text, or undefined with METRICS=false. */
+  async metricsText(): Promise<{ contentType: string; text: string } | undefined> {
+    if (!this.metrics.enabled) return undefined;
+    return { contentType: this.metrics.contentType, text: await this.metrics.text() };
+  }
+
+  /**
+   * `metrics`: HAProxy's statistics as CSV (`show stat` on the admin socket, the same CSV as the
+   * stats page's `;csv`), so it works without STATS_USER/STATS_PASS. `distribute`: every live
+   * replica's, fetched from the API address each publishes, one after the other.
+   */
+  async haproxyStats(distribute: boolean): Promise<string> {
+    if (!distribute) {
+      await this.haproxy.whenUp(5000);
+      const csv = await this.haproxy.adminCommand('show stat').catch((err: unknown) => {
+        throw new HaproxyUnavailableError(`HAProxy's admin socket did not answer show stat: ${(err as Error).message}`, err);
+      });
+      return csv.endsWith('\n') ? csv : `${csv}\n`;
+    }
+    const replicas = this.fleet ? await listReplicas(this.consul, this.fleet.replicaPrefix) : [];
+    const bodies: string[] = [];
+    for (const r of replicas) {
+      const url = `${r.api}/v1/docker-flow-proxy/metrics?distribute=false`;
+      try {
+        const res = await fetch(url, { signal: AbortSignal.timeout(5000) });
+        const text = await res.text();
+        if (res.status !== 200) throw new Error(`HTTP ${res.status}: ${text.slice(0, 200)}`);
+        bodies.push(text.endsWith('\n') ? text : `${text}\n`);
+      } catch (err) {
+        throw new ReplicaUnreachableError(`replica ${r.id} did not give its metrics (${url}): ${(err as Error).message}`, err);
+      }
+    }
+    return bodies.join('');
+  }
 
   async reconfigure(
     requested: ServiceSpec,
@@ -432,6 +526,8 @@ export class FlowProxy implements ProxyCore {
     cert?: { readonly name: string; readonly pem: string },
   ): Promise<{ warnings: string[]; dryRun?: DryRunResult }> {
     let spec = requested;
+    // Accepted by the API: propagation is timed from here until HAProxy serves the change.
+    const seenAt = performance.now();
     // serviceCert: a 400 naming it before anything changes.
     if (cert) parseCertBundle('serviceCert', cert.pem);
     // Read instances before touching state: if Consul cannot answer, nothing changes (503).
@@ -466,7 +562,7 @@ export class FlowProxy implements ProxyCore {
     try {
       const landedAt = await this.store.put(spec, previous === undefined);
       try {
-        await this.reconciler.submit(`reconfigure ${spec.serviceName}`, change, { fromRequest: true });
+        await this.reconciler.submit(`reconfigure ${spec.serviceName}`, change, { fromRequest: true, source: 'api', seenAt });
       } catch (err) {
         // Not applied here: take it back out of the shared store, so no replica applies it either.
         landed = await this.takeBack(spec.serviceName, previous, landedAt);
@@ -511,6 +607,7 @@ export class FlowProxy implements ProxyCore {
   }
 
   async remove(serviceName: string, aclName?: string, options: Partial<ChangeOptions> = {}): Promise<{ removed: boolean; serviceName: string; dryRun?: DryRunResult }> {
+    const seenAt = performance.now();
     const services = this.reconciler.snapshot().services;
     const target = services.has(serviceName)
       ? serviceName
@@ -532,7 +629,7 @@ export class FlowProxy implements ProxyCore {
     let index: number | undefined;
     try {
       index = await this.store.delete(target);
-      await this.reconciler.submit(`remove ${target}`, change);
+      await this.reconciler.submit(`remove ${target}`, change, { source: 'api', seenAt });
     } finally {
       written?.(index);
     }
@@ -687,6 +784,7 @@ function parseOptionsOf(settings: Settings): ParseOptions {
     reservedPorts: new Map<number, string>([
       ...(settings.apiPort > 0 ? [[settings.apiPort, "the API's port (PORT)"] as [number, string]] : []),
       ...(settings.stats?.port !== undefined ? [[settings.stats.port, 'the stats page (STATS_PORT)'] as [number, string]] : []),
+      ...(settings.prometheusPort !== undefined ? [[settings.prometheusPort, "HAProxy's Prometheus exporter (PROMETHEUS_PORT)"] as [number, string]] : []),
     ]),
   };
 }

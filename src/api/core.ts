@@ -36,5 +36,9 @@ export interface ProxyCore {
   /** Where a service comes from (`api`, or `env` with the variables that define it); shown beside its model. */
   sourceOf?(serviceName: string): Record<string, unknown>;
   status(): Promise<Record<string, unknown>>;
+  /** `GET /metrics`: the Prometheus text; undefined when metrics are off (METRICS=false). */
+  metricsText?(): Promise<{ contentType: string; text: string } | undefined>;
+  /** `metrics`: HAProxy's statistics CSV, this replica's or (distribute) every live replica's. */
+  haproxyStats?(distribute: boolean): Promise<string>;
   isReady(): boolean;
 }

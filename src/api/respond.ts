@@ -18,6 +18,7 @@ const STATUS: Record<ErrorCode, number> = {
   DFP_ERR_REPLICAS_LAGGING: 504,
   DFP_ERR_REPLICAS_UNKNOWN: 502, // Consul answered, but refused the replica list
   DFP_ERR_NOT_READY: 503,
+  DFP_ERR_REPLICA_UNREACHABLE: 502,
   DFP_ERR_INTERNAL: 500,
 };
 

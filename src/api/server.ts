@@ -24,11 +24,18 @@ export class ApiServer {
     private readonly log: Logger,
     /** FILTER_PROXY_INSTANCE_NAME: the instance name requests must carry, when filtering. */
     private readonly instanceFilter: string | undefined = undefined,
+    /** Told of every answered request (metrics): its endpoint (`reconfigure`, …), status and seconds. */
+    private readonly observe: ((endpoint: string, status: number, seconds: number) => void) | undefined = undefined,
   ) {
     this.server = createServer((req, res) => {
+      if (this.observe) {
+        const started = performance.now();
+        res.once('finish', () => this.observe?.(endpointOf(req.url), res.statusCode, (performance.now() - started) / 1000));
+      }
       this.handle(req, res).catch((err: unknown) => {
         const e = asDfpError(err);
-        if (e.code === 'DFP_ERR_INTERNAL') this.log.error(`internal error on ${req.url}: ${(err as Error).stack ?? String(err)}`);
+        // The path only: a query string may carry passwords (users=name:password).
+        if (e.code === 'DFP_ERR_INTERNAL') this.log.error(`internal error on ${new URL(req.url ?? '/', 'http://localhost').pathname}: ${(err as Error).stack ?? String(err)}`);
         if (!res.headersSent) sendError(res, e);
         else res.destroy();
       });
@@ -57,6 +64,14 @@ export class ApiServer {
     const url = new URL(req.url ?? '/', 'http://localhost');
     if (url.pathname === '/v1/test' || url.pathname === '/v2/test') {
       return sendJson(res, 200, { Status: 'OK', Message: url.pathname === '/v1/test' ? 'Test v1' : 'Test v2' });
+    }
+    if (url.pathname === '/metrics') {
+      req.resume();
+      const metrics = await this.core.metricsText?.();
+      if (metrics === undefined) throw new NotFoundError('metrics are off (METRICS=false)');
+      res.writeHead(200, { 'Content-Type': metrics.contentType, 'Content-Length': Buffer.byteLength(metrics.text) });
+      res.end(metrics.text);
+      return;
     }
     if (!url.pathname.startsWith(BASE)) throw new NotFoundError(`no such endpoint: ${url.pathname}`);
     const endpoint = url.pathname.slice(BASE.length);
@@ -108,6 +123,14 @@ export class ApiServer {
         return sendJson(res, 200, { Status: 'OK', Message: '', Certs: this.core.certList() });
       case 'status':
         return sendJson(res, 200, { Status: 'OK', Message: '', ...(await this.core.status()) });
+      case 'metrics': {
+        // HAProxy's statistics CSV, as the original served it (from the stats page; here from the admin socket).
+        if (!this.core.haproxyStats) throw new NotFoundError(`no such endpoint: ${url.pathname}`);
+        const csv = await this.core.haproxyStats(flag(params, 'distribute'));
+        res.writeHead(200, { 'Content-Type': 'text/csv; charset=utf-8', 'Content-Length': Buffer.byteLength(csv) });
+        res.end(csv);
+        return;
+      }
       default:
         throw new NotFoundError(`no such endpoint: ${url.pathname}`);
     }
@@ -186,6 +209,14 @@ export class ApiServer {
 }
 
 const MAX_CERT_BODY = 1024 * 1024;
+
+/** The endpoint a request is counted under: `reconfigure`, `status`, …; `/metrics` is `prometheus`. */
+function endpointOf(raw: string | undefined): string {
+  const pathname = (raw ?? '/').split('?')[0] ?? '/';
+  if (pathname === '/metrics') return 'prometheus';
+  if (pathname === '/v1/test' || pathname === '/v2/test') return 'test';
+  return pathname.startsWith(BASE) ? pathname.slice(BASE.length) : 'other';
+}
 
 /** Reads a raw request body, bounded. */
 async function rawBody(req: IncomingMessage, limit: number): Promise<string> {

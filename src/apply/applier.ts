@@ -34,6 +34,8 @@ export interface ApplyRecord {
    * (the trigger says why) and on fallbacks (see `fallback`).
    */
   readonly reloadBecause?: readonly string[];
+  /** Runtime API commands sent (kind `runtime`). */
+  readonly commands?: number;
 }
 
 export interface ApplierPaths {
@@ -139,6 +141,10 @@ export class ConfigApplier {
 
   /** Set by the owner: bring HAProxy back to the desired state once it runs the last good config. */
   afterRecovery: () => void = () => undefined;
+  /** Set by the owner (metrics): an apply's reload failed, at `haproxy -c` or at the reload itself. */
+  onReloadFailure: (stage: 'check' | 'reload') => void = () => undefined;
+  /** Set by the owner (metrics): runtime commands failed and the change went out as a reload. */
+  onRuntimeFallback: () => void = () => undefined;
 
   render(services: readonly ServiceState[], allocation?: BackendAllocation, mapDir = this.paths.stateDir): RenderedConfig {
     return renderConfig({ ...this.settings, mapDir, crtList: this.crtList ?? this.settings.crtList }, services, allocation);
@@ -316,9 +322,8 @@ export class ConfigApplier {
           this.lagging = services;
           this.lastPlan = undefined;
           this.scheduleMaterialize();
-          const record = this.record({ kind: 'runtime', trigger, durationMs: performance.now() - started }, undefined);
-          this.log.info(`applied generation ${record.generation} (${trigger}) through the runtime API in ${record.durationMs.toFixed(1)} ms (${quick.ops.length} commands, scale only)`);
-          return record;
+          // Logged by the reconciler, with where its changes came from.
+          return this.record({ kind: 'runtime', trigger, durationMs: performance.now() - started, commands: quick.ops.length }, undefined);
         } catch (err) {
           fallback = `runtime API failed: ${(err as Error).message}`;
           this.mustReload = fallback;
@@ -341,13 +346,13 @@ export class ConfigApplier {
           this.live = plan.rendered;
           this.allocation = plan.allocation;
           this.applied = byName(services);
-          const record = this.record({ kind: 'runtime', trigger, durationMs: performance.now() - started }, plan.rendered);
-          this.log.info(`applied generation ${record.generation} (${trigger}) through the runtime API in ${record.durationMs.toFixed(1)} ms (${plan.ops.length} commands)`);
-          return record;
+          // Logged by the reconciler, with where its changes came from.
+          return this.record({ kind: 'runtime', trigger, durationMs: performance.now() - started, commands: plan.ops.length }, plan.rendered);
         } catch (err) {
           fallback = `runtime API failed: ${(err as Error).message}`;
           // Commands already sent are live: until a reload succeeds, the next apply must reload.
           this.mustReload = fallback;
+          this.onRuntimeFallback();
           this.log.warn(`${fallback}; reloading instead`);
         }
       }
@@ -402,14 +407,20 @@ export class ConfigApplier {
     const allocation = this.canonical(services);
     const rendered = this.render(services, allocation);
     if (!force && fallback === undefined && this.live !== undefined && hashOf(rendered) === hashOf(this.live)) return this.unchanged(trigger);
-    await this.validate(services, allocation, this.paths.candidateDir, !force);
+    try {
+      await this.validate(services, allocation, this.paths.candidateDir, !force);
+    } catch (err) {
+      this.onReloadFailure('check');
+      throw err;
+    }
     const previous = this.live;
     this.writeLive(rendered);
     try {
       await this.haproxy.reload(reloadTimeout(rendered.config));
     } catch (err) {
       if (previous) this.writeLive(previous);
-      this.log.error(`reload failed, previous config restored: ${(err as Error).message}`);
+      this.onReloadFailure('reload');
+      this.log.error(`reload failed, previous config restored: ${(err as Error).message}`, { trigger });
       throw err;
     }
     this.live = rendered;
@@ -417,12 +428,10 @@ export class ConfigApplier {
     this.allocation = allocation;
     this.applied = byName(services);
     this.mustReload = undefined;
-    const record = this.record(
+    return this.record(
       { kind: 'reload', trigger, durationMs: performance.now() - started, ...(fallback ? { fallback } : {}), ...(reasons && reasons.length > 0 ? { reloadBecause: reasons } : {}) },
       rendered,
     );
-    this.log.info(`applied generation ${record.generation} (${trigger}) with a reload in ${record.durationMs.toFixed(1)} ms`);
-    return record;
   }
 
   /**
@@ -498,7 +507,7 @@ export class ConfigApplier {
   }
 
   /** `files` undefined: not rendered yet (a scale event); materialize() fills the hash in. */
-  private record(r: Pick<ApplyRecord, 'kind' | 'trigger' | 'durationMs' | 'fallback' | 'reloadBecause'>, files: Files | undefined): ApplyRecord {
+  private record(r: Pick<ApplyRecord, 'kind' | 'trigger' | 'durationMs' | 'fallback' | 'reloadBecause' | 'commands'>, files: Files | undefined): ApplyRecord {
     const record: ApplyRecord = { generation: ++this.generation, ...r, hash: files ? hashOf(files) : '', at: new Date().toISOString() };
     this.counts[r.kind]++;
     this.history.push(record);

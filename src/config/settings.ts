@@ -4,7 +4,7 @@ import { SettingsError } from '../errors.js';
 import type { Listener } from '../render/haproxy-config.js';
 import { checkMime, checkUser, parseBool } from '../spec/grammar.js';
 import { COMPRESSION_ALGOS, CONNECTION_MODES, type ConnectionMode, DOMAIN_ALGOS, type DomainAlgo } from '../spec/types.js';
-import { type Level, parseLevel } from '../util/log.js';
+import { LEVELS, type Level, LOG_FORMATS, type LogFormat } from '../util/log.js';
 import { PROJECT_ROOT } from '../util/project.js';
 
 /** Everything the proxy reads from its environment, validated once at start-up. */
@@ -53,6 +53,12 @@ export interface Settings {
   /** What HAProxy logs per request and what it captures (DEBUG_*, CAPTURE_REQUEST_HEADER). */
   readonly requestLog: Readonly<RequestLog>;
   readonly logLevel: Level;
+  /** `LOG_FORMAT`: json or pretty; undefined = pretty when stderr is a terminal, else json. */
+  readonly logFormat: LogFormat | undefined;
+  /** `METRICS`: the control plane's own Prometheus metrics on the API port (`/metrics`). */
+  readonly metrics: boolean;
+  /** `PROMETHEUS_PORT`: HAProxy's own Prometheus exporter on this port; undefined = off. */
+  readonly prometheusPort: number | undefined;
   /** Route only to instances whose Consul checks pass (false: every registered instance). */
   readonly consulPassingOnly: boolean;
   /** Blocking-query wait of the Consul watches, seconds. */
@@ -374,7 +380,10 @@ export function loadSettings(env: Env = process.env): Settings {
         return { name, len: Number(len) };
       }),
     },
-    logLevel: parseLevel(lookup(env, 'LOG_LEVEL')),
+    logLevel: oneOf(env, 'LOG_LEVEL', LEVELS, 'info'),
+    logFormat: lookup(env, 'LOG_FORMAT') === undefined ? undefined : oneOf(env, 'LOG_FORMAT', LOG_FORMATS, 'json'),
+    metrics: bool(env, 'METRICS', true),
+    prometheusPort: prometheusPort(env, binds),
     consulPassingOnly: bool(env, 'CONSUL_PASSING_ONLY', true),
     consulWatchWait: int(env, 'CONSUL_WATCH_WAIT', 300, 1, 600),
     consulMaxWatches: lookup(env, 'CONSUL_MAX_WATCHES'),
@@ -425,6 +434,19 @@ function statsSettings(env: Env, binds: readonly Listener[]): StatsSettings | un
   if (!ok(user) || user.includes(':')) throw new SettingsError(userVar, 'must be printable ASCII without whitespace, quotes, backslashes, # or :');
   if (!ok(pass)) throw new SettingsError(passVar, 'must be printable ASCII without whitespace, quotes, backslashes or # (value not shown)');
   return { uri, port, auth: user === 'none' ? undefined : { user, pass } };
+}
+
+/**
+ * PROMETHEUS_PORT: a port of its own for HAProxy's exporter, never one of the listeners, the API's
+ * or the stats page's.
+ */
+function prometheusPort(env: Env, binds: readonly Listener[]): number | undefined {
+  if (lookup(env, 'PROMETHEUS_PORT') === undefined) return undefined;
+  const port = int(env, 'PROMETHEUS_PORT', 0, 1, 65535);
+  if (binds.some((l) => l.port === port)) throw new SettingsError('PROMETHEUS_PORT', `${port} is already a listener of frontend services (DEFAULT_PORTS/BIND_PORTS)`);
+  if (lookup(env, 'STATS_PORT') === String(port)) throw new SettingsError('PROMETHEUS_PORT', `${port} is already the stats page's port (STATS_PORT)`);
+  if (int(env, 'PORT', 8080, 0, 65535) === port) throw new SettingsError('PROMETHEUS_PORT', `${port} is already the API's port (PORT)`);
+  return port;
 }
 
 function resolvers(env: Env): { name: string; address: string }[] {
@@ -512,4 +534,17 @@ function matching(env: Env, name: string, re: RegExp, what: string): string | un
   const raw = lookup(env, name);
   if (raw !== undefined && !re.test(raw)) throw new SettingsError(name, `must be ${what}; got ${JSON.stringify(raw)}`);
   return raw;
+}
+
+/**
+ * The secret values among the settings (USERS and users-file passwords, the stats password): the
+ * logger scrubs them from every line, whatever printed them (HAProxy's own output included).
+ */
+export function secretValues(settings: Settings): string[] {
+  const password = (item: string) => item.slice(item.indexOf(':') + 1);
+  return [
+    ...settings.http.users.filter((u) => u.includes(':')).map(password),
+    ...[...settings.http.userSecrets.values()].flat().filter((u) => u.includes(':')).map(password),
+    ...(settings.stats?.auth ? [settings.stats.auth.pass] : []),
+  ].filter((s) => s !== '');
 }

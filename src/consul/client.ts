@@ -7,6 +7,8 @@ export interface ConsulResponse {
   /** `X-Consul-Index`, for blocking queries. */
   readonly index: number | undefined;
   readonly address: string;
+  /** `performance.now()` when the answer was read: when a change it carries was seen. */
+  readonly arrivedAt: number;
 }
 
 /** Which connection budget a request uses. */
@@ -93,6 +95,8 @@ export class ConsulClient {
   private closed = false;
   /** Called before every attempt (tests count requests with it). */
   onRequest: ((path: string, budget: ConsulBudgetName, address: string) => void) | undefined;
+  /** Called after every attempt with its outcome: `2xx` … `5xx`, `error` (no answer) or `aborted` (metrics). */
+  onResult: ((budget: ConsulBudgetName, outcome: string) => void) | undefined;
 
   constructor(
     readonly addresses: readonly string[],
@@ -133,6 +137,7 @@ export class ConsulClient {
           signal,
         });
         const body = await res.body.text();
+        this.onResult?.(budget, `${Math.floor(res.statusCode / 100)}xx`);
         if (res.statusCode >= 500) {
           answered5xx = true;
           failures.push(`${address}: HTTP ${res.statusCode} ${body.trim().slice(0, 200)}`);
@@ -141,8 +146,9 @@ export class ConsulClient {
         this.preferred = at;
         const rawIndex = res.headers['x-consul-index'];
         const index = typeof rawIndex === 'string' ? Number(rawIndex) : undefined;
-        return { status: res.statusCode, body, index: index !== undefined && Number.isFinite(index) ? index : undefined, address };
+        return { status: res.statusCode, body, index: index !== undefined && Number.isFinite(index) ? index : undefined, address, arrivedAt: performance.now() };
       } catch (err) {
+        this.onResult?.(budget, req.signal?.aborted ? 'aborted' : 'error');
         if (req.signal?.aborted) throw err;
         failures.push(`${address}: ${describeError(err, timeoutMs, budget, this.budget)}`);
       } finally {

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Instance } from '../discovery/types.js';
-import type { Logger } from '../util/log.js';
+import { type Logger, SILENT } from '../util/log.js';
 import { CatalogModel, type CheckEntry, entry, type ModelChange, type Recovery } from './catalog.js';
 import type { ConsulClient, ConsulResponse } from './client.js';
 import { type ConsulInstanceSource, toInstances } from './instances.js';
@@ -50,7 +50,8 @@ const FRESH_MS = 1000;
 /** Per-node recoveries past which one read of the whole node is cheaper than one read per service. */
 const CONFIRM_PER_NODE = 4;
 
-type OnChange = (service: string, instances: Instance[]) => void;
+/** `seenAt`: `performance.now()` when the Consul answer that showed the change arrived. */
+type OnChange = (service: string, instances: Instance[], seenAt: number) => void;
 
 interface Followed {
   /** The list last reported (JSON), undefined until the first report. */
@@ -80,7 +81,6 @@ interface Loop {
   onExit?(): void;
 }
 
-const QUIET: Logger = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined, child: () => QUIET };
 
 /**
  * Follows the instances of the configured Consul services and reports changes, so scaling,
@@ -121,6 +121,8 @@ export class ConsulWatcher {
   private health = { index: 0, hash: '' };
   /** Lower-case service names whose instances may have changed since the last flush. */
   private readonly pending = new Set<string>();
+  /** When the first answer that made each pending name pending arrived (propagation is timed from it). */
+  private readonly pendingSeen = new Map<string, number>();
   /** Fresher checks wanted (bumped by node answers newer than the checks held) and delivered. */
   private checksWanted = 0;
   private checksDelivered = 0;
@@ -342,7 +344,7 @@ export class ConsulWatcher {
     const list = parseArray<{ Node?: string; Address?: string }>(res.body, 'node list');
     const now = new Map<string, string>();
     for (const n of list) if (typeof n.Node === 'string') now.set(n.Node, n.Address ?? '');
-    for (const node of [...this.known.keys()]) if (!now.has(node)) this.dropNode(node);
+    for (const node of [...this.known.keys()]) if (!now.has(node)) this.dropNode(node, res.arrivedAt);
     const added: string[] = [];
     const moved: string[] = [];
     for (const [node, address] of now) {
@@ -400,11 +402,11 @@ export class ConsulWatcher {
     }
   }
 
-  private dropNode(node: string): void {
+  private dropNode(node: string, seenAt: number): void {
     this.known.delete(node);
     this.nodes.delete(node);
     this.polled.delete(node);
-    this.changed(this.model.removeNode(node));
+    this.changed(this.model.removeNode(node), seenAt);
   }
 
   private startDetector(): void {
@@ -497,7 +499,7 @@ export class ConsulWatcher {
       } catch (err) {
         throw new Error(`unreadable answer for node ${node}: ${(err as Error).message}`);
       }
-      this.changed(parsed.node ? this.model.setNode(node, parsed.node.Address ?? '', parsed.services) : this.model.removeNode(node));
+      this.changed(parsed.node ? this.model.setNode(node, parsed.node.Address ?? '', parsed.services) : this.model.removeNode(node), res.arrivedAt);
     }
     st.read = true;
     if (first) this.checkReady();
@@ -518,7 +520,7 @@ export class ConsulWatcher {
         if ((this.nodes.get(r.node)?.appliedIndex ?? 0) >= index) continue;
         this.confirms.set(`${r.node}\u0000${r.serviceId}`, r);
       }
-      this.changed({ affected, gained: false });
+      this.changed({ affected, gained: false }, res.arrivedAt);
     }
     if (!this.healthRead) {
       this.healthRead = true;
@@ -526,8 +528,11 @@ export class ConsulWatcher {
     }
   }
 
-  private changed(change: ModelChange): void {
-    for (const lower of change.affected) this.pending.add(lower);
+  private changed(change: ModelChange, seenAt: number): void {
+    for (const lower of change.affected) {
+      this.pending.add(lower);
+      if (!this.pendingSeen.has(lower)) this.pendingSeen.set(lower, seenAt);
+    }
     this.schedule();
   }
 
@@ -626,7 +631,7 @@ export class ConsulWatcher {
       if (res.status !== 200) throw new Error(`Consul answered ${res.status}`);
       if ((this.nodes.get(r.node)?.appliedIndex ?? 0) > (res.index ?? 0)) return; // the node's own answer is newer
       const entries = parseArray<{ Node?: string; ServiceID?: string }>(res.body, `service ${r.service}`);
-      if (!entries.some((e) => e.Node === r.node && e.ServiceID === r.serviceId)) this.changed(this.model.removeInstance(r.node, r.serviceId));
+      if (!entries.some((e) => e.Node === r.node && e.ServiceID === r.serviceId)) this.changed(this.model.removeInstance(r.node, r.serviceId), res.arrivedAt);
     } catch (err) {
       if (!this.stopped) this.log.debug(`re-reading ${r.service}: ${(err as Error).message}`);
     }
@@ -646,7 +651,10 @@ export class ConsulWatcher {
   private flush(): void {
     if (!this.ready || this.stopped) return;
     const lowers = [...this.pending];
+    const seen = new Map(this.pendingSeen);
     this.pending.clear();
+    this.pendingSeen.clear();
+    const now = performance.now();
     for (const lower of lowers) {
       const names = this.byLower.get(lower);
       if (!names) continue;
@@ -654,12 +662,12 @@ export class ConsulWatcher {
       for (const name of names) {
         // A direct read disagreed with the model a moment ago: the direct reads settle it.
         if (this.unsettled.has(name)) continue;
-        this.report(name, toInstances(name, entries, this.log), false);
+        this.report(name, toInstances(name, entries, this.log), false, seen.get(lower) ?? now);
       }
     }
   }
 
-  private report(name: string, instances: Instance[], force: boolean): void {
+  private report(name: string, instances: Instance[], force: boolean, seenAt: number): void {
     const f = this.followed.get(name);
     if (!f) return;
     const key = keyOf(instances);
@@ -667,26 +675,28 @@ export class ConsulWatcher {
     f.reported = key;
     f.reports++;
     this.fresh.delete(name);
-    this.onChange(name, instances);
+    this.onChange(name, instances, seenAt);
   }
 
   private modelKey(name: string): string {
-    return keyOf(toInstances(name, this.model.entries(name, this.passingOnly), QUIET));
+    return keyOf(toInstances(name, this.model.entries(name, this.passingOnly), SILENT));
   }
 
   // ---- direct reads ------------------------------------------------------------------------
 
   private async readDirect(name: string, f: Followed, force: boolean): Promise<void> {
     let instances: Instance[];
+    let seenAt: number;
     try {
       const res = await this.consul.request(this.source.path(name), { signal: this.ctrl.signal });
       instances = this.source.parse(name, res.status, res.body);
+      seenAt = res.arrivedAt;
     } catch (err) {
       if (!this.stopped) this.log.warn(`re-reading ${name}: ${(err as Error).message}; the watch will report its next change`);
       return;
     }
     if (this.followed.get(name) !== f || this.stopped) return;
-    this.report(name, instances, force);
+    this.report(name, instances, force, seenAt);
     // The model is a few milliseconds behind or ahead of a direct read at times; if they still
     // disagree shortly, read again, so a stale read never sticks.
     if (this.ready && this.modelKey(name) !== f.reported && !this.unsettled.has(name)) {

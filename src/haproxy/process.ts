@@ -4,6 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { HaproxyUnavailableError, ReloadFailedError } from '../errors.js';
 import type { Logger } from '../util/log.js';
 import { commandLine, isAlive, killQuietly, waitForExit } from '../util/process.js';
+import { classifyHaproxyLine } from './output.js';
 import { type ProcInfo, parseShowProc, socketCommand } from './socket.js';
 
 export interface HaproxyPaths {
@@ -40,6 +41,9 @@ export class HaproxyProcess {
   private up: Promise<void> | undefined;
   private readonly output: { seq: number; line: string }[] = [];
   private seq = 0;
+
+  /** Called each time the supervisor starts HAProxy again after it died (metrics). */
+  onRestart: () => void = () => undefined;
 
   /** Puts the last config known to be good back on disk; called when a restart fails to load. */
   private recover: (() => void) | undefined;
@@ -231,16 +235,16 @@ export class HaproxyProcess {
       throw err;
     });
     this.serving = child;
-    this.log.info(`HAProxy master ${child.pid} is serving`);
+    this.log.info(`HAProxy master ${child.pid} is serving`, { masterPid: child.pid });
   }
 
   private record(line: string): void {
     if (line.trim() === '') return;
     this.output.push({ seq: ++this.seq, line });
     if (this.output.length > MAX_OUTPUT_LINES) this.output.shift();
-    // "Former worker ... exited with code 0" is every reload's normal end: not worth a warning.
-    if (!this.stopping && /ALERT|Loading failure|exited with code [1-9]/.test(line)) this.log.warn(`haproxy: ${line}`);
-    else this.log.debug(`haproxy: ${line}`);
+    // HAProxy's own level, mapped (output.ts): its routine lines of every reload stay at debug.
+    const c = classifyHaproxyLine(line, this.stopping);
+    this.log[c.level](c.text, c.haproxyLevel === undefined ? undefined : { haproxyLevel: c.haproxyLevel, pid: c.pid });
   }
 
   private onExit(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
@@ -249,6 +253,7 @@ export class HaproxyProcess {
     this.log.error(`HAProxy master ${child.pid} exited (code ${code}, signal ${signal}); starting it again with the last good config`);
     killQuietly(-(child.pid ?? 0), 'SIGKILL'); // workers of the dead master
     this.restarts++;
+    this.onRestart();
     try {
       this.beforeRestart?.();
     } catch (err) {

@@ -19,3 +19,14 @@ export function validateConfig(haproxyBin: string, files: readonly string[], tim
     });
   });
 }
+
+/**
+ * Whether this HAProxy was built with the Prometheus exporter (`USE_PROMEX`; Debian's 2.6 is):
+ * `haproxy -vv` lists it under "Available services". Asked at start-up when PROMETHEUS_PORT is set,
+ * so a build without it stops start-up naming the variable instead of failing `haproxy -c`.
+ */
+export function hasPrometheusExporter(haproxyBin: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    execFile(haproxyBin, ['-vv'], { timeout: 10_000 }, (err, stdout) => resolve(!err && /Available services\s*:[^\n]*\bprometheus-exporter\b/.test(stdout)));
+  });
+}

@@ -67,6 +67,8 @@ export interface RenderSettings {
   readonly stats?: StatsSettings | undefined;
   /** SERVER_SLOTS: the fewest server slots a backend has (render/slots.ts). */
   readonly serverSlots: number;
+  /** PROMETHEUS_PORT: HAProxy's own Prometheus exporter on a frontend of its own; undefined = off. */
+  readonly prometheusPort?: number | undefined;
 }
 
 /**
@@ -237,6 +239,7 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
     '',
     ...renderFrontend(settings, routes, lookups, sniShared),
     ...renderTcpFrontends(ordered, nameOf, settings, sniShared),
+    ...renderPrometheus(settings),
     ...renderResolvers(settings, ordered),
   ];
 
@@ -366,6 +369,23 @@ function bindLine(settings: RenderSettings, l: Listener, sniShared: ReadonlySet<
     return `    bind ${tlsTermSocket(l.port)} accept-proxy${tls}${tlsOptions ? ` ${tlsOptions}` : ''}`;
   }
   return `    bind *:${l.port}${tls}${l.options ? ` ${l.options}` : ''}`;
+}
+
+/**
+ * HAProxy's Prometheus exporter (built in since 2.4, `USE_PROMEX`), on a port of its own so no
+ * service route can shadow it. Not logged: a scrape every few seconds is no request worth a line.
+ */
+export const PROMETHEUS_SECTION = 'dfp-prometheus';
+function renderPrometheus(settings: RenderSettings): string[] {
+  if (settings.prometheusPort === undefined) return [];
+  return [
+    '',
+    `frontend ${PROMETHEUS_SECTION}`,
+    `    bind *:${settings.prometheusPort}`,
+    '    mode http',
+    '    no log',
+    '    http-request use-service prometheus-exporter if { path /metrics }',
+  ];
 }
 
 /** The name servers of DNS targets (outboundHostname), only while one exists. */

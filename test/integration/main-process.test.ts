@@ -44,7 +44,7 @@ describe('the proxy process with no CONSUL_ADDRESS', () => {
     child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
     const deadline = Date.now() + 60_000;
-    while (!/\] ready: /.test(out)) {
+    while (!/ready: serving /.test(out)) {
       if (child.exitCode !== null) assert.fail(`proxy exited: ${out}`);
       if (Date.now() > deadline) assert.fail(`proxy did not start: ${out}`);
       await new Promise((r) => setTimeout(r, 50));

@@ -3,6 +3,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { waitForExit } from '../../src/util/process.js';
+import { parsePrometheusText, total } from '../helpers/prom-text.js';
 import { assertDead, callApi, eventually, liveConfig, type RoutedStack, startRoutedStack, type TestProxy, through, track } from '../helpers/harness.js';
 
 /** HAProxy is supervised: a dead worker or master comes back with the last good config. */
@@ -31,9 +32,12 @@ describe('HAProxy supervision', () => {
     const [worker] = (await proxy.proxy.haproxy.showProc()).workers;
     assert.ok(worker);
     const restarts = proxy.proxy.haproxy.status().restarts;
+    const counted = async () => total(parsePrometheusText(await (await fetch(`http://127.0.0.1:${proxy.proxy.apiPort}/metrics`)).text()), 'dfp_haproxy_restarts_total');
+    const countedBefore = await counted();
     process.kill(worker, 'SIGKILL');
     await servesAgain(masterPid ?? 0);
     assert.equal(proxy.proxy.haproxy.status().restarts, restarts + 1);
+    assert.equal(await counted(), countedBefore + 1, 'dfp_haproxy_restarts_total counts it');
     assertDead(masterPid);
   });
 
@@ -53,6 +57,8 @@ describe('HAProxy supervision', () => {
     const { masterPid } = proxy.proxy.haproxy.status();
     assert.ok(masterPid);
     const config = await liveConfig(proxy);
+    const scrape = async () => parsePrometheusText(await (await fetch(`http://127.0.0.1:${proxy.proxy.apiPort}/metrics`)).text());
+    const before = await scrape();
     process.kill(masterPid, 'SIGSTOP');
     let res: Awaited<ReturnType<typeof callApi>>;
     try {
@@ -67,6 +73,9 @@ describe('HAProxy supervision', () => {
     assert.equal(await liveConfig(proxy), config);
     assert.equal((await through(proxy, '/other')).status, 503);
     assert.equal((await through(proxy, '/svc2')).instance, 'svc.0');
+    const after = await scrape();
+    assert.equal(total(after, 'dfp_reload_failures_total', { stage: 'reload' }) - total(before, 'dfp_reload_failures_total', { stage: 'reload' }), 1, 'the failed reload is counted');
+    assert.equal(total(after, 'dfp_api_requests_total', { endpoint: 'reconfigure', outcome: 'server_error' }) - total(before, 'dfp_api_requests_total', { endpoint: 'reconfigure', outcome: 'server_error' }), 1);
     // Once the master answers again, the same change goes through.
     assert.equal((await callApi(proxy, 'reconfigure', { serviceName: 'svc', servicePath: '^/other', pathType: 'path_reg' })).status, 200);
     assert.equal((await through(proxy, '/other')).instance, 'svc.0');

@@ -151,6 +151,11 @@ const FIXTURES: Record<string, { settings?: Partial<RenderSettings>; services: S
     settings: { stats: { uri: '/stats', port: 9000, auth: undefined } },
     services: [],
   },
+  // PROMETHEUS_PORT: HAProxy's exporter on a frontend of its own.
+  prometheus: {
+    settings: { prometheusPort: 9101 },
+    services: [{ spec: spec({ serviceName: 'web', destinations: [{ servicePath: ['/'] }] }), instances: [inst('h:web.0:80', 31000)] }],
+  },
 };
 
 function serialise(r: RenderedConfig): string {
