@@ -24,6 +24,7 @@ import { describeOp } from './apply/runtime.js';
 import type { Settings } from './config/settings.js';
 import { ConsulAgent } from './consul/agent.js';
 import { ConsulClient } from './consul/client.js';
+import { type AccessReport, checkConsulAccess } from './consul/access-check.js';
 import { ConsulInstanceSource } from './consul/instances.js';
 import { ConsulWatcher } from './consul/watcher.js';
 import type { InstanceSource } from './discovery/types.js';
@@ -108,6 +109,8 @@ export class FlowProxy implements ProxyCore {
   private certs: CertManager | undefined;
   /** The Swarm Listener (LISTENER_ADDRESS), pulled at start-up. */
   private listener: SwarmListener | undefined;
+  /** What the start-up check of the proxy's Consul permissions found (consul/access-check.ts). */
+  accessCheck: Promise<AccessReport> = Promise.resolve({ acl: false, problems: [] });
   /** Aborted by stop(): start-up work that retries (the listener pull) ends with it. */
   private readonly lifetime = new AbortController();
   /** Services defined by DFP_SERVICE_* variables, by name: this replica's own, under the shared ones. */
@@ -155,10 +158,18 @@ export class FlowProxy implements ProxyCore {
         addresses = [localConsul.address];
         log.info(`local Consul: CONSUL_ADDRESS=${localConsul.address} (data in ${paths.consulDir})`);
       }
-      const consul = new ConsulClient(addresses, undefined, {
-        watchConnections: settings.consulWatchConnections,
-        requestConnections: settings.consulRequestConnections,
-      });
+      const consul = new ConsulClient(
+        addresses,
+        undefined,
+        {
+          watchConnections: settings.consulWatchConnections,
+          requestConnections: settings.consulRequestConnections,
+        },
+        settings.consulAccess,
+      );
+      if (settings.consulAccess.tls && !addresses.some((a) => a.startsWith('https:'))) {
+        log.warn('CONSUL_CACERT / CONSUL_CLIENT_CERT are set, but no Consul address is https://: they are not used');
+      }
       if (settings.consulMaxWatches !== undefined) {
         log.warn('CONSUL_MAX_WATCHES is deprecated and ignored: discovery holds one query per Consul node, not per service (CONSUL_WATCH_CONNECTIONS bounds them)');
       }
@@ -243,10 +254,13 @@ export class FlowProxy implements ProxyCore {
         parseOptionsOf(settings),
         log.child('api'),
         settings.filterProxyInstanceName ? settings.proxyInstanceName : undefined,
+        settings.apiAuth,
       );
       proxy.apiPort = await api.listen(settings.apiPort, settings.apiHost);
       proxy.api = api;
       log.info(`API listening on ${settings.apiHost}:${proxy.apiPort}; HAProxy binds ${settings.listeners.map((l) => `${l.port}${l.ssl ? ':ssl' : ''}`).join(', ')}`);
+      log.info(describeApiAuth(settings.apiAuth));
+      proxy.accessCheck = checkConsulAccess(consul, settings.proxyInstanceName, settings.consulAccess.token !== undefined, log.child('consul'), proxy.lifetime.signal);
       proxy.joinFleet();
       return proxy;
     } catch (err) {
@@ -380,6 +394,7 @@ export class FlowProxy implements ProxyCore {
       ['stopping the certificate follower', () => this.certs?.stop()],
       ['withdrawing the replica report', () => this.publisher?.stop()],
       ['stopping the Consul watches', () => this.watcher.stop()],
+      ['finishing the Consul access check', () => this.accessCheck],
       ['finishing the apply in flight', () => this.reconciler.close()],
       ['stopping the idle-time GC', () => this.idleGc.stop()],
       ['stopping HAProxy', () => this.haproxy.stop()],
@@ -630,6 +645,13 @@ export class FlowProxy implements ProxyCore {
   isReady(): boolean {
     return this.ready;
   }
+}
+
+/** The start-up line about the API's authentication: which kinds, never a credential. */
+function describeApiAuth(auth: Settings['apiAuth']): string {
+  if (auth === undefined) return 'the API requires no credentials (API_USER/API_PASSWORD, API_TOKEN unset): keep PORT off public networks';
+  const kinds = [...(auth.basic ? ['HTTP basic (API_USER/API_PASSWORD)'] : []), ...(auth.token ? ['a bearer token (API_TOKEN)'] : [])];
+  return `the API requires ${kinds.join(' or ')} on every endpoint but ping, /v1/test and /v2/test`;
 }
 
 function memoryMb(): Record<string, number> {

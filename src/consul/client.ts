@@ -46,6 +46,17 @@ export interface ConsulBudget {
   readonly requestConnections: number;
 }
 
+/**
+ * Consul's own conventions for a secured agent: an ACL token (`CONSUL_HTTP_TOKEN`), sent as
+ * `X-Consul-Token` on every request, and for https addresses the CA to trust (`CONSUL_CACERT`)
+ * and a client certificate (`CONSUL_CLIENT_CERT` / `CONSUL_CLIENT_KEY`) for agents that verify
+ * incoming connections. PEM text, not paths: settings read the files once at start-up.
+ */
+export interface ConsulAccess {
+  readonly token?: string;
+  readonly tls?: { readonly ca?: string; readonly cert?: string; readonly key?: string };
+}
+
 export const DEFAULT_CONSUL_BUDGET: ConsulBudget = { watchConnections: 8, requestConnections: 2 };
 
 /** Counters since the client was created (tests, and status). */
@@ -98,6 +109,7 @@ export class ConsulClient {
     readonly addresses: readonly string[],
     private readonly defaultTimeoutMs = 5000,
     readonly budget: ConsulBudget = DEFAULT_CONSUL_BUDGET,
+    private readonly access: ConsulAccess = {},
   ) {
     if (addresses.length === 0) throw new Error('ConsulClient needs at least one address');
     if (!(budget.watchConnections >= 1 && budget.requestConnections >= 1)) throw new Error('ConsulClient needs at least one connection per budget');
@@ -127,6 +139,8 @@ export class ConsulClient {
         const res = await this.pool(target, budget).request({
           path: `${target.prefix}${path}`,
           method: req.method ?? 'GET',
+          // Every request, reads included: a default-deny ACL filters what an unknown caller may see.
+          ...(this.access.token === undefined ? {} : { headers: { 'x-consul-token': this.access.token } }),
           ...(req.body === undefined ? {} : { body: req.body }),
           headersTimeout: timeoutMs,
           bodyTimeout: timeoutMs,
@@ -172,7 +186,8 @@ export class ConsulClient {
     if (!target.pools) {
       // Timeouts are per request (timeoutMs): undici's own 300 s headers timeout would cut a
       // blocking query waiting its full `wait` plus Consul's jitter (up to wait/16).
-      const options = { pipelining: 1, headersTimeout: 0, bodyTimeout: 0, connect: { timeout: 5000 } };
+      const tls = target.origin.startsWith('https:') ? (this.access.tls ?? {}) : {};
+      const options = { pipelining: 1, headersTimeout: 0, bodyTimeout: 0, connect: { timeout: 5000, ...tls } };
       target.pools = {
         watch: new Pool(target.origin, { ...options, connections: this.budget.watchConnections }),
         request: new Pool(target.origin, { ...options, connections: this.budget.requestConnections }),
@@ -219,5 +234,50 @@ function describeError(err: unknown, timeoutMs: number, budget: ConsulBudgetName
     const connections = budget === 'watch' ? limits.watchConnections : limits.requestConnections;
     return `timed out: no answer within ${timeoutMs + queueLimitMs(timeoutMs)} ms, waiting in line for one of ${connections} connections included`;
   }
-  return e.code ?? e.cause?.code ?? e.cause?.message ?? e.message;
+  const code = e.code ?? e.cause?.code;
+  const hint = code === undefined ? undefined : TLS_HINTS[code];
+  if (hint !== undefined) return `TLS: ${code} (${hint})`;
+  if (/alert (bad certificate|certificate required|handshake failure)/i.test(`${e.message} ${e.cause?.message ?? ''}`)) {
+    return `TLS: Consul refused the connection during the handshake (${code ?? e.cause?.message ?? e.message}): it verifies incoming connections and needs a client certificate it trusts (CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY)`;
+  }
+  return code ?? e.cause?.message ?? e.message;
+}
+
+const UNTRUSTED = "Consul's certificate is not signed by a CA the proxy trusts: set CONSUL_CACERT to the CA file that signed it";
+
+/** What to do about the TLS failures an https CONSUL_ADDRESS meets, by Node's error code. */
+const TLS_HINTS: Record<string, string> = {
+  DEPTH_ZERO_SELF_SIGNED_CERT: UNTRUSTED,
+  SELF_SIGNED_CERT_IN_CHAIN: UNTRUSTED,
+  UNABLE_TO_VERIFY_LEAF_SIGNATURE: UNTRUSTED,
+  UNABLE_TO_GET_ISSUER_CERT_LOCALLY: UNTRUSTED,
+  UNABLE_TO_GET_ISSUER_CERT: UNTRUSTED,
+  CERT_HAS_EXPIRED: "Consul's certificate has expired",
+  ERR_TLS_CERT_ALTNAME_INVALID: "Consul's certificate does not name the host of CONSUL_ADDRESS",
+  ERR_SSL_WRONG_VERSION_NUMBER: 'the address does not speak TLS: is it the http port rather than the https one?',
+  ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED: 'Consul verifies incoming connections and needs a client certificate: set CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY',
+  ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE: 'Consul did not accept the client certificate (CONSUL_CLIENT_CERT), or needs one',
+};
+
+/**
+ * An ACL's refusal in Consul's answer, in words: 403 `ACL not found` (a token Consul does not know)
+ * or `Permission denied` (403, or inside a rolled-back transaction's 409). Undefined for other answers.
+ */
+export function aclRefusal(status: number, body: string): string | undefined {
+  if (status === 403 && /ACL not found/i.test(body)) return "ACL not found: Consul does not know the token; check CONSUL_HTTP_TOKEN";
+  if (status === 403 || (status === 409 && /"What":\s*"Permission denied"/.test(body))) {
+    return "Permission denied: Consul's ACL refused it; CONSUL_HTTP_TOKEN is missing or its policy lacks this permission";
+  }
+  return undefined;
+}
+
+/**
+ * Consul's answer to a request it refused, for messages: the status, then the ACL's reason in
+ * words, else Consul's own text (short). `withBody: false` for answers that may echo what was sent
+ * (a transaction carrying a key). Consul never puts the token in an answer.
+ */
+export function consulAnswer(status: number, body: string, withBody = true): string {
+  const acl = aclRefusal(status, body);
+  if (acl !== undefined) return `${status} (${acl})`;
+  return withBody ? `${status} ${body.trim().slice(0, 200) || '(no reason given)'}` : `${status}`;
 }
