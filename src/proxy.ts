@@ -109,6 +109,8 @@ export class FlowProxy implements ProxyCore {
   private certs: CertManager | undefined;
   /** The Swarm Listener (LISTENER_ADDRESS), pulled at start-up. */
   private listener: SwarmListener | undefined;
+  /** Why the last try of the start-up restore failed, until it succeeds (told by assertReady's 503). */
+  private restoreFailure: string | undefined;
   /** What the start-up check of the proxy's Consul permissions found (consul/access-check.ts). */
   accessCheck: Promise<AccessReport> = Promise.resolve({ acl: false, problems: [] });
   /** Aborted by stop(): start-up work that retries (the listener pull) ends with it. */
@@ -293,7 +295,10 @@ export class FlowProxy implements ProxyCore {
     this.publisher = new ReplicaPublisher(this.consul, replicaPrefix, this.replicaId, () => this.report(), this.log.child('replica'));
     this.readyPromise = (async () => {
       // Certificates stored in Consul first, so the restore's apply serves them too.
-      const certsNeedReload = (await this.certs?.restore()) ?? false;
+      const failed = (what: string) => (err: Error) => {
+        this.restoreFailure = `${what}: ${err.message}`;
+      };
+      const certsNeedReload = (await this.certs?.restore(failed('restoring the certificates'))) ?? false;
       // Instances from the catalog model when it is ready in time: a few node reads rather than
       // one request per restored service (2,000 of them took ~4 s on two connections).
       const fromModel = (await this.watcher.modelReady(MODEL_WAIT_MS))
@@ -301,7 +306,7 @@ export class FlowProxy implements ProxyCore {
         : undefined;
       // The Swarm Listener's services join the shared specs first, so one apply routes them all.
       if (this.listener) await this.pullListener(this.listener);
-      await fleet.restore(fromModel);
+      await fleet.restore(fromModel, failed('restoring the services'));
       if (!fleet.restored) return;
       if (certsNeedReload) {
         await this.reconciler
@@ -310,6 +315,7 @@ export class FlowProxy implements ProxyCore {
       }
       this.certs?.startWatching();
       this.ready = true;
+      this.restoreFailure = undefined;
       fleet.startWatching();
       this.publisher?.start();
       this.log.info(`ready: serving ${this.reconciler.snapshot().services.size} services as replica ${this.replicaId} of ${this.settings.proxyInstanceName}`);
@@ -357,7 +363,11 @@ export class FlowProxy implements ProxyCore {
 
   /** Changes wait for the start-up restore: applied before it, the restore would undo them. */
   private assertReady(): void {
-    if (!this.ready) throw new DfpError('DFP_ERR_NOT_READY', 'the proxy is still restoring the shared state from Consul; retry shortly');
+    if (!this.ready) {
+      // Why it is taking so long, when a try failed: a refusing Consul (an ACL's 403, TLS) says so here.
+      const why = this.restoreFailure === undefined ? '' : ` (the last try failed, ${this.restoreFailure})`;
+      throw new DfpError('DFP_ERR_NOT_READY', `the proxy is still restoring the shared state from Consul; retry shortly${why}`);
+    }
   }
 
   /** Resolves once the start-up restore is live (tests, the demo). */

@@ -1,5 +1,6 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
+import { X509Certificate } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
 import type { ConsulAccess } from '../consul/client.js';
 import { SettingsError } from '../errors.js';
@@ -500,10 +501,13 @@ function consulAccess(env: Env): ConsulAccess {
   if (cert !== undefined && key === undefined) throw new SettingsError('CONSUL_CLIENT_KEY', 'is empty while CONSUL_CLIENT_CERT is set: a client certificate needs its key');
   if (key !== undefined && cert === undefined) throw new SettingsError('CONSUL_CLIENT_CERT', 'is empty while CONSUL_CLIENT_KEY is set: a client key needs its certificate');
   if (ca !== undefined) {
-    try {
-      createSecureContext({ ca });
-    } catch (err) {
-      throw new SettingsError('CONSUL_CACERT', `is not a usable CA file: ${(err as Error).message}`);
+    // Each certificate of the bundle parsed: OpenSSL skips a damaged one silently.
+    for (const block of ca.match(/-----BEGIN CERTIFICATE-----[^-]*-----END CERTIFICATE-----/g) ?? []) {
+      try {
+        new X509Certificate(block);
+      } catch (err) {
+        throw new SettingsError('CONSUL_CACERT', `holds a certificate that does not parse: ${(err as Error).message}`);
+      }
     }
   }
   if (cert !== undefined && key !== undefined) {

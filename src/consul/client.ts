@@ -1,3 +1,5 @@
+import { isIP } from 'node:net';
+import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
 import { Pool } from 'undici';
 import { ConsulUnavailableError } from '../errors.js';
 
@@ -74,6 +76,8 @@ interface Target {
   /** A path prefix of the address (`http://host/consul`), prepended to every request. */
   readonly prefix: string;
   pools: Record<ConsulBudgetName, Pool> | undefined;
+  /** The last TLS alert diagnosis of a closed connection (https only). */
+  alert?: { at: number; code: string | undefined };
 }
 
 const BLOCKING = /[?&]index=0*[1-9]/;
@@ -158,7 +162,9 @@ export class ConsulClient {
         return { status: res.statusCode, body, index: index !== undefined && Number.isFinite(index) ? index : undefined, address };
       } catch (err) {
         if (req.signal?.aborted) throw err;
-        failures.push(`${address}: ${describeError(err, timeoutMs, budget, this.budget)}`);
+        const clientCert = this.access.tls?.cert !== undefined;
+        const alert = (err as { code?: string }).code === 'UND_ERR_SOCKET' ? await this.tlsAlert(target) : undefined;
+        failures.push(`${address}: ${alert ? `TLS: ${alert} (${tlsHint(alert, clientCert) ?? 'Consul closed the connection during TLS'})` : describeError(err, timeoutMs, budget, this.budget, clientCert)}`);
       } finally {
         this.counters.inFlight[budget]--;
       }
@@ -180,6 +186,19 @@ export class ConsulClient {
   async close(): Promise<void> {
     this.closed = true;
     await Promise.all(this.targets.flatMap((t) => (t.pools ? [t.pools.watch.destroy(), t.pools.request.destroy()] : [])));
+  }
+
+  /**
+   * For a connection an https Consul closed: the TLS alert behind it, if any (see tlsAlert). Asked
+   * at most once every 5 s per address, so a Consul that dies under many requests costs one probe.
+   */
+  private async tlsAlert(target: Target): Promise<string | undefined> {
+    if (!target.origin.startsWith('https:')) return undefined;
+    const now = Date.now();
+    if (target.alert && now - target.alert.at < 5000) return target.alert.code;
+    const code = await tlsAlert(target.origin, this.access.tls ?? {}, 2000);
+    target.alert = { at: now, code };
+    return code;
   }
 
   private pool(target: Target, budget: ConsulBudgetName): Pool {
@@ -227,7 +246,7 @@ export function queueLimitMs(timeoutMs: number): number {
   return Math.max(4 * timeoutMs, 20_000);
 }
 
-function describeError(err: unknown, timeoutMs: number, budget: ConsulBudgetName, limits: ConsulBudget): string {
+function describeError(err: unknown, timeoutMs: number, budget: ConsulBudgetName, limits: ConsulBudget, clientCert: boolean): string {
   const e = err as Error & { code?: string; cause?: { code?: string; message?: string } };
   if (e.code === 'UND_ERR_HEADERS_TIMEOUT' || e.code === 'UND_ERR_BODY_TIMEOUT') return `no answer within ${timeoutMs} ms`;
   if (e.name === 'TimeoutError') {
@@ -235,29 +254,61 @@ function describeError(err: unknown, timeoutMs: number, budget: ConsulBudgetName
     return `timed out: no answer within ${timeoutMs + queueLimitMs(timeoutMs)} ms, waiting in line for one of ${connections} connections included`;
   }
   const code = e.code ?? e.cause?.code;
-  const hint = code === undefined ? undefined : TLS_HINTS[code];
+  const hint = code === undefined ? undefined : tlsHint(code, clientCert);
   if (hint !== undefined) return `TLS: ${code} (${hint})`;
-  if (/alert (bad certificate|certificate required|handshake failure)/i.test(`${e.message} ${e.cause?.message ?? ''}`)) {
-    return `TLS: Consul refused the connection during the handshake (${code ?? e.cause?.message ?? e.message}): it verifies incoming connections and needs a client certificate it trusts (CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY)`;
-  }
   return code ?? e.cause?.message ?? e.message;
 }
 
 const UNTRUSTED = "Consul's certificate is not signed by a CA the proxy trusts: set CONSUL_CACERT to the CA file that signed it";
 
-/** What to do about the TLS failures an https CONSUL_ADDRESS meets, by Node's error code. */
-const TLS_HINTS: Record<string, string> = {
-  DEPTH_ZERO_SELF_SIGNED_CERT: UNTRUSTED,
-  SELF_SIGNED_CERT_IN_CHAIN: UNTRUSTED,
-  UNABLE_TO_VERIFY_LEAF_SIGNATURE: UNTRUSTED,
-  UNABLE_TO_GET_ISSUER_CERT_LOCALLY: UNTRUSTED,
-  UNABLE_TO_GET_ISSUER_CERT: UNTRUSTED,
-  CERT_HAS_EXPIRED: "Consul's certificate has expired",
-  ERR_TLS_CERT_ALTNAME_INVALID: "Consul's certificate does not name the host of CONSUL_ADDRESS",
-  ERR_SSL_WRONG_VERSION_NUMBER: 'the address does not speak TLS: is it the http port rather than the https one?',
-  ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED: 'Consul verifies incoming connections and needs a client certificate: set CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY',
-  ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE: 'Consul did not accept the client certificate (CONSUL_CLIENT_CERT), or needs one',
-};
+/** What to do about a TLS failure an https CONSUL_ADDRESS meets, by Node's error code. */
+function tlsHint(code: string, clientCert: boolean): string | undefined {
+  switch (code) {
+    case 'DEPTH_ZERO_SELF_SIGNED_CERT':
+    case 'SELF_SIGNED_CERT_IN_CHAIN':
+    case 'UNABLE_TO_VERIFY_LEAF_SIGNATURE':
+    case 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY':
+    case 'UNABLE_TO_GET_ISSUER_CERT':
+      return UNTRUSTED;
+    case 'CERT_HAS_EXPIRED':
+      return "Consul's certificate has expired";
+    case 'ERR_TLS_CERT_ALTNAME_INVALID':
+      return "Consul's certificate does not name the host of CONSUL_ADDRESS";
+    case 'ERR_SSL_WRONG_VERSION_NUMBER':
+      return 'the address does not speak TLS: is it the http port rather than the https one?';
+    case 'ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE':
+    case 'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED':
+    case 'ERR_SSL_TLSV1_ALERT_UNKNOWN_CA':
+      return clientCert
+        ? "Consul verifies incoming connections (verify_incoming) and refused CONSUL_CLIENT_CERT: it must be signed by a CA in Consul's ca_file"
+        : 'Consul verifies incoming connections (verify_incoming) and needs a client certificate: set CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY';
+    default:
+      return undefined;
+  }
+}
+
+/**
+ * Why an https Consul closed the connection, when a TLS alert says so. Under TLS 1.3 a server that
+ * refuses the client's certificate (or its absence) does it after the client considers the
+ * handshake done, so the HTTP client only sees "other side closed"; a bare TLS connection that
+ * sends a request reads the alert itself. Undefined when there was none.
+ */
+function tlsAlert(origin: string, tlsOptions: ConnectionOptions, timeoutMs: number): Promise<string | undefined> {
+  const url = new URL(origin);
+  return new Promise((resolve) => {
+    const socket = tlsConnect({ ...tlsOptions, host: url.hostname, port: Number(url.port || 443), ...(isIP(url.hostname) ? {} : { servername: url.hostname }) }, () => {
+      socket.write(`GET /v1/status/leader HTTP/1.1\r\nHost: ${url.host}\r\nConnection: close\r\n\r\n`);
+    });
+    const done = (code: string | undefined) => {
+      socket.destroy();
+      resolve(code);
+    };
+    socket.setTimeout(timeoutMs, () => done(undefined));
+    socket.once('data', () => done(undefined));
+    socket.once('error', (err: NodeJS.ErrnoException) => done(err.code?.startsWith('ERR_SSL_') ? err.code : undefined));
+    socket.once('close', () => done(undefined));
+  });
+}
 
 /**
  * An ACL's refusal in Consul's answer, in words: 403 `ACL not found` (a token Consul does not know)
