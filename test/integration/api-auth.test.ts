@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { ConsulAgent } from '../../src/consul/agent.js';
+import { PROJECT_ROOT } from '../../src/util/project.js';
 import { type Backend, registerLikeRegistrator, startBackend, startConsul, stopConsul, tempDir, through } from '../helpers/harness.js';
 import { makeCert, type Pem, startTlsProxy, type TlsProxy } from '../helpers/tls.js';
 
@@ -240,5 +242,28 @@ describe('API authentication with API_TOKEN alone', () => {
       assert.equal(res.status, 401);
       assert.equal(res.headers.get('www-authenticate'), 'Bearer realm="docker-flow-proxy"');
     }
+  });
+});
+
+describe('API authentication settings at start-up (the proxy process)', () => {
+  const start = (env: Record<string, string>) =>
+    spawnSync(process.execPath, [path.join(PROJECT_ROOT, 'dist/src/main.js')], {
+      env: { PATH: process.env.PATH ?? '', CONSUL_ADDRESS: 'http://127.0.0.1:9', SECRETS_DIR: path.join(PROJECT_ROOT, 'no-such-dir'), ...env },
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
+
+  it('API_USER without API_PASSWORD (or the reverse) stops start-up with an error naming the variable, echoing no value', () => {
+    const user = start({ API_USER: 'ops' });
+    assert.equal(user.status, 1, user.stderr);
+    assert.match(user.stderr, /cannot start: API_PASSWORD: is empty while API_USER is set/);
+    const password = start({ API_PASSWORD: 'Zq7-secret-value' });
+    assert.equal(password.status, 1, password.stderr);
+    assert.match(password.stderr, /cannot start: API_USER: is empty while API_PASSWORD is set/);
+    assert.ok(!password.stderr.includes('Zq7-secret-value'));
+    const token = start({ API_TOKEN: 'Zq7 secret with spaces' });
+    assert.equal(token.status, 1, token.stderr);
+    assert.match(token.stderr, /cannot start: API_TOKEN: must use only/);
+    assert.ok(!token.stderr.includes('Zq7'));
   });
 });

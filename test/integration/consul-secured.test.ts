@@ -61,6 +61,8 @@ describe('a Consul with ACLs enforced (default deny) and the documented least-pr
   let dir: string;
   let token: string;
   let tokenAccessor: string;
+  /** Registrator's token: what docs/consul-acl.md says it needs. */
+  let registrator: string;
   const backends: Backend[] = [];
   const proxies: TlsProxy[] = [];
   /** Every API answer seen, for the leak check. */
@@ -112,6 +114,7 @@ describe('a Consul with ACLs enforced (default deny) and the documented least-pr
     // The ACL system comes up a moment after the leader.
     await eventually('the ACL system', () => asMaster('/v1/acl/policies').then((r) => r.status), (s) => s === 200);
     ({ secret: token, accessor: tokenAccessor } = await tokenWith(documentedPolicy(INSTANCE)));
+    registrator = (await tokenWith('service_prefix "" { policy = "write" }')).secret;
   });
 
   after(async () => {
@@ -134,15 +137,15 @@ describe('a Consul with ACLs enforced (default deny) and the documented least-pr
     it('the walkthrough works: register, reconfigure, request through HAProxy, scale, wait=all, a certificate, remove', async () => {
       const one = await startBackend('books-ms.0');
       backends.push(one);
-      // Registrator has a token of its own; the master stands in for it here.
-      await registerLikeRegistrator(consul.address, { name: 'books-ms', container: 'books-ms.0', exposedPort: 8080, hostPort: one.port }, master);
+      // Registrator has a token of its own.
+      await registerLikeRegistrator(consul.address, { name: 'books-ms', container: 'books-ms.0', exposedPort: 8080, hostPort: one.port }, registrator);
       const res = await api(p, 'reconfigure', { serviceName: 'books-ms', servicePath: '/api/v1/books' });
       assert.equal(res.status, 200, res.text);
       assert.equal((await through(p, '/api/v1/books')).instance, 'books-ms.0');
       // Live discovery (node and service reads) puts a second instance in rotation without a call.
       const two = await startBackend('books-ms.1');
       backends.push(two);
-      await registerLikeRegistrator(consul.address, { name: 'books-ms', container: 'books-ms.1', exposedPort: 8080, hostPort: two.port }, master);
+      await registerLikeRegistrator(consul.address, { name: 'books-ms', container: 'books-ms.1', exposedPort: 8080, hostPort: two.port }, registrator);
       await eventually(
         'both instances',
         async () => {
