@@ -8,6 +8,7 @@ export type ErrorCode =
   | 'DFP_ERR_NO_ROUTE' // http mode without servicePath or serviceDomain: 409, the Swarm Listener's "give up"
   | 'DFP_ERR_UNSUPPORTED_PARAM'
   | 'DFP_ERR_NOT_FOUND'
+  | 'DFP_ERR_UNAUTHORIZED' // API_USER/API_PASSWORD or API_TOKEN is set and the request lacks valid credentials
   | 'DFP_ERR_CONFIG_REJECTED' // `haproxy -c` refused the rendered config
   | 'DFP_ERR_RELOAD_FAILED' // HAProxy did not come up with the new config
   | 'DFP_ERR_HAPROXY_UNAVAILABLE'
@@ -155,6 +156,13 @@ export function asDfpError(err: unknown): DfpError {
   if (err instanceof DfpError) return err;
   const message = err instanceof Error ? err.message : String(err);
   return new DfpError('DFP_ERR_INTERNAL', message, { cause: err });
+}
+
+/** The API requires credentials (API_USER/API_PASSWORD, API_TOKEN) and the request has none that match. */
+export class UnauthorizedError extends DfpError {
+  constructor(message: string) {
+    super('DFP_ERR_UNAUTHORIZED', message);
+  }
 }
 
 export class ListenerUnavailableError extends DfpError {

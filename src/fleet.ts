@@ -68,9 +68,9 @@ export class Fleet {
 
   /**
    * Loads every stored spec (and the original's legacy layout, migrated) and applies them in one
-   * go. Retries until Consul answers; the proxy is not ready before.
+   * go. Retries until Consul answers; the proxy is not ready before. `onRetry` hears why a try failed.
    */
-  async restore(source: InstanceSource = this.instances): Promise<void> {
+  async restore(source: InstanceSource = this.instances, onRetry?: (err: Error) => void): Promise<void> {
     await retryUntilDone(
       this.ctrl.signal,
       async () => {
@@ -96,7 +96,10 @@ export class Fleet {
         });
         this.onApplied();
       },
-      (err) => this.log.warn(`start-up restore: ${err.message}; retrying`),
+      (err) => {
+        this.log.warn(`start-up restore: ${err.message}; retrying`);
+        onRetry?.(err);
+      },
     );
   }
 

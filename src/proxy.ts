@@ -25,6 +25,7 @@ import { describeOp } from './apply/runtime.js';
 import type { Settings } from './config/settings.js';
 import { ConsulAgent } from './consul/agent.js';
 import { ConsulClient } from './consul/client.js';
+import { type AccessReport, checkConsulAccess } from './consul/access-check.js';
 import { ConsulInstanceSource, knownToConsul } from './consul/instances.js';
 import { checkDnsHost } from './spec/fields.js';
 import { ConsulWatcher } from './consul/watcher.js';
@@ -114,6 +115,10 @@ export class FlowProxy implements ProxyCore {
   private certs: CertManager | undefined;
   /** The Swarm Listener (LISTENER_ADDRESS), pulled at start-up. */
   private listener: SwarmListener | undefined;
+  /** Why the last try of the start-up restore failed, until it succeeds (told by assertReady's 503). */
+  private restoreFailure: string | undefined;
+  /** What the start-up check of the proxy's Consul permissions found (consul/access-check.ts). */
+  accessCheck: Promise<AccessReport> = Promise.resolve({ acl: false, problems: [] });
   /** Aborted by stop(): start-up work that retries (the listener pull) ends with it. */
   private readonly lifetime = new AbortController();
   /** Services defined by DFP_SERVICE_* variables, by name: this replica's own, under the shared ones. */
@@ -165,10 +170,18 @@ export class FlowProxy implements ProxyCore {
         addresses = [localConsul.address];
         log.info(`local Consul: CONSUL_ADDRESS=${localConsul.address} (data in ${paths.consulDir})`);
       }
-      const consul = new ConsulClient(addresses, undefined, {
-        watchConnections: settings.consulWatchConnections,
-        requestConnections: settings.consulRequestConnections,
-      });
+      const consul = new ConsulClient(
+        addresses,
+        undefined,
+        {
+          watchConnections: settings.consulWatchConnections,
+          requestConnections: settings.consulRequestConnections,
+        },
+        settings.consulAccess,
+      );
+      if (settings.consulAccess.tls && !addresses.some((a) => a.startsWith('https:'))) {
+        log.warn('CONSUL_CACERT / CONSUL_CLIENT_CERT are set, but no Consul address is https://: they are not used');
+      }
       if (metrics.enabled) consul.onResult = (budget, outcome) => metrics.consulRequest(budget === 'watch' ? 'blocking' : 'ordinary', outcome);
       if (settings.consulMaxWatches !== undefined) {
         log.warn('CONSUL_MAX_WATCHES is deprecated and ignored: discovery holds one query per Consul node, not per service (CONSUL_WATCH_CONNECTIONS bounds them)');
@@ -265,6 +278,7 @@ export class FlowProxy implements ProxyCore {
         log.child('api'),
         settings.filterProxyInstanceName ? settings.proxyInstanceName : undefined,
         (endpoint, status, seconds) => metrics.apiRequest(endpoint, status, seconds),
+        settings.apiAuth,
       );
       proxy.apiPort = await api.listen(settings.apiPort, settings.apiHost);
       proxy.api = api;
@@ -275,6 +289,8 @@ export class FlowProxy implements ProxyCore {
         ...(settings.prometheusPort !== undefined ? { prometheusPort: settings.prometheusPort } : {}),
         ...(settings.stats?.port !== undefined ? { statsPort: settings.stats.port } : {}),
       });
+      log.info(describeApiAuth(settings.apiAuth));
+      proxy.accessCheck = checkConsulAccess(consul, settings.proxyInstanceName, settings.consulAccess.token !== undefined, log.child('consul'), proxy.lifetime.signal);
       proxy.joinFleet();
       return proxy;
     } catch (err) {
@@ -307,7 +323,10 @@ export class FlowProxy implements ProxyCore {
     this.publisher = new ReplicaPublisher(this.consul, replicaPrefix, this.replicaId, () => this.report(), this.log.child('replica'));
     this.readyPromise = (async () => {
       // Certificates stored in Consul first, so the restore's apply serves them too.
-      const certsNeedReload = (await this.certs?.restore()) ?? false;
+      const failed = (what: string) => (err: Error) => {
+        this.restoreFailure = `${what}: ${err.message}`;
+      };
+      const certsNeedReload = (await this.certs?.restore(failed('restoring the certificates'))) ?? false;
       // Instances from the catalog model when it is ready in time: a few node reads rather than
       // one request per restored service (2,000 of them took ~4 s on two connections).
       const fromModel = (await this.watcher.modelReady(MODEL_WAIT_MS))
@@ -315,7 +334,7 @@ export class FlowProxy implements ProxyCore {
         : undefined;
       // The Swarm Listener's services join the shared specs first, so one apply routes them all.
       if (this.listener) await this.pullListener(this.listener);
-      await fleet.restore(fromModel);
+      await fleet.restore(fromModel, failed('restoring the services'));
       if (!fleet.restored) return;
       if (certsNeedReload) {
         await this.reconciler
@@ -324,6 +343,7 @@ export class FlowProxy implements ProxyCore {
       }
       this.certs?.startWatching();
       this.ready = true;
+      this.restoreFailure = undefined;
       fleet.startWatching();
       this.publisher?.start();
       const state = this.reconciler.snapshot();
@@ -384,7 +404,11 @@ export class FlowProxy implements ProxyCore {
 
   /** Changes wait for the start-up restore: applied before it, the restore would undo them. */
   private assertReady(): void {
-    if (!this.ready) throw new DfpError('DFP_ERR_NOT_READY', 'the proxy is still restoring the shared state from Consul; retry shortly');
+    if (!this.ready) {
+      // Why it is taking so long, when a try failed: a refusing Consul (an ACL's 403, TLS) says so here.
+      const why = this.restoreFailure === undefined ? '' : ` (the last try failed, ${this.restoreFailure})`;
+      throw new DfpError('DFP_ERR_NOT_READY', `the proxy is still restoring the shared state from Consul; retry shortly${why}`);
+    }
   }
 
   /** Resolves once the start-up restore is live (tests, the demo). */
@@ -422,6 +446,7 @@ export class FlowProxy implements ProxyCore {
       ['stopping the certificate follower', () => this.certs?.stop()],
       ['withdrawing the replica report', () => this.publisher?.stop()],
       ['stopping the Consul watches', () => this.watcher.stop()],
+      ['finishing the Consul access check', () => this.accessCheck],
       ['finishing the apply in flight', () => this.reconciler.close()],
       ['writing the files of the last scale events', () => this.applier.flush()],
       ['stopping the idle-time GC', () => this.idleGc.stop()],
@@ -762,6 +787,13 @@ export class FlowProxy implements ProxyCore {
   isReady(): boolean {
     return this.ready;
   }
+}
+
+/** The start-up line about the API's authentication: which kinds, never a credential. */
+function describeApiAuth(auth: Settings['apiAuth']): string {
+  if (auth === undefined) return 'the API requires no credentials (API_USER/API_PASSWORD, API_TOKEN unset): keep PORT off public networks';
+  const kinds = [...(auth.basic ? ['HTTP basic (API_USER/API_PASSWORD)'] : []), ...(auth.token ? ['a bearer token (API_TOKEN)'] : [])];
+  return `the API requires ${kinds.join(' or ')} on every endpoint but ping, /v1/test and /v2/test`;
 }
 
 function memoryMb(): Record<string, number> {

@@ -1,6 +1,8 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { asDfpError, InvalidParamError, NotFoundError } from '../errors.js';
+import type { ApiAuth } from '../config/settings.js';
+import { asDfpError, InvalidParamError, NotFoundError, UnauthorizedError } from '../errors.js';
+import { ApiAuthenticator, OPEN_PATHS } from './auth.js';
 import { checkCertName } from '../certs/pem.js';
 import { Params } from '../spec/params.js';
 import { type ChangeOptions, flag, type ParseOptions, parseChangeOptions, parseReconfigure, parseRemove } from '../spec/parse.js';
@@ -17,6 +19,7 @@ const MAX_BODY = 64 * 1024;
 /** The HTTP API on PORT, compatible with the original (any method, query string or form body). */
 export class ApiServer {
   private readonly server: Server;
+  private readonly auth: ApiAuthenticator | undefined;
 
   constructor(
     private readonly core: ProxyCore,
@@ -26,7 +29,10 @@ export class ApiServer {
     private readonly instanceFilter: string | undefined = undefined,
     /** Told of every answered request (metrics): its endpoint (`reconfigure`, …), status and seconds. */
     private readonly observe: ((endpoint: string, status: number, seconds: number) => void) | undefined = undefined,
+    /** API_USER/API_PASSWORD, API_TOKEN: undefined leaves the API open. */
+    auth: ApiAuth | undefined = undefined,
   ) {
+    this.auth = auth === undefined ? undefined : new ApiAuthenticator(auth);
     this.server = createServer((req, res) => {
       if (this.observe) {
         const started = performance.now();
@@ -62,6 +68,8 @@ export class ApiServer {
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://localhost');
+    // Before any routing, so every path, endpoints added later and unknown ones alike, is behind it.
+    this.authenticate(req, url, res);
     if (url.pathname === '/v1/test' || url.pathname === '/v2/test') {
       return sendJson(res, 200, { Status: 'OK', Message: url.pathname === '/v1/test' ? 'Test v1' : 'Test v2' });
     }
@@ -134,6 +142,26 @@ export class ApiServer {
       default:
         throw new NotFoundError(`no such endpoint: ${url.pathname}`);
     }
+  }
+
+  /**
+   * With API_USER/API_PASSWORD or API_TOKEN set, a request without valid credentials ends here with
+   * 401 and the accepted schemes in `WWW-Authenticate`; only the fixed answers of OPEN_PATHS are
+   * open. Neither the answer nor the log carries what the client sent.
+   */
+  private authenticate(req: IncomingMessage, url: URL, res: ServerResponse): void {
+    if (this.auth === undefined || OPEN_PATHS.has(url.pathname)) return;
+    const verdict = this.auth.check(req.headers.authorization);
+    if (verdict === 'ok') return;
+    discard(req);
+    res.setHeader('WWW-Authenticate', [...this.auth.challenges]);
+    const from = req.socket.remoteAddress ?? 'unknown address';
+    if (verdict === 'wrong') {
+      this.log.warn(`API request to ${url.pathname} from ${from} refused: its credentials are not valid`);
+      throw new UnauthorizedError('the credentials given are not valid');
+    }
+    this.log.debug(`API request to ${url.pathname} from ${from} refused: no credentials`);
+    throw new UnauthorizedError('this API requires credentials: WWW-Authenticate names the schemes it accepts');
   }
 
   /**
@@ -228,6 +256,19 @@ async function rawBody(req: IncomingMessage, limit: number): Promise<string> {
     chunks.push(chunk);
   }
   return Buffer.concat(chunks).toString('utf8');
+}
+
+/**
+ * Lets an unauthenticated request's body go unread, so the connection can serve the next request;
+ * a body past MAX_CERT_BODY closes the connection instead.
+ */
+function discard(req: IncomingMessage): void {
+  let size = 0;
+  req.on('data', (chunk: Buffer) => {
+    size += chunk.length;
+    if (size > MAX_CERT_BODY) req.socket.destroy();
+  });
+  req.resume();
 }
 
 function dryRunFields(d: DryRunResult | undefined): Record<string, unknown> {

@@ -247,7 +247,7 @@ export class CertManager {
    * without an apply of their own. Returns true when HAProxy already serves TLS from older files
    * and so needs a reload to see them (otherwise the restore's apply makes the TLS bind appear).
    */
-  async restore(): Promise<boolean> {
+  async restore(onRetry?: (err: Error) => void): Promise<boolean> {
     const result = await retryUntilDone(
       this.ctrl.signal,
       async () => {
@@ -265,7 +265,10 @@ export class CertManager {
         this.applied = stored.index;
         return reload;
       },
-      (err) => this.o.log.warn(`restoring certificates: ${err.message}; retrying`),
+      (err) => {
+        this.o.log.warn(`restoring certificates: ${err.message}; retrying`);
+        onRetry?.(err);
+      },
     );
     return result ?? false;
   }

@@ -1,4 +1,4 @@
-import { type ConsulClient, retryTransient } from '../consul/client.js';
+import { type ConsulClient, consulAnswer, retryTransient } from '../consul/client.js';
 import { readKvPrefix } from '../consul/kv.js';
 import { ConsulUnavailableError } from '../errors.js';
 import type { Logger } from '../util/log.js';
@@ -36,7 +36,7 @@ export class ConsulCertStore {
         const res = await this.consul.request('/v1/txn', { method: 'PUT', body: JSON.stringify([{ KV: { Verb: 'set', Key: `${this.prefix}${name}`, Value: value } }]) });
         const index = res.status === 200 ? (JSON.parse(res.body) as { Results?: { KV: { ModifyIndex: number } }[] }).Results?.[0]?.KV.ModifyIndex : undefined;
         // Never Consul's answer text here: a refused transaction may echo the value (the key).
-        if (index === undefined) throw new ConsulUnavailableError(`Consul refused to store certificate ${name}: ${res.status}`, undefined, res.status >= 500);
+        if (index === undefined) throw new ConsulUnavailableError(`Consul refused to store certificate ${name}: ${consulAnswer(res.status, res.body, false)}`, undefined, res.status >= 500);
         return index;
       },
       10_000,
@@ -48,7 +48,7 @@ export class ConsulCertStore {
   async has(name: string): Promise<boolean> {
     const res = await this.consul.request(`/v1/kv/${this.prefix}${name}?keys`);
     if (res.status === 404) return false;
-    if (res.status !== 200) throw new ConsulUnavailableError(`Consul answered ${res.status} reading ${this.prefix}${name}`, undefined, res.status >= 500);
+    if (res.status !== 200) throw new ConsulUnavailableError(`Consul answered ${consulAnswer(res.status, res.body, false)} reading ${this.prefix}${name}`, undefined, res.status >= 500);
     return (JSON.parse(res.body) as string[]).includes(`${this.prefix}${name}`);
   }
 
@@ -56,7 +56,7 @@ export class ConsulCertStore {
   async delete(name: string): Promise<number> {
     return retryTransient(async () => {
       const res = await this.consul.request(`/v1/kv/${this.prefix}${name}`, { method: 'DELETE' });
-      if (res.status !== 200) throw new ConsulUnavailableError(`Consul refused to delete certificate ${name}: ${res.status}`, undefined, res.status >= 500);
+      if (res.status !== 200) throw new ConsulUnavailableError(`Consul refused to delete certificate ${name}: ${consulAnswer(res.status, res.body, false)}`, undefined, res.status >= 500);
       // A KV DELETE answers without X-Consul-Index; the prefix's index includes the delete.
       const after = await this.consul.request(`/v1/kv/${this.prefix}?keys`);
       return after.index ?? 0;

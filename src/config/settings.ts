@@ -1,5 +1,8 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
+import { X509Certificate } from 'node:crypto';
+import { createSecureContext } from 'node:tls';
+import type { ConsulAccess } from '../consul/client.js';
 import { SettingsError } from '../errors.js';
 import type { Listener } from '../render/haproxy-config.js';
 import { checkMime, checkUser, parseBool } from '../spec/grammar.js';
@@ -20,6 +23,13 @@ export interface Settings {
   readonly stateDir: string;
   /** Consul HTTP addresses tried in order; empty = start a local single-node Consul. */
   readonly consulAddresses: readonly string[];
+  /**
+   * How the proxy proves itself to Consul and which Consul it trusts: CONSUL_HTTP_TOKEN (sent as
+   * X-Consul-Token), CONSUL_CACERT, CONSUL_CLIENT_CERT / CONSUL_CLIENT_KEY (https addresses).
+   */
+  readonly consulAccess: ConsulAccess;
+  /** API_USER/API_PASSWORD and API_TOKEN: the credentials the API requires; undefined = an open API. */
+  readonly apiAuth: ApiAuth | undefined;
   readonly proxyInstanceName: string;
   readonly separator: string;
   readonly timeouts: Readonly<Timeouts>;
@@ -85,6 +95,15 @@ export interface Settings {
   readonly filterProxyInstanceName: boolean;
   /** STATS_*: HAProxy's stats page, or undefined when disabled (the default). */
   readonly stats: StatsSettings | undefined;
+}
+
+/**
+ * Credentials the API accepts (api/auth.ts): HTTP basic with `basic`, `Authorization: Bearer` with
+ * `token`, either when both are set. Never shown by the API or logged.
+ */
+export interface ApiAuth {
+  readonly basic: { readonly user: string; readonly password: string } | undefined;
+  readonly token: string | undefined;
 }
 
 /** The stats page (`STATS_USER`, `STATS_PASS`, `STATS_URI`, `STATS_PORT`). */
@@ -307,6 +326,8 @@ export function loadSettings(env: Env = process.env): Settings {
     bindPorts: binds.filter((l) => !l.ssl).map((l) => l.port),
     stateDir,
     consulAddresses,
+    consulAccess: consulAccess(env),
+    apiAuth: apiAuth(env),
     proxyInstanceName: instance,
     separator,
     timeouts: {
@@ -447,6 +468,88 @@ function prometheusPort(env: Env, binds: readonly Listener[]): number | undefine
   if (lookup(env, 'STATS_PORT') === String(port)) throw new SettingsError('PROMETHEUS_PORT', `${port} is already the stats page's port (STATS_PORT)`);
   if (int(env, 'PORT', 8080, 0, 65535) === port) throw new SettingsError('PROMETHEUS_PORT', `${port} is already the API's port (PORT)`);
   return port;
+}
+
+/**
+ * API_USER / API_PASSWORD (both or neither) and API_TOKEN. Messages name the variable and never
+ * echo a value.
+ */
+function apiAuth(env: Env): ApiAuth | undefined {
+  const user = lookup(env, 'API_USER');
+  const password = lookup(env, 'API_PASSWORD');
+  const token = lookup(env, 'API_TOKEN');
+  if (user !== undefined && password === undefined) throw new SettingsError('API_PASSWORD', 'is empty while API_USER is set: basic auth of the API needs both (or neither)');
+  if (password !== undefined && user === undefined) throw new SettingsError('API_USER', 'is empty while API_PASSWORD is set: basic auth of the API needs both (or neither)');
+  // RFC 7617: the user name ends at the first colon; control characters cannot be typed into a client.
+  if (user !== undefined && (/[\p{Cc}:]/u.test(user) || user.trim() !== user)) throw new SettingsError('API_USER', 'must not contain a colon, control characters or leading/trailing spaces (value not shown)');
+  if (password !== undefined && /\p{Cc}/u.test(password)) throw new SettingsError('API_PASSWORD', 'must not contain control characters such as line breaks (value not shown)');
+  // RFC 6750's b64token: what can follow `Bearer ` in a header without quoting.
+  if (token !== undefined && !/^[A-Za-z0-9._~+/-]+=*$/.test(token)) {
+    throw new SettingsError('API_TOKEN', 'must use only letters, digits and - . _ ~ + / (then optional = padding), e.g. the output of openssl rand -hex 32 (value not shown)');
+  }
+  if (user === undefined && token === undefined) return undefined;
+  return { basic: user !== undefined && password !== undefined ? { user, password } : undefined, token };
+}
+
+/** A PEM file named by a variable, read at start-up: an unreadable or non-PEM file stops start-up naming the variable. */
+function pemFile(env: Env, name: string, kind: 'CERTIFICATE' | 'PRIVATE KEY'): string | undefined {
+  const file = lookup(env, name);
+  if (file === undefined) return undefined;
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new SettingsError(name, `cannot read ${JSON.stringify(file)}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  if (!new RegExp(`-----BEGIN [A-Z ]*${kind}-----`).test(text)) throw new SettingsError(name, `${JSON.stringify(file)} holds no PEM ${kind.toLowerCase()}`);
+  return text;
+}
+
+/**
+ * Consul's own variables: CONSUL_HTTP_TOKEN (or the file CONSUL_HTTP_TOKEN_FILE names),
+ * CONSUL_CACERT, CONSUL_CLIENT_CERT + CONSUL_CLIENT_KEY. Checked here (a CA that does not parse, a
+ * key that does not match its certificate) so a mistake stops start-up instead of failing every
+ * request later. The token and the key are never echoed.
+ */
+function consulAccess(env: Env): ConsulAccess {
+  let token = lookup(env, 'CONSUL_HTTP_TOKEN');
+  const tokenFile = token === undefined ? lookup(env, 'CONSUL_HTTP_TOKEN_FILE') : undefined;
+  if (tokenFile !== undefined) {
+    try {
+      token = readFileSync(tokenFile, 'utf8').trim();
+    } catch (err) {
+      throw new SettingsError('CONSUL_HTTP_TOKEN_FILE', `cannot read ${JSON.stringify(tokenFile)}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+  }
+  // It goes into a request header: one word of printable ASCII.
+  if (token !== undefined && !/^[\x21-\x7e]+$/.test(token)) throw new SettingsError(tokenFile !== undefined ? 'CONSUL_HTTP_TOKEN_FILE' : 'CONSUL_HTTP_TOKEN', 'must be printable ASCII without spaces (value not shown)');
+  const ca = pemFile(env, 'CONSUL_CACERT', 'CERTIFICATE');
+  const cert = pemFile(env, 'CONSUL_CLIENT_CERT', 'CERTIFICATE');
+  const key = pemFile(env, 'CONSUL_CLIENT_KEY', 'PRIVATE KEY');
+  if (cert !== undefined && key === undefined) throw new SettingsError('CONSUL_CLIENT_KEY', 'is empty while CONSUL_CLIENT_CERT is set: a client certificate needs its key');
+  if (key !== undefined && cert === undefined) throw new SettingsError('CONSUL_CLIENT_CERT', 'is empty while CONSUL_CLIENT_KEY is set: a client key needs its certificate');
+  if (ca !== undefined) {
+    // Each certificate of the bundle parsed: OpenSSL skips a damaged one silently.
+    for (const block of ca.match(/-----BEGIN CERTIFICATE-----[^-]*-----END CERTIFICATE-----/g) ?? []) {
+      try {
+        new X509Certificate(block);
+      } catch (err) {
+        throw new SettingsError('CONSUL_CACERT', `holds a certificate that does not parse: ${(err as Error).message}`);
+      }
+    }
+  }
+  if (cert !== undefined && key !== undefined) {
+    try {
+      createSecureContext({ cert, key });
+    } catch (err) {
+      // OpenSSL's reason (e.g. "key values mismatch") names no key material.
+      throw new SettingsError('CONSUL_CLIENT_KEY', `does not fit CONSUL_CLIENT_CERT: ${(err as Error).message}`);
+    }
+  }
+  return {
+    ...(token !== undefined ? { token } : {}),
+    ...(ca !== undefined || cert !== undefined ? { tls: { ...(ca !== undefined ? { ca } : {}), ...(cert !== undefined && key !== undefined ? { cert, key } : {}) } } : {}),
+  };
 }
 
 function resolvers(env: Env): { name: string; address: string }[] {

@@ -12,6 +12,17 @@ export interface AgentPorts {
   readonly server: number;
   readonly serfLan: number;
   readonly serfWan: number;
+  /** The https listener's port, with AgentOptions.tls. */
+  readonly https?: number;
+}
+
+/** PEM files for an https listener (Consul's `ca_file`, `cert_file`, `key_file`). */
+export interface AgentTls {
+  readonly caFile: string;
+  readonly certFile: string;
+  readonly keyFile: string;
+  /** Require a client certificate signed by caFile (`verify_incoming`). */
+  readonly verifyIncoming?: boolean;
 }
 
 export interface AgentOptions {
@@ -33,10 +44,21 @@ export interface AgentOptions {
   readonly httpMaxConnsPerClient?: number;
   /** More HCL for the agent's configuration (tests: a Consul with ACLs enforced). */
   readonly hcl?: readonly string[];
+  /**
+   * An https listener beside the http one (tests of a Consul reached over TLS). The http listener
+   * stays: it is what readiness is polled on.
+   */
+  readonly tls?: AgentTls;
 }
 
-async function randomPorts(): Promise<AgentPorts> {
-  return { http: await freePort(), server: await freePort(), serfLan: await freePort(), serfWan: await freePort() };
+async function randomPorts(https: boolean): Promise<AgentPorts> {
+  return { http: await freePort(), server: await freePort(), serfLan: await freePort(), serfWan: await freePort(), ...(https ? { https: await freePort() } : {}) };
+}
+
+/** The agent's TLS settings as HCL: paths quoted as HCL strings. */
+function tlsHcl(tls: AgentTls, httpsPort: number): string[] {
+  const q = (p: string) => JSON.stringify(p);
+  return [`ports { https = ${httpsPort} }`, `ca_file = ${q(tls.caFile)}`, `cert_file = ${q(tls.certFile)}`, `key_file = ${q(tls.keyFile)}`, `verify_incoming = ${tls.verifyIncoming === true}`];
 }
 
 /**
@@ -55,6 +77,11 @@ export class ConsulAgent {
     return `http://${this.options.bindIp ?? '127.0.0.1'}:${this.ports.http}`;
   }
 
+  /** The https listener's address, with AgentOptions.tls. */
+  get httpsAddress(): string | undefined {
+    return this.ports.https === undefined ? undefined : `https://${this.options.bindIp ?? '127.0.0.1'}:${this.ports.https}`;
+  }
+
   get pid(): number | undefined {
     return this.child?.pid;
   }
@@ -66,7 +93,7 @@ export class ConsulAgent {
     let lastError: unknown;
     // A cluster member's ports are part of its peers' join addresses: no retry on other ports.
     for (let attempt = 0; attempt < (options.cluster ? 1 : 5); attempt++) {
-      const ports = options.ports && attempt === 0 ? options.ports : await randomPorts();
+      const ports = options.ports && attempt === 0 ? options.ports : await randomPorts(options.tls !== undefined);
       const agent = new ConsulAgent(options, ports);
       try {
         await agent.spawn();
@@ -113,7 +140,12 @@ export class ConsulAgent {
     const ip = options.bindIp ?? '127.0.0.1';
     const common = ['-bind', ip, '-client', ip, '-http-port', `${ports.http}`, '-server-port', `${ports.server}`, '-serf-lan-port', `${ports.serfLan}`, '-dns-port', '-1', '-grpc-port', '-1', '-log-level', 'warn'];
     const max = options.httpMaxConnsPerClient;
-    const hcl = [...(max === undefined ? [] : [`limits { http_max_conns_per_client = ${max} }`]), ...(options.hcl ?? [])].flatMap((h) => ['-hcl', h]);
+    if (options.tls && ports.https === undefined) throw new Error('an agent with tls needs an https port');
+    const hcl = [
+      ...(max === undefined ? [] : [`limits { http_max_conns_per_client = ${max} }`]),
+      ...(options.tls && ports.https !== undefined ? tlsHcl(options.tls, ports.https) : []),
+      ...(options.hcl ?? []),
+    ].flatMap((h) => ['-hcl', h]);
     const args =
       options.mode === 'dev'
         ? ['agent', '-dev', '-node', `dev-${ports.http}`, ...common, '-serf-wan-port', '-1', ...hcl]

@@ -1,3 +1,5 @@
+import { isIP } from 'node:net';
+import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
 import { Pool } from 'undici';
 import { ConsulUnavailableError } from '../errors.js';
 
@@ -48,6 +50,17 @@ export interface ConsulBudget {
   readonly requestConnections: number;
 }
 
+/**
+ * Consul's own conventions for a secured agent: an ACL token (`CONSUL_HTTP_TOKEN`), sent as
+ * `X-Consul-Token` on every request, and for https addresses the CA to trust (`CONSUL_CACERT`)
+ * and a client certificate (`CONSUL_CLIENT_CERT` / `CONSUL_CLIENT_KEY`) for agents that verify
+ * incoming connections. PEM text, not paths: settings read the files once at start-up.
+ */
+export interface ConsulAccess {
+  readonly token?: string;
+  readonly tls?: { readonly ca?: string; readonly cert?: string; readonly key?: string };
+}
+
 export const DEFAULT_CONSUL_BUDGET: ConsulBudget = { watchConnections: 8, requestConnections: 2 };
 
 /** Counters since the client was created (tests, and status). */
@@ -65,6 +78,8 @@ interface Target {
   /** A path prefix of the address (`http://host/consul`), prepended to every request. */
   readonly prefix: string;
   pools: Record<ConsulBudgetName, Pool> | undefined;
+  /** The last TLS alert diagnosis of a closed connection (https only). */
+  alert?: { at: number; code: string | undefined };
 }
 
 const BLOCKING = /[?&]index=0*[1-9]/;
@@ -102,6 +117,7 @@ export class ConsulClient {
     readonly addresses: readonly string[],
     private readonly defaultTimeoutMs = 5000,
     readonly budget: ConsulBudget = DEFAULT_CONSUL_BUDGET,
+    private readonly access: ConsulAccess = {},
   ) {
     if (addresses.length === 0) throw new Error('ConsulClient needs at least one address');
     if (!(budget.watchConnections >= 1 && budget.requestConnections >= 1)) throw new Error('ConsulClient needs at least one connection per budget');
@@ -131,6 +147,8 @@ export class ConsulClient {
         const res = await this.pool(target, budget).request({
           path: `${target.prefix}${path}`,
           method: req.method ?? 'GET',
+          // Every request, reads included: a default-deny ACL filters what an unknown caller may see.
+          ...(this.access.token === undefined ? {} : { headers: { 'x-consul-token': this.access.token } }),
           ...(req.body === undefined ? {} : { body: req.body }),
           headersTimeout: timeoutMs,
           bodyTimeout: timeoutMs,
@@ -150,7 +168,9 @@ export class ConsulClient {
       } catch (err) {
         this.onResult?.(budget, req.signal?.aborted ? 'aborted' : 'error');
         if (req.signal?.aborted) throw err;
-        failures.push(`${address}: ${describeError(err, timeoutMs, budget, this.budget)}`);
+        const clientCert = this.access.tls?.cert !== undefined;
+        const alert = (err as { code?: string }).code === 'UND_ERR_SOCKET' ? await this.tlsAlert(target) : undefined;
+        failures.push(`${address}: ${alert ? `TLS: ${alert} (${tlsHint(alert, clientCert) ?? 'Consul closed the connection during TLS'})` : describeError(err, timeoutMs, budget, this.budget, clientCert)}`);
       } finally {
         this.counters.inFlight[budget]--;
       }
@@ -174,11 +194,25 @@ export class ConsulClient {
     await Promise.all(this.targets.flatMap((t) => (t.pools ? [t.pools.watch.destroy(), t.pools.request.destroy()] : [])));
   }
 
+  /**
+   * For a connection an https Consul closed: the TLS alert behind it, if any (see tlsAlert). Asked
+   * at most once every 5 s per address, so a Consul that dies under many requests costs one probe.
+   */
+  private async tlsAlert(target: Target): Promise<string | undefined> {
+    if (!target.origin.startsWith('https:')) return undefined;
+    const now = Date.now();
+    if (target.alert && now - target.alert.at < 5000) return target.alert.code;
+    const code = await tlsAlert(target.origin, this.access.tls ?? {}, 2000);
+    target.alert = { at: now, code };
+    return code;
+  }
+
   private pool(target: Target, budget: ConsulBudgetName): Pool {
     if (!target.pools) {
       // Timeouts are per request (timeoutMs): undici's own 300 s headers timeout would cut a
       // blocking query waiting its full `wait` plus Consul's jitter (up to wait/16).
-      const options = { pipelining: 1, headersTimeout: 0, bodyTimeout: 0, connect: { timeout: 5000 } };
+      const tls = target.origin.startsWith('https:') ? (this.access.tls ?? {}) : {};
+      const options = { pipelining: 1, headersTimeout: 0, bodyTimeout: 0, connect: { timeout: 5000, ...tls } };
       target.pools = {
         watch: new Pool(target.origin, { ...options, connections: this.budget.watchConnections }),
         request: new Pool(target.origin, { ...options, connections: this.budget.requestConnections }),
@@ -218,12 +252,89 @@ export function queueLimitMs(timeoutMs: number): number {
   return Math.max(4 * timeoutMs, 20_000);
 }
 
-function describeError(err: unknown, timeoutMs: number, budget: ConsulBudgetName, limits: ConsulBudget): string {
+function describeError(err: unknown, timeoutMs: number, budget: ConsulBudgetName, limits: ConsulBudget, clientCert: boolean): string {
   const e = err as Error & { code?: string; cause?: { code?: string; message?: string } };
   if (e.code === 'UND_ERR_HEADERS_TIMEOUT' || e.code === 'UND_ERR_BODY_TIMEOUT') return `no answer within ${timeoutMs} ms`;
   if (e.name === 'TimeoutError') {
     const connections = budget === 'watch' ? limits.watchConnections : limits.requestConnections;
     return `timed out: no answer within ${timeoutMs + queueLimitMs(timeoutMs)} ms, waiting in line for one of ${connections} connections included`;
   }
-  return e.code ?? e.cause?.code ?? e.cause?.message ?? e.message;
+  const code = e.code ?? e.cause?.code;
+  const hint = code === undefined ? undefined : tlsHint(code, clientCert);
+  if (hint !== undefined) return `TLS: ${code} (${hint})`;
+  return code ?? e.cause?.message ?? e.message;
+}
+
+const UNTRUSTED = "Consul's certificate is not signed by a CA the proxy trusts: set CONSUL_CACERT to the CA file that signed it";
+
+/** What to do about a TLS failure an https CONSUL_ADDRESS meets, by Node's error code. */
+function tlsHint(code: string, clientCert: boolean): string | undefined {
+  switch (code) {
+    case 'DEPTH_ZERO_SELF_SIGNED_CERT':
+    case 'SELF_SIGNED_CERT_IN_CHAIN':
+    case 'UNABLE_TO_VERIFY_LEAF_SIGNATURE':
+    case 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY':
+    case 'UNABLE_TO_GET_ISSUER_CERT':
+      return UNTRUSTED;
+    case 'CERT_HAS_EXPIRED':
+      return "Consul's certificate has expired";
+    case 'ERR_TLS_CERT_ALTNAME_INVALID':
+      return "Consul's certificate does not name the host of CONSUL_ADDRESS";
+    case 'ERR_SSL_WRONG_VERSION_NUMBER':
+      return 'the address does not speak TLS: is it the http port rather than the https one?';
+    case 'ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE':
+    case 'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED':
+    case 'ERR_SSL_TLSV1_ALERT_UNKNOWN_CA':
+      return clientCert
+        ? "Consul verifies incoming connections (verify_incoming) and refused CONSUL_CLIENT_CERT: it must be signed by a CA in Consul's ca_file"
+        : 'Consul verifies incoming connections (verify_incoming) and needs a client certificate: set CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY';
+    default:
+      return undefined;
+  }
+}
+
+/**
+ * Why an https Consul closed the connection, when a TLS alert says so. Under TLS 1.3 a server that
+ * refuses the client's certificate (or its absence) does it after the client considers the
+ * handshake done, so the HTTP client only sees "other side closed"; a bare TLS connection that
+ * sends a request reads the alert itself. Undefined when there was none.
+ */
+function tlsAlert(origin: string, tlsOptions: ConnectionOptions, timeoutMs: number): Promise<string | undefined> {
+  const url = new URL(origin);
+  return new Promise((resolve) => {
+    const socket = tlsConnect({ ...tlsOptions, host: url.hostname, port: Number(url.port || 443), ...(isIP(url.hostname) ? {} : { servername: url.hostname }) }, () => {
+      socket.write(`GET /v1/status/leader HTTP/1.1\r\nHost: ${url.host}\r\nConnection: close\r\n\r\n`);
+    });
+    const done = (code: string | undefined) => {
+      socket.destroy();
+      resolve(code);
+    };
+    socket.setTimeout(timeoutMs, () => done(undefined));
+    socket.once('data', () => done(undefined));
+    socket.once('error', (err: NodeJS.ErrnoException) => done(err.code?.startsWith('ERR_SSL_') ? err.code : undefined));
+    socket.once('close', () => done(undefined));
+  });
+}
+
+/**
+ * An ACL's refusal in Consul's answer, in words: 403 `ACL not found` (a token Consul does not know)
+ * or `Permission denied` (403, or inside a rolled-back transaction's 409). Undefined for other answers.
+ */
+export function aclRefusal(status: number, body: string): string | undefined {
+  if (status === 403 && /ACL not found/i.test(body)) return "ACL not found: Consul does not know the token; check CONSUL_HTTP_TOKEN";
+  if (status === 403 || (status === 409 && /"What":\s*"Permission denied"/.test(body))) {
+    return "Permission denied: Consul's ACL refused it; CONSUL_HTTP_TOKEN is missing or its policy lacks this permission";
+  }
+  return undefined;
+}
+
+/**
+ * Consul's answer to a request it refused, for messages: the status, then the ACL's reason in
+ * words, else Consul's own text (short). `withBody: false` for answers that may echo what was sent
+ * (a transaction carrying a key). Consul never puts the token in an answer.
+ */
+export function consulAnswer(status: number, body: string, withBody = true): string {
+  const acl = aclRefusal(status, body);
+  if (acl !== undefined) return `${status} (${acl})`;
+  return withBody ? `${status} ${body.trim().slice(0, 200) || '(no reason given)'}` : `${status}`;
 }

@@ -2,7 +2,7 @@ import { isIP } from 'node:net';
 import type { Instance, InstanceSource } from '../discovery/types.js';
 import { ConsulUnavailableError } from '../errors.js';
 import type { Logger } from '../util/log.js';
-import { type ConsulClient, type ConsulResponse, retryTransient } from './client.js';
+import { type ConsulClient, type ConsulResponse, consulAnswer, retryTransient } from './client.js';
 
 /** One entry of `/v1/health/service/<name>`, as far as routing needs it (catalog.ts builds the same). */
 export interface HealthEntry {
@@ -52,7 +52,7 @@ export class ConsulInstanceSource implements InstanceSource {
   }
 
   parse(service: string, status: number, body: string): Instance[] {
-    if (status !== 200) throw new ConsulUnavailableError(`Consul answered ${status} for service ${service}: ${body.slice(0, 200)}`);
+    if (status !== 200) throw new ConsulUnavailableError(`Consul answered ${consulAnswer(status, body)} reading the instances of ${service}`);
     let entries: HealthEntry[];
     try {
       entries = JSON.parse(body) as HealthEntry[];

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ConsulUnavailableError } from '../errors.js';
-import type { ConsulClient } from './client.js';
+import { type ConsulClient, consulAnswer } from './client.js';
 
 /** One KV entry with its value decoded from base64. */
 export interface KvValue {
@@ -37,7 +37,7 @@ export async function readKvPrefix(consul: ConsulClient, prefix: string, index =
     timeoutMs: index > 0 ? waitSeconds * 1062.5 + 5000 : 5000,
     ...(signal ? { signal } : {}),
   });
-  if (res.status !== 200 && res.status !== 404) throw new ConsulUnavailableError(`Consul answered ${res.status} reading ${prefix}`);
+  if (res.status !== 200 && res.status !== 404) throw new ConsulUnavailableError(`Consul answered ${consulAnswer(res.status, res.body)} reading ${prefix}`);
   const raw = res.status === 404 ? [] : (JSON.parse(res.body) as { Key: string; Value: string | null; ModifyIndex: number }[]);
   const folderError = index === 0 && !raw.some((e) => e.Key === prefix) ? await createFolder(consul, prefix, signal) : undefined;
   return {
@@ -62,7 +62,7 @@ async function createFolder(consul: ConsulClient, prefix: string, signal?: Abort
     const res = await consul.request(`/v1/kv/${prefix}?cas=0`, { method: 'PUT', body: '', ...(signal ? { signal } : {}) });
     if (res.status === 200) return undefined;
     refused.add(prefix);
-    return `Consul answered ${res.status} creating the folder key ${prefix} (${res.body.trim().slice(0, 200)}); not asked again`;
+    return `Consul answered ${consulAnswer(res.status, res.body)} creating the folder key ${prefix}; not asked again`;
   } catch (err) {
     return `creating the folder key ${prefix}: ${(err as Error).message}`;
   }

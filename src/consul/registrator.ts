@@ -44,15 +44,16 @@ export function registratorBody(p: ContainerPort): { id: string; body: Record<st
   return { id, body };
 }
 
-export async function register(consul: string, p: ContainerPort): Promise<string> {
+/** `token`: Registrator's own ACL token (its CONSUL_HTTP_TOKEN), for a Consul that enforces ACLs. */
+export async function register(consul: string, p: ContainerPort, token?: string): Promise<string> {
   const { id, body } = registratorBody(p);
-  const res = await fetch(`${consul}/v1/agent/service/register`, { method: 'PUT', body: JSON.stringify(body) });
+  const res = await fetch(`${consul}/v1/agent/service/register`, { method: 'PUT', body: JSON.stringify(body), ...(token ? { headers: { 'X-Consul-Token': token } } : {}) });
   if (!res.ok) throw new Error(`registering ${id} failed: ${res.status} ${await res.text()}`);
   return id;
 }
 
 /** What Registrator does on a container's `die` event. */
-export async function deregister(consul: string, id: string): Promise<void> {
-  const res = await fetch(`${consul}/v1/agent/service/deregister/${encodeURIComponent(id)}`, { method: 'PUT' });
+export async function deregister(consul: string, id: string, token?: string): Promise<void> {
+  const res = await fetch(`${consul}/v1/agent/service/deregister/${encodeURIComponent(id)}`, { method: 'PUT', ...(token ? { headers: { 'X-Consul-Token': token } } : {}) });
   if (!res.ok) throw new Error(`deregistering ${id} failed: ${res.status}`);
 }

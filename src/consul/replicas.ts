@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ReplicasUnknownError } from '../errors.js';
 import type { Logger } from '../util/log.js';
-import type { ConsulClient } from './client.js';
+import { type ConsulClient, consulAnswer } from './client.js';
 
 /** What each replica says about itself, under `<instance>/_dfp/replicas/<id>`. */
 export interface ReplicaReport {
@@ -40,6 +40,8 @@ export class ReplicaPublisher {
   private stopped = false;
   private loop: Promise<void> | undefined;
   private dirty = true;
+  /** The last failure logged, so a lasting one is logged once. */
+  private lastFailure: string | undefined;
   private wake: (() => void) | undefined;
   /** Aborts a request in flight when stopping: the session's destroy must not wait in line behind it. */
   private readonly ctrl = new AbortController();
@@ -87,7 +89,7 @@ export class ReplicaPublisher {
             signal: this.ctrl.signal,
             body: JSON.stringify({ Name: `dfp-replica-${this.id}`, TTL: `${SESSION_TTL_S}s`, Behavior: 'delete', LockDelay: '0s' }),
           });
-          if (res.status !== 200) throw new Error(`session create: ${res.status} ${res.body.slice(0, 200)}`);
+          if (res.status !== 200) throw new Error(`Consul answered ${consulAnswer(res.status, res.body)} creating a session`);
           this.session = (JSON.parse(res.body) as { ID: string }).ID;
           this.dirty = true;
           lastRenew = Date.now();
@@ -98,11 +100,14 @@ export class ReplicaPublisher {
             this.session = undefined; // expired while we could not reach Consul
             continue;
           }
+          if (res.status !== 200) throw new Error(`Consul answered ${consulAnswer(res.status, res.body)} renewing the session`);
           lastRenew = Date.now();
         }
         if (this.dirty) {
           this.dirty = false;
           const res = await this.consul.request(`/v1/kv/${this.key}?acquire=${this.session}`, { method: 'PUT', body: JSON.stringify(this.report()), signal: this.ctrl.signal });
+          // A refusal (an ACL's 403) is an error, retried after a pause; only `false` means the session is gone.
+          if (res.status !== 200) throw new Error(`Consul answered ${consulAnswer(res.status, res.body)} writing ${this.key}`);
           if (res.body.trim() !== 'true') {
             this.session = undefined;
             continue;
@@ -111,10 +116,15 @@ export class ReplicaPublisher {
       } catch (err) {
         if (this.stopped) break;
         this.dirty = true;
-        this.log.warn(`publishing replica state: ${(err as Error).message}`);
+        // Once per distinct failure: a refusal that lasts (an ACL) would otherwise log every second.
+        const message = (err as Error).message;
+        if (message !== this.lastFailure) this.log.warn(`publishing replica state: ${message}; retrying every second (logged again if the reason changes)`);
+        this.lastFailure = message;
         await sleep(1000);
         continue;
       }
+      if (this.lastFailure !== undefined) this.log.info('publishing replica state: works again');
+      this.lastFailure = undefined;
       if (this.dirty || this.stopped) continue; // published again while the last write was in flight
       await new Promise<void>((resolve) => {
         this.wake = resolve;

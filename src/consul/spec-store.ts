@@ -5,7 +5,7 @@ import { Params } from '../spec/params.js';
 import { parseReconfigure } from '../spec/parse.js';
 import type { ServiceSpec } from '../spec/types.js';
 import type { Logger } from '../util/log.js';
-import { type ConsulClient, retryTransient } from './client.js';
+import { aclRefusal, type ConsulClient, consulAnswer, retryTransient } from './client.js';
 import { readKvPrefix } from './kv.js';
 
 /** The stored document: versioned, so the layout can change without misreading old values. */
@@ -128,7 +128,7 @@ export class ConsulSpecStore {
   private async modifyIndex(key: string): Promise<number> {
     const res = await this.consul.request(`/v1/kv/${key}`);
     if (res.status === 404) return 0;
-    if (res.status !== 200) throw new ConsulUnavailableError(`Consul answered ${res.status} reading ${key}: ${res.body.slice(0, 200)}`);
+    if (res.status !== 200) throw new ConsulUnavailableError(`Consul answered ${consulAnswer(res.status, res.body)} reading ${key}`);
     return (JSON.parse(res.body) as KvEntry[])[0]?.ModifyIndex ?? 0;
   }
 
@@ -145,7 +145,7 @@ export class ConsulSpecStore {
     // denied"); only the error text tells them apart ("failed to set key ..., index is stale").
     const errors = res.status === 409 ? txnErrors(res.body) : [];
     if (errors.length > 0 && errors.every((e) => /index is stale/.test(e))) return 'stale';
-    throw new ConsulUnavailableError(`Consul refused ${what}: ${res.status} ${errors.join('; ') || res.body.slice(0, 200)}`, undefined, res.status >= 500);
+    throw new ConsulUnavailableError(`Consul refused ${what}: ${aclRefusal(res.status, res.body) === undefined ? `${res.status} ${errors.join('; ') || res.body.slice(0, 200)}` : consulAnswer(res.status, res.body)}`, undefined, res.status >= 500);
   }
 
   /** Create-only (`cas=0`): false when the key exists already. */
@@ -159,7 +159,7 @@ export class ConsulSpecStore {
   async delete(serviceName: string): Promise<number> {
     return this.retrying(`removing ${serviceName}`, async () => {
       const res = await this.consul.request(`/v1/kv/${this.key(serviceName)}`, { method: 'DELETE' });
-      if (res.status !== 200) throw new ConsulUnavailableError(`Consul refused to delete ${serviceName}: ${res.status}`);
+      if (res.status !== 200) throw new ConsulUnavailableError(`Consul refused to delete ${serviceName}: ${consulAnswer(res.status, res.body)}`);
       // The trailing '/' matters: without it the prefix would match `foo-v2/…` when removing `foo`.
       await this.consul.request(`/v1/kv/${this.instanceName}/${serviceName}/?recurse`, { method: 'DELETE' });
       // A KV DELETE answers without X-Consul-Index; the prefix's index includes the delete.
@@ -211,7 +211,7 @@ export class ConsulSpecStore {
   async legacy(): Promise<ServiceSpec[]> {
     const res = await this.consul.request(`/v1/kv/${this.instanceName}/?recurse`);
     if (res.status === 404) return [];
-    if (res.status !== 200) throw new ConsulUnavailableError(`Consul answered ${res.status} reading ${this.instanceName}/`);
+    if (res.status !== 200) throw new ConsulUnavailableError(`Consul answered ${consulAnswer(res.status, res.body)} reading ${this.instanceName}/`);
     const byService = new Map<string, Map<string, string>>();
     for (const e of JSON.parse(res.body) as KvEntry[]) {
       const rest = e.Key.slice(this.instanceName.length + 1).split('/');

@@ -187,9 +187,9 @@ export interface Registration {
   readonly id: string;
 }
 
-/** Registers an instance exactly as Registrator does (src/consul/registrator.ts). */
-export async function registerLikeRegistrator(consul: string, port: ContainerPort): Promise<Registration> {
-  return { id: await register(consul, port) };
+/** Registers an instance exactly as Registrator does (src/consul/registrator.ts); `token` for a Consul with ACLs. */
+export async function registerLikeRegistrator(consul: string, port: ContainerPort, token?: string): Promise<Registration> {
+  return { id: await register(consul, port, token) };
 }
 
 export { deregister };

@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
 import tls from 'node:tls';
@@ -33,6 +33,36 @@ export function makeCert(dir: string, cn: string, sans: string[] = [cn], bits = 
   const cert = readFileSync(`${base}.crt`, 'utf8');
   const key = readFileSync(`${base}.key`, 'utf8');
   return { cert, key, bundle: cert + key, fingerprint256: new X509Certificate(cert).fingerprint256 };
+}
+
+/** A certificate authority made with openssl, its files on disk (for Consul's `ca_file`, CONSUL_CACERT). */
+export interface Ca {
+  readonly certFile: string;
+  readonly keyFile: string;
+  readonly cert: string;
+}
+
+export function makeCa(dir: string, cn: string): Ca {
+  const base = path.join(dir, `${cn}-${Math.random().toString(36).slice(2, 8)}`);
+  execFileSync(
+    'openssl',
+    ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '30', '-subj', `/CN=${cn}`, '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign', '-keyout', `${base}.key`, '-out', `${base}.crt`],
+    { stdio: 'ignore' },
+  );
+  return { certFile: `${base}.crt`, keyFile: `${base}.key`, cert: readFileSync(`${base}.crt`, 'utf8') };
+}
+
+/** A certificate signed by `ca`, for servers and clients alike; `sans` as openssl writes them (`IP:127.0.0.1`, `DNS:x`). */
+export function signCert(dir: string, ca: Ca, cn: string, sans: string[]): { certFile: string; keyFile: string; cert: string; key: string } {
+  const base = path.join(dir, `${cn}-${Math.random().toString(36).slice(2, 8)}`);
+  execFileSync('openssl', ['req', '-newkey', 'rsa:2048', '-nodes', '-subj', `/CN=${cn}`, '-keyout', `${base}.key`, '-out', `${base}.csr`], { stdio: 'ignore' });
+  writeFileSync(`${base}.ext`, `subjectAltName=${sans.join(',')}\nextendedKeyUsage=serverAuth,clientAuth\n`);
+  execFileSync(
+    'openssl',
+    ['x509', '-req', '-in', `${base}.csr`, '-CA', ca.certFile, '-CAkey', ca.keyFile, '-set_serial', String(Math.floor(Math.random() * 1e9)), '-days', '30', '-extfile', `${base}.ext`, '-out', `${base}.crt`],
+    { stdio: 'ignore' },
+  );
+  return { certFile: `${base}.crt`, keyFile: `${base}.key`, cert: readFileSync(`${base}.crt`, 'utf8'), key: readFileSync(`${base}.key`, 'utf8') };
 }
 
 /** The key's base64 lines: none of them may appear anywhere outside the proxy. */
@@ -109,7 +139,10 @@ export function putCert(p: TestProxy, name: string | undefined, body: string, me
 
 export type TlsProxy = TestProxy & { readonly tlsPort: number; readonly logs: string[] };
 
-/** Like harness startProxy, with a TLS listener and every log line (debug included) kept. */
+/**
+ * Like harness startProxy, with a TLS listener and every log line (debug included) kept.
+ * `NO_WAIT_READY=1`: return before the start-up restore is live (a proxy that cannot restore).
+ */
 export async function startTlsProxy(consulAddress: string, env: Record<string, string> = {}): Promise<TlsProxy> {
   const stateDir = env.STATE_DIR ?? tempDir();
   const httpPort = await freePort();
@@ -132,7 +165,7 @@ export async function startTlsProxy(consulAddress: string, env: Record<string, s
     }),
   );
   track(proxy.haproxy.status().masterPid);
-  await proxy.whenReady();
+  if (env.NO_WAIT_READY !== '1') await proxy.whenReady();
   return {
     proxy,
     api: `http://127.0.0.1:${proxy.apiPort}/v1/docker-flow-proxy`,

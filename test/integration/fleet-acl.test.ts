@@ -28,8 +28,8 @@ interface AclFleet {
 
 /**
  * A Consul with ACLs enforced (default deny) and one proxy whose requests run under `rules`. The
- * proxy sends no token yet (CONSUL_HTTP_TOKEN is not supported), so the rules are the anonymous
- * token's. `keyListPolicy`: a recursive read needs `list` on the prefix, and Consul answers 403
+ * proxy is started without CONSUL_HTTP_TOKEN, so the rules are given to the anonymous token
+ * (consul-secured.test.ts covers a token of its own). `keyListPolicy`: a recursive read needs `list` on the prefix, and Consul answers 403
  * instead of leaving out the entries the token cannot read.
  */
 async function aclFleet(rules: string, keyListPolicy: boolean): Promise<AclFleet> {

@@ -32,6 +32,8 @@ const COMPANIONS: Record<string, Record<string, string>> = {
   STATS_USER: { STATS_PASS: 'pw' },
   STATS_PASS: { STATS_USER: 'admin' },
   STATS_URI: { STATS_USER: 'admin', STATS_PASS: 'pw' },
+  API_USER: { API_PASSWORD: 'pw' },
+  API_PASSWORD: { API_USER: 'admin' },
 };
 
 const HOSTILE = [
