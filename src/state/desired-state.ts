@@ -24,36 +24,87 @@ export function withService(state: DesiredState, spec: ServiceSpec, instances: r
     for (const other of mineByPort.get(d.srcPort) ?? []) checkPortShare(d, other, `another destination of ${spec.serviceName}`);
     mineByPort.set(d.srcPort, [...(mineByPort.get(d.srcPort) ?? []), d]);
   }
-  const routed = routedSpec(spec);
-  const mine = new Set(routed.destinations.map((d) => backendName(spec, d)));
-  const roots = nameRoots(routed);
-  for (const other of state.services.values()) {
-    if (other.serviceName === spec.serviceName) continue;
-    if (other.aclName === spec.aclName) {
-      throw new InvalidParamError('aclName', `aclName ${spec.aclName} is already used by service ${other.serviceName}`);
+  // Looked up in the index of the others' names and ports: a change costs the same at 10 services and at 10,000.
+  const index = indexOf(state.services);
+  const owner = index.byAcl.get(spec.aclName);
+  if (owner !== undefined && owner !== spec.serviceName) {
+    throw new InvalidParamError('aclName', `aclName ${spec.aclName} is already used by service ${owner}`);
+  }
+  for (const [port, mine] of mineByPort) {
+    for (const theirs of index.tcpPorts.get(port) ?? []) {
+      if (theirs.serviceName === spec.serviceName) continue;
+      for (const m of mine) checkPortShare(m, theirs.dest, `service ${theirs.serviceName}`);
     }
-    for (const d of other.destinations) {
-      if (d.reqMode === 'http' || d.srcPort === undefined) continue;
-      for (const m of mineByPort.get(d.srcPort) ?? []) checkPortShare(m, d, `service ${other.serviceName}`);
-    }
-    // Backend names are `[https-]<aclName>-be…`: equal names need one root to be a prefix of the other.
-    const theirs = routedSpec(other);
-    const otherRoots = nameRoots(theirs);
-    if (!roots.some((r) => otherRoots.some((o) => r.startsWith(o) || o.startsWith(r)))) continue;
-    for (const d of theirs.destinations) {
-      if (mine.has(backendName(other, d))) {
-        throw new InvalidParamError('aclName', `backend ${backendName(other, d)} already belongs to service ${other.serviceName}; choose another aclName`);
-      }
+  }
+  // Backend names are `[https-]<aclName>-be…`: two aclNames can still give one name (`https-web` and `web` with httpsPort).
+  for (const name of backendNames(spec)) {
+    const taken = index.backends.get(name);
+    if (taken !== undefined && taken !== spec.serviceName) {
+      throw new InvalidParamError('aclName', `backend ${name} already belongs to service ${taken}; choose another aclName`);
     }
   }
   const services = new Map(state.services);
   const replaced = services.get(spec.serviceName);
   services.set(spec.serviceName, spec);
+  indexes.set(services, withIndexed(replaced === undefined ? index : withoutIndexed(index, replaced), spec));
   const byConsul = new Map(state.instances);
   byConsul.set(consulServiceName(spec), instances);
   // Only a replaced spec that used another Consul service can leave an instance list unused.
   const next = { services, instances: byConsul };
   return replaced !== undefined && consulServiceName(replaced) !== consulServiceName(spec) ? prune(next) : next;
+}
+
+/** What withService checks a new spec against: who holds each aclName, TCP-level port and backend name. */
+interface NameIndex {
+  readonly byAcl: ReadonlyMap<string, string>;
+  readonly tcpPorts: ReadonlyMap<number, readonly { readonly serviceName: string; readonly dest: Destination }[]>;
+  readonly backends: ReadonlyMap<string, string>;
+}
+
+/** Per map of specs (immutable): built once, then carried from one state to the next a spec at a time. */
+const indexes = new WeakMap<ReadonlyMap<string, ServiceSpec>, NameIndex>();
+
+function indexOf(services: ReadonlyMap<string, ServiceSpec>): NameIndex {
+  let index = indexes.get(services);
+  if (index === undefined) {
+    index = { byAcl: new Map(), tcpPorts: new Map(), backends: new Map() };
+    for (const spec of services.values()) index = withIndexed(index, spec, true);
+    indexes.set(services, index);
+  }
+  return index;
+}
+
+function backendNames(spec: ServiceSpec): string[] {
+  return routedSpec(spec).destinations.map((d) => backendName(spec, d));
+}
+
+/** The index with a spec's names added; `inPlace` while building a fresh index nobody else holds. */
+function withIndexed(index: NameIndex, spec: ServiceSpec, inPlace = false): NameIndex {
+  const byAcl = (inPlace ? index.byAcl : new Map(index.byAcl)) as Map<string, string>;
+  const tcpPorts = (inPlace ? index.tcpPorts : new Map(index.tcpPorts)) as Map<number, { serviceName: string; dest: Destination }[]>;
+  const backends = (inPlace ? index.backends : new Map(index.backends)) as Map<string, string>;
+  byAcl.set(spec.aclName, spec.serviceName);
+  for (const dest of spec.destinations) {
+    if (dest.reqMode === 'http' || dest.srcPort === undefined) continue;
+    tcpPorts.set(dest.srcPort, [...(tcpPorts.get(dest.srcPort) ?? []), { serviceName: spec.serviceName, dest }]);
+  }
+  for (const name of backendNames(spec)) backends.set(name, spec.serviceName);
+  return { byAcl, tcpPorts, backends };
+}
+
+function withoutIndexed(index: NameIndex, spec: ServiceSpec): NameIndex {
+  const byAcl = new Map(index.byAcl);
+  if (byAcl.get(spec.aclName) === spec.serviceName) byAcl.delete(spec.aclName);
+  const tcpPorts = new Map(index.tcpPorts);
+  for (const dest of spec.destinations) {
+    if (dest.reqMode === 'http' || dest.srcPort === undefined) continue;
+    const left = (tcpPorts.get(dest.srcPort) ?? []).filter((t) => t.serviceName !== spec.serviceName);
+    if (left.length === 0) tcpPorts.delete(dest.srcPort);
+    else tcpPorts.set(dest.srcPort, left);
+  }
+  const backends = new Map(index.backends);
+  for (const name of backendNames(spec)) if (backends.get(name) === spec.serviceName) backends.delete(name);
+  return { byAcl, tcpPorts, backends };
 }
 
 /**
@@ -68,15 +119,13 @@ function checkPortShare(mine: Destination, theirs: Destination, owner: string): 
   if (taken !== undefined) throw new InvalidParamError('serviceDomain', `server name ${taken} on port ${mine.srcPort} is already routed to ${owner}`);
 }
 
-/** What every backend name of a (routed) spec starts with. */
-function nameRoots(spec: ServiceSpec): string[] {
-  return spec.destinations.some((d) => d.https) ? [spec.aclName, `https-${spec.aclName}`] : [spec.aclName];
-}
-
 export function withoutService(state: DesiredState, serviceName: string): DesiredState {
   if (!state.services.has(serviceName)) return state;
   const services = new Map(state.services);
+  const removed = services.get(serviceName);
   services.delete(serviceName);
+  const index = indexes.get(state.services);
+  if (index !== undefined && removed !== undefined) indexes.set(services, withoutIndexed(index, removed));
   return prune({ services, instances: state.instances });
 }
 
