@@ -5,10 +5,10 @@ import type { HaproxyProcess } from '../haproxy/process.js';
 import { fdHardLimit, fdShortfall } from '../haproxy/fd-budget.js';
 import { validateConfig } from '../haproxy/validate.js';
 import { FdLimitError } from '../errors.js';
-import { type BackendAllocation, MAP_FILES, MAP_NAMES, type MapName, type RenderedConfig, type RenderSettings, renderConfig } from '../render/haproxy-config.js';
+import { type BackendAllocation, MAP_FILES, MAP_NAMES, type MapName, type RenderedConfig, type RenderSettings, renderConfig, runtimeAddition } from '../render/haproxy-config.js';
 import type { ServiceState } from '../state/service-state.js';
 import type { Logger } from '../util/log.js';
-import { canonicalAllocation, reloadReasons, type RuntimeOp, runtimeAllocation, runtimeOps, scaleOnlyOps } from './plan.js';
+import { canonicalAllocation, type DeltaPlan, deltaOps, reloadReasons, type RuntimeOp, runtimeAllocation, runtimeOps } from './plan.js';
 import { runRuntimeOps } from './runtime.js';
 import { slotUsage } from '../render/slots.js';
 
@@ -93,7 +93,7 @@ export class ConfigApplier {
 
   /**
    * The services of the last apply, by name: a scale event is planned against them from the
-   * changed services alone (plan.ts scaleOnlyOps). Undefined when something besides the services
+   * changed services alone (plan.ts deltaOps). Undefined when something besides the services
    * changed what is rendered (the certificate list), so the next apply renders.
    */
   private applied: ReadonlyMap<string, ServiceState> | undefined;
@@ -106,6 +106,9 @@ export class ConfigApplier {
   private lagging: readonly ServiceState[] | undefined;
   private lagSince = 0;
   private materializeTimer: NodeJS.Timeout | undefined;
+
+  /** The route tables as live in HAProxy (the last render's, plus the entries of services added since). */
+  private tables: Readonly<Record<MapName, ReadonlyMap<string, string>>> | undefined;
 
   /** Called when lagging files have been written (the replica report then carries their hash). */
   onMaterialized: () => void = () => undefined;
@@ -185,6 +188,7 @@ export class ConfigApplier {
     const rendered = this.render(services, allocation);
     this.writeLive(rendered);
     this.live = rendered;
+    this.tables = rendered.tables;
     this.lastGood = rendered;
     this.allocation = allocation;
     this.applied = byName(services);
@@ -228,6 +232,7 @@ export class ConfigApplier {
     const rendered = this.render(services, this.allocation);
     this.writeLive(rendered);
     this.live = rendered;
+    this.tables = rendered.tables;
     this.lagging = undefined;
     this.lastPlan = undefined;
     const hash = hashOf(rendered);
@@ -274,7 +279,22 @@ export class ConfigApplier {
 
   /** False when these services go out through the runtime API (nothing HAProxy could refuse). */
   needsPrecheck(services: readonly ServiceState[]): boolean {
+    if (this.mustReload === undefined && this.delta(services) !== undefined) return false;
     return !('ops' in this.runtimePlan(services));
+  }
+
+  /**
+   * The change as scale events and services added through the runtime API, planned from the
+   * changed services alone (plan.ts deltaOps), or undefined when it needs the general path.
+   */
+  private delta(services: readonly ServiceState[]): DeltaPlan | undefined {
+    if (this.applied === undefined || this.allocation === undefined || this.live === undefined || this.tables === undefined) return undefined;
+    const settings = { ...this.settings, mapDir: this.paths.stateDir, crtList: this.crtList ?? this.settings.crtList };
+    return deltaOps(this.applied, services, this.allocation, this.settings.serverSlots, {
+      add: (spec, nameOf, slotsOf) => runtimeAddition(settings, spec, nameOf, slotsOf),
+      tables: this.tables,
+      lookups: new Set(this.live.lookups),
+    });
   }
 
   /** What applying these services would do, without doing it (dry runs). */
@@ -305,8 +325,8 @@ export class ConfigApplier {
     const started = performance.now();
     let fallback: string | undefined = force ? undefined : this.mustReload;
     let reasons: readonly string[] | undefined;
-    if (!force && fallback === undefined && this.applied !== undefined && this.allocation !== undefined) {
-      const quick = scaleOnlyOps(this.applied, services, this.allocation, this.settings.serverSlots);
+    if (!force && fallback === undefined) {
+      const quick = this.delta(services);
       if (quick !== undefined && quick.ops.length === 0 && quick.allocation === this.allocation) {
         // The same slots at the same addresses: the files would not change either.
         this.applied = quick.byName;
@@ -317,8 +337,10 @@ export class ConfigApplier {
         try {
           await this.haproxy.whenUp();
           await runRuntimeOps(this.haproxy, quick.ops, this.mapFiles());
-          this.allocation = quick.allocation;
+          // The frontend stays as rendered: its lookups are kept through to the next render.
+          this.allocation = quick.allocation === this.allocation ? quick.allocation : { ...quick.allocation, lookups: this.live?.lookups ?? [] };
           this.applied = quick.byName;
+          this.tables = withEntries(this.tables, quick.entries);
           this.lagging = services;
           this.lastPlan = undefined;
           this.scheduleMaterialize();
@@ -344,6 +366,7 @@ export class ConfigApplier {
           await runRuntimeOps(this.haproxy, plan.ops, this.mapFiles());
           this.writeLive(plan.rendered);
           this.live = plan.rendered;
+          this.tables = plan.rendered.tables;
           this.allocation = plan.allocation;
           this.applied = byName(services);
           // Logged by the reconciler, with where its changes came from.
@@ -424,6 +447,7 @@ export class ConfigApplier {
       throw err;
     }
     this.live = rendered;
+    this.tables = rendered.tables;
     this.lastGood = rendered;
     this.allocation = allocation;
     this.applied = byName(services);
@@ -540,6 +564,24 @@ const VERDICT_TTL_MS = 60_000;
 const MATERIALIZE_QUIET_MS = 100;
 /** …and never later than this after the first. */
 const MATERIALIZE_MAX_LAG_MS = 1000;
+
+/** The tables with these entries added, copying only the maps they touch. */
+function withEntries(
+  tables: Readonly<Record<MapName, ReadonlyMap<string, string>>> | undefined,
+  entries: readonly { readonly map: MapName; readonly key: string; readonly value: string }[],
+): Readonly<Record<MapName, ReadonlyMap<string, string>>> | undefined {
+  if (tables === undefined || entries.length === 0) return tables;
+  const out = { ...tables } as Record<MapName, ReadonlyMap<string, string>>;
+  const copied = new Set<MapName>();
+  for (const e of entries) {
+    if (!copied.has(e.map)) {
+      out[e.map] = new Map(out[e.map]);
+      copied.add(e.map);
+    }
+    (out[e.map] as Map<string, string>).set(e.key, e.value);
+  }
+  return out;
+}
 
 function byName(services: readonly ServiceState[]): Map<string, ServiceState> {
   return new Map(services.map((s) => [s.spec.serviceName, s]));

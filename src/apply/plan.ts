@@ -1,8 +1,8 @@
 import type { Instance } from '../discovery/types.js';
-import { type BackendAllocation, instanceIds, MAP_NAMES, type MapName, type RenderedConfig } from '../render/haproxy-config.js';
+import { type BackendAllocation, instanceIds, MAP_NAMES, type MapEntry, type MapName, type RenderedConfig } from '../render/haproxy-config.js';
 import { assignSlots, type SlotTable, slotName } from '../render/slots.js';
 import type { ServiceState } from '../state/service-state.js';
-import { backendName, dnsTarget, routedSpec } from '../spec/types.js';
+import { backendName, type Destination, dnsTarget, routedSpec, type ServiceSpec } from '../spec/types.js';
 
 /**
  * Pure decisions of the applier: which backend names to use, and whether a change can go out
@@ -181,34 +181,74 @@ export function parseMap(text: string): Map<string, string> {
   return out;
 }
 
-/** What a scale-only change does: its commands, the allocation after them, and the services by name. */
-export interface ScaleOnlyPlan {
+/** What a change made of scale events and added services does at run time, found without rendering. */
+export interface DeltaPlan {
   readonly ops: RuntimeOp[];
   readonly allocation: BackendAllocation;
   readonly byName: ReadonlyMap<string, ServiceState>;
+  /** The map entries the added services brought (the caller's route tables gain them). */
+  readonly entries: readonly MapEntry[];
+}
+
+/** How the caller derives an added service's map entries (render/haproxy-config.ts runtimeAddition). */
+export type AddService = (spec: ServiceSpec, nameOf: (dest: Destination) => string, slotsOf: (name: string) => number) => { entries: MapEntry[]; lookups: string[] } | undefined;
+
+export interface DeltaContext {
+  readonly add: AddService;
+  /** The route tables live now: an added key must be new to them. */
+  readonly tables: Readonly<Record<MapName, ReadonlyMap<string, string>>>;
+  /** The frontend lookups live now: an added route must need no other. */
+  readonly lookups: ReadonlySet<string>;
 }
 
 /**
- * The runtime commands of a change in which only instance lists moved (the same specs, by
- * reference, under the same names): found from the changed services alone, without rendering the
- * config, so a scale event costs the same at 10 services and at 10,000. Undefined when the change is
- * anything else, or does not fit the slots (a backend must grow, a sticky service), so the caller
- * takes the general path, which renders. The commands are those runtimeOps finds between the two
- * rendered configs (a unit test holds them equal).
+ * The runtime commands of a change in which instance lists moved and services were added (every
+ * other spec the same, by reference, under the same name), found from the changed and added
+ * services alone, without rendering the config: a scale event or a new service costs the same at
+ * 10 services and at 10,000. Undefined when the change is anything else, or needs a render (an
+ * added service whose routes or backend need more than map entries and a spare; a backend that
+ * must grow; a sticky service; without `context`, any added service): the caller takes the
+ * general path. The commands, slot tables and files are those of the general path (unit tests
+ * hold them equal).
  */
-export function scaleOnlyOps(before: ReadonlyMap<string, ServiceState>, services: readonly ServiceState[], allocation: BackendAllocation, minSlots: number): ScaleOnlyPlan | undefined {
-  if (before.size !== services.length) return undefined;
+export function deltaOps(
+  before: ReadonlyMap<string, ServiceState>,
+  services: readonly ServiceState[],
+  allocation: BackendAllocation,
+  minSlots: number,
+  context?: DeltaContext,
+): DeltaPlan | undefined {
   const byName = new Map<string, ServiceState>();
   const changed: [ServiceState, ServiceState][] = [];
+  const added: ServiceState[] = [];
   for (const s of services) {
     const was = before.get(s.spec.serviceName);
-    if (was === undefined || was.spec !== s.spec) return undefined;
     byName.set(s.spec.serviceName, s);
-    if (was.instances !== s.instances) changed.push([was, s]);
+    if (was === undefined) added.push(s);
+    else if (was.spec !== s.spec) return undefined;
+    else if (was.instances !== s.instances) changed.push([was, s]);
   }
+  // Every service of before is still here (none removed), and names are unique.
+  if (byName.size !== services.length || services.length - added.length !== before.size) return undefined;
+  if (added.length > 0 && context === undefined) return undefined;
   const fills: RuntimeOp[] = [];
   const frees: RuntimeOp[] = [];
   let slots: Map<string, SlotTable> | undefined;
+  const setSlots = (name: string, table: SlotTable) => {
+    slots ??= new Map(allocation.slots);
+    slots.set(name, table);
+  };
+  const fillSlots = (name: string, previous: SlotTable, table: SlotTable, held: ReadonlyMap<string, Instance>, next: ReadonlyMap<string, Instance>) => {
+    table.forEach((id, i) => {
+      const old = previous[i] === undefined ? undefined : held.get(previous[i] as string);
+      const fresh = id === undefined ? undefined : next.get(id);
+      const slot = slotName(i);
+      if (fresh && (old === undefined || old.address !== fresh.address || old.port !== fresh.port)) {
+        fills.push({ kind: 'fill-slot', backend: name, slot, address: fresh.address, port: fresh.port });
+      } else if (!fresh && old) frees.push({ kind: 'free-slot', backend: name, slot });
+    });
+    if (table !== previous) setSlots(name, table);
+  };
   for (const [was, now] of changed) {
     // A sticky cookie names a slot: such services keep the general path (plan.ts canonicalAllocation).
     if (now.spec.sessionType !== undefined) return undefined;
@@ -223,21 +263,60 @@ export function scaleOnlyOps(before: ReadonlyMap<string, ServiceState>, services
       if (previous === undefined) return undefined;
       const table = assignSlots(previous, ids, minSlots, false);
       if (table === undefined) return undefined;
-      table.forEach((id, i) => {
-        const old = previous[i] === undefined ? undefined : held.get(previous[i] as string);
-        const fresh = id === undefined ? undefined : next.get(id);
-        const slot = slotName(i);
-        if (fresh && (old === undefined || old.address !== fresh.address || old.port !== fresh.port)) {
-          fills.push({ kind: 'fill-slot', backend: name, slot, address: fresh.address, port: fresh.port });
-        } else if (!fresh && old) frees.push({ kind: 'free-slot', backend: name, slot });
-      });
-      if (table !== previous) {
-        slots ??= new Map(allocation.slots);
-        slots.set(name, table);
-      }
+      fillSlots(name, previous, table, held, next);
     }
   }
-  return { ops: [...fills, ...frees], allocation: slots ? { ...allocation, slots } : allocation, byName };
+  const entries: MapEntry[] = [];
+  let names: Map<string, string> | undefined;
+  let spares = allocation.spares;
+  if (added.length > 0 && context !== undefined) {
+    names = new Map(allocation.names);
+    const free = [...allocation.spares];
+    const taken = new Set<string>();
+    for (const s of added) {
+      // Spares in the order runtimeAllocation hands them out: services, then destinations.
+      const mine = new Map<Destination, string>();
+      for (const d of routedSpec(s.spec).destinations) {
+        const key = backendName(s.spec, d);
+        const spare = free.shift();
+        if (spare === undefined || names.has(key)) return undefined;
+        names.set(key, spare);
+        mine.set(d, spare);
+      }
+      const slotsOf = (name: string) => allocation.slots.get(name)?.length ?? minSlots;
+      const addition = context.add(s.spec, (d) => mine.get(d) ?? '', slotsOf);
+      if (addition === undefined || addition.lookups.some((l) => !context.lookups.has(l))) return undefined;
+      for (const e of addition.entries) {
+        const id = `${e.map}\0${e.key}`;
+        // A route someone holds already: who wins is the general path's to say.
+        if (context.tables[e.map].has(e.key) || taken.has(id)) return undefined;
+        taken.add(id);
+        entries.push(e);
+      }
+      const ids = instanceIds(s.instances);
+      const next = byId(s.instances);
+      for (const name of mine.values()) {
+        const previous = allocation.slots.get(name) ?? Array.from({ length: minSlots }, () => undefined);
+        const table = assignSlots(previous, ids, minSlots, false);
+        if (table === undefined) return undefined;
+        fillSlots(name, previous, table, new Map(), next);
+      }
+    }
+    spares = free;
+  }
+  const mapOps: RuntimeOp[] = entries.map((e) => ({ kind: 'set-map', map: e.map, key: e.key, value: e.value, isNew: true }));
+  const changedAllocation = slots !== undefined || names !== undefined;
+  return {
+    ops: [...fills, ...mapOps, ...frees],
+    allocation: changedAllocation ? { ...allocation, ...(names ? { names, spares } : {}), ...(slots ? { slots } : {}) } : allocation,
+    byName,
+    entries,
+  };
+}
+
+/** The scale events of a change alone (deltaOps without added services). */
+export function scaleOnlyOps(before: ReadonlyMap<string, ServiceState>, services: readonly ServiceState[], allocation: BackendAllocation, minSlots: number): DeltaPlan | undefined {
+  return deltaOps(before, services, allocation, minSlots);
 }
 
 /** By ID, the last of equal IDs winning, as the renderer picks them (render/haproxy-config.ts backendSection). */

@@ -4,7 +4,7 @@ import type { ServiceState } from '../state/service-state.js';
 import type { Instance } from '../discovery/types.js';
 import { type Backend, buildBackend, DNS_RESOLVERS, quote, renderBackend, type Slot, spareBackend } from './backend.js';
 import { assignSlots, type SlotTable, slotName } from './slots.js';
-import { type AclRoute, buildRoutes, byAclName, FALLBACK, MAP_FILES, MAP_NAMES, type MapName, mapText, type RouteConflict, type RouteTable, WILDCARD_DEPTH } from './routes.js';
+import { type AclRoute, buildRoutes, byAclName, claimsOf, FALLBACK, MAP_FILES, MAP_NAMES, type MapName, mapText, type RouteConflict, type RouteTable, WILDCARD_DEPTH } from './routes.js';
 
 export { MAP_FILES, MAP_NAMES, type MapName, type RouteConflict } from './routes.js';
 export { type Slot, serverAddress } from './backend.js';
@@ -108,6 +108,8 @@ export interface RenderedConfig {
   readonly backends: ReadonlyMap<string, Backend>;
   /** The config without its server lines: equal skeletons differ only in what the runtime API can change. */
   readonly skeleton: string;
+  /** The route table's entries, by map (what `maps` holds as text). */
+  readonly tables: Readonly<Record<MapName, ReadonlyMap<string, string>>>;
 }
 
 const V = {
@@ -269,7 +271,7 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
   const config = `${head}${sorted.map((t) => `\n${t.text}`).join('')}\n`;
   const skeleton = `${head}${sorted.map((t) => `\n${t.skeleton}`).join('')}\n`;
   const maps = Object.fromEntries(MAP_NAMES.map((m) => [m, mapText(routes.maps[m])])) as Record<MapName, string>;
-  return { config, lookups: [...lookups].sort(), maps, secrets: secrets.join('\n'), conflicts: routes.conflicts, backends, skeleton };
+  return { config, lookups: [...lookups].sort(), maps, secrets: secrets.join('\n'), conflicts: routes.conflicts, backends, skeleton, tables: routes.maps };
 }
 
 interface Section {
@@ -659,4 +661,50 @@ function serverSslOptions(options: string): string {
     .split(' ')
     .filter((w) => w !== 'prefer-client-ciphers')
     .join(' ');
+}
+
+/** A map entry a service added at run time needs. */
+export interface MapEntry {
+  readonly map: MapName;
+  readonly key: string;
+  readonly value: string;
+}
+
+/**
+ * What adding this service at run time, on the backend names `nameOf` gives (spares), puts in the
+ * maps, and which frontend lookups those entries need: what renderConfig would add for it, derived
+ * from this one service. Undefined when it needs more than map entries and slots (a TCP or SNI
+ * frontend, ACL routes, a userlist, a DNS target, a backend whose lines differ from a spare's): the
+ * caller renders everything then.
+ */
+export function runtimeAddition(settings: RenderSettings, spec: ServiceSpec, nameOf: (dest: Destination) => string, slotsOf: (name: string) => number): { entries: MapEntry[]; lookups: string[] } | undefined {
+  const routed = routedSpec(spec);
+  if (routed.destinations.some((d) => d.reqMode !== 'http' || dnsTarget(spec, d) !== undefined)) return undefined;
+  if (spec.sessionType !== undefined || effectiveUsers(settings, spec) !== undefined) return undefined;
+  const userlist = settings.users.length > 0 ? GLOBAL_USERLIST : undefined;
+  const names = routed.destinations.map(nameOf);
+  for (const [i, dest] of routed.destinations.entries()) {
+    const name = names[i] as string;
+    const count = slotsOf(name);
+    const built = buildBackend(routed, dest, Array.from({ length: count }, (_, k) => ({ name: slotName(k) })), userlist, name);
+    if (renderBackend(built, false).join('\n') !== renderBackend(spareBackend(name, count), false).join('\n')) return undefined;
+  }
+  const plan = claimsOf(
+    routed,
+    names,
+    routed.destinations.map((d) => routeFlags(settings, routed, d)),
+    routed.serviceDomainAlgo ?? settings.serviceDomainAlgo,
+  );
+  if (plan.acl.length > 0) return undefined;
+  const maps = Object.fromEntries(MAP_NAMES.map((m) => [m, new Map<string, string>()])) as Record<MapName, Map<string, string>>;
+  const entries: MapEntry[] = [];
+  for (const c of plan.claims) {
+    // A key claimed twice by one service: the same value is one entry; another is a conflict, which only a full render reports.
+    const had = maps[c.map].get(c.key);
+    if (had !== undefined && had !== c.value) return undefined;
+    if (had !== undefined) continue;
+    maps[c.map].set(c.key, c.value);
+    entries.push({ map: c.map, key: c.key, value: c.value });
+  }
+  return { entries, lookups: [...inUse(maps)] };
 }

@@ -145,7 +145,7 @@ export function buildRoutes(
   return { maps, acl, conflicts };
 }
 
-interface Claim {
+export interface Claim {
   readonly map: MapName;
   readonly key: string;
   readonly value: string;
@@ -159,7 +159,7 @@ interface Claim {
  */
 const claimMemo = new WeakMap<ServiceSpec, { readonly key: string; readonly claims: readonly Claim[]; readonly acl: readonly AclRoute[] }>();
 
-function claimsOf(spec: ServiceSpec, names: readonly string[], flagsList: readonly string[], algo: DomainAlgo): { claims: readonly Claim[]; acl: readonly AclRoute[] } {
+export function claimsOf(spec: ServiceSpec, names: readonly string[], flagsList: readonly string[], algo: DomainAlgo): { claims: readonly Claim[]; acl: readonly AclRoute[] } {
   const memoKey = `${names.join('\0')}\n${flagsList.join('\0')}\n${algo}`;
   const known = claimMemo.get(spec);
   if (known?.key === memoKey) return known;

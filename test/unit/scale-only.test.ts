@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { canonicalAllocation, runtimeAllocation, runtimeOps, scaleOnlyOps } from '../../src/apply/plan.js';
+import { canonicalAllocation, deltaOps, runtimeAllocation, runtimeOps, scaleOnlyOps } from '../../src/apply/plan.js';
 import type { Instance } from '../../src/discovery/types.js';
-import { renderConfig } from '../../src/render/haproxy-config.js';
+import { type BackendAllocation, MAP_NAMES, type RenderedConfig, renderConfig, runtimeAddition } from '../../src/render/haproxy-config.js';
 import { spec } from '../../src/spec/defaults.js';
 import type { ServiceState } from '../../src/state/service-state.js';
 import { defaultRenderSettings } from '../helpers/render-settings.js';
@@ -108,4 +108,76 @@ describe('scale events without rendering (plan.ts scaleOnlyOps)', () => {
     assert.deepEqual(same?.ops, []);
     assert.equal(same?.allocation, allocation);
   });
+
+  it('new services too: the same commands, allocation and files as the general path, or the general path', () => {
+    const rand = random(1234);
+    let services: ServiceState[] = Array.from({ length: 12 }, (_, i) => ({
+      spec: spec({ serviceName: `svc${i}`, destinations: [{ servicePath: [`/s${i}`], ...(i % 4 === 0 ? { serviceDomain: [`s${i}.com`] } : {}) }] }),
+      instances: instances(rand, i, 1 + (i % 3)),
+    }));
+    let allocation: BackendAllocation = canonicalAllocation(services, 16, MIN_SLOTS);
+    let live: RenderedConfig = renderConfig(SETTINGS, services, allocation);
+    let viaDelta = 0;
+    let addedViaDelta = 0;
+    let general = 0;
+    for (let round = 0; round < 150; round++) {
+      const next = services.map((s, i) => (rand() < 0.1 ? { spec: s.spec, instances: instances(rand, i + round * 100, 1 + Math.floor(rand() * 3)) } : s));
+      const adds = Math.floor(rand() * 3);
+      for (let k = 0; k < adds; k++) {
+        const n = `new${round}-${k}`;
+        const kind = rand();
+        const dest =
+          kind < 0.55
+            ? { servicePath: [`/${n}`] }
+            : kind < 0.7
+              ? { servicePath: ['/s1'] } // a path another service holds
+              : kind < 0.8
+                ? { servicePath: [`/${n}`], serviceDomain: [`${n}.com`] }
+                : kind < 0.9
+                  ? { servicePath: [`^/${n}$`], pathType: 'path_reg' as const }
+                  : { servicePath: [`/${n}`, `/${n}-b`], servicePathExclude: [`/${n}/x`] };
+        next.push({ spec: spec({ serviceName: n, destinations: [dest] }), instances: instances(rand, 5000 + round * 10 + k, 1 + Math.floor(rand() * 2)) });
+      }
+      const delta = deltaOps(byName(services), next, allocation, MIN_SLOTS, {
+        add: (sp, nameOf, slotsOf) => runtimeAddition(SETTINGS, sp, nameOf, slotsOf),
+        tables: live.tables,
+        lookups: new Set(live.lookups),
+      });
+      const fresh = runtimeAllocation(allocation, next, MIN_SLOTS);
+      const rendered = typeof fresh === 'string' ? undefined : renderConfig(SETTINGS, next, { ...fresh, lookups: live.lookups });
+      const ops = rendered ? runtimeOps(live, rendered) : undefined;
+      if (delta !== undefined) {
+        viaDelta++;
+        addedViaDelta += next.length - services.length;
+        assert.ok(rendered && ops && typeof fresh !== 'string', `round ${round}: the delta went where the general path reloads`);
+        assert.deepEqual(sorted(delta.ops), sorted(ops ?? []), `round ${round}: commands`);
+        assert.deepEqual([...delta.allocation.names], [...(fresh as BackendAllocation).names], `round ${round}: names`);
+        assert.deepEqual(delta.allocation.spares, (fresh as BackendAllocation).spares, `round ${round}: spares`);
+        assert.deepEqual([...delta.allocation.slots], [...(fresh as BackendAllocation).slots], `round ${round}: slots`);
+        const materialized = renderConfig(SETTINGS, next, { ...delta.allocation, lookups: live.lookups });
+        assert.equal(materialized.config, rendered?.config, `round ${round}: haproxy.cfg`);
+        for (const m of MAP_NAMES) assert.equal(materialized.maps[m], rendered?.maps[m], `round ${round}: ${m}`);
+        // The tables the applier carries forward: the live ones plus the delta's entries.
+        for (const m of MAP_NAMES) {
+          const carried = new Map(live.tables[m]);
+          for (const e of delta.entries) if (e.map === m) carried.set(e.key, e.value);
+          assert.deepEqual([...carried].sort(), [...(rendered as RenderedConfig).tables[m]].sort(), `round ${round}: table ${m}`);
+        }
+        allocation = { ...delta.allocation, lookups: live.lookups };
+        live = materialized;
+      } else {
+        general++;
+        if (rendered && ops && typeof fresh !== 'string') {
+          allocation = { ...fresh, lookups: live.lookups };
+          live = rendered;
+        } else {
+          allocation = canonicalAllocation(next, 16, MIN_SLOTS, allocation);
+          live = renderConfig(SETTINGS, next, allocation);
+        }
+      }
+      services = next;
+    }
+    assert.ok(viaDelta > 60 && general > 20 && addedViaDelta > 40, `${viaDelta} through the delta (${addedViaDelta} new services), ${general} through the general path`);
+  });
 });
+
