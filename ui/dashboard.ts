@@ -243,7 +243,7 @@ function renderChart(data: DashboardData): void {
         axes: [{}, { scale: 'rps', label: 'requests/s' }, { scale: 'ms', label: 'propagation ms', side: 1, grid: { show: false } }],
         series: [
           {},
-          { label: 'requests/s', scale: 'rps', stroke: '#2f6fb2', width: 2, spanGaps: true, points: { show: false } },
+          { label: 'requests/s', scale: 'rps', stroke: '#2f6fb2', width: 2, spanGaps: true },
           { label: 'propagation (ms)', scale: 'ms', stroke: '#d9480f', paths: () => null, points: { show: true, size: 7, fill: '#d9480f' } },
         ],
         legend: { show: true },
