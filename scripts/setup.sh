@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # One idempotent setup used by `npm start`, `npm test`, `npm run demo` and CI.
-# Installs: npm dependencies, HAProxy (Debian package), Consul 1.8.7 (project-local, .tools/bin).
+# Installs: npm dependencies, HAProxy (Debian package), Consul 1.8.7 (project-local, .tools/bin),
+# and Chromium (Debian package) for the dashboard's browser test.
 # A second run changes nothing, calls neither apt-get, npm nor the network, and takes well under a second.
 #
-#   scripts/setup.sh           install what is missing
-#   scripts/setup.sh --check   only check; exit 0 when everything is in place, 3 when setup would
-#                              install something (names it on stderr), never installs
+#   scripts/setup.sh              install what is missing
+#   scripts/setup.sh --check      only check; exit 0 when everything is in place, 3 when setup would
+#                                 install something (names it on stderr), never installs
+#   scripts/setup.sh --no-browser leave Chromium out (checked and installed only for the tests);
+#                                 `npm start`, the demo and the benchmarks use it. Combines with --check.
 #
 # Every check captures a tool's output first and then matches it. Under `set -o pipefail` a pipeline
 # whose reader exits early (head, grep's quiet mode) fails by chance: the writer gets SIGPIPE and
@@ -14,11 +17,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 check_only=false
-case "${1:-}" in
-  --check) check_only=true ;;
-  "") ;;
-  *) printf 'setup: unknown argument %s (use --check or nothing)\n' "$1" >&2; exit 2 ;;
-esac
+browser=true
+for arg in "$@"; do
+  case "$arg" in
+    --check) check_only=true ;;
+    --no-browser) browser=false ;;
+    *) printf 'setup: unknown argument %s (use --check, --no-browser or nothing)\n' "$arg" >&2; exit 2 ;;
+  esac
+done
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 missing=()
@@ -53,10 +59,18 @@ consul_ok() {
   if [[ -n ${CONSUL_BIN:-} ]]; then consul_reports "$CONSUL_BIN" "Consul v"; else consul_reports "$tools/consul" "Consul v$consul_version"; fi
 }
 
+# Debian's Chromium: /usr/bin/chromium is a wrapper script that runs /usr/lib/chromium/chromium.
+# Files are tested, not `chromium --version`: that starts the browser (over a second).
+chromium_bin=${CHROMIUM_BIN:-/usr/bin/chromium}
+chromium_ok() {
+  if [[ -n ${CHROMIUM_BIN:-} ]]; then [[ -x $CHROMIUM_BIN ]]; else [[ -x /usr/bin/chromium && -x /usr/lib/chromium/chromium ]]; fi
+}
+
 if $check_only; then
   npm_ok || missing+=("npm dependencies (package-lock.json changed or node_modules missing)")
   haproxy_ok || missing+=("HAProxy >= 2.6 ($haproxy_bin)")
   consul_ok || missing+=("Consul ${CONSUL_BIN:-$tools/consul v$consul_version}")
+  if $browser; then chromium_ok || missing+=("Chromium ($chromium_bin; the dashboard's browser test; apt-get install chromium)"); fi
   if ((${#missing[@]})); then
     for m in "${missing[@]}"; do say "missing: $m"; done
     exit 3
@@ -128,4 +142,20 @@ elif ! consul_ok; then
   mv -f "$tools/consul.tmp.$$" "$tools/consul"
   consul_ok || { say "installed Consul does not report v$consul_version"; exit 1; }
   say "Consul $consul_version installed at $tools/consul"
+fi
+
+# --- Chromium, for the dashboard's browser test (test/integration/dashboard.test.ts) --------------
+# Debian's package, driven by playwright-core: never a browser Playwright downloads itself.
+if $browser && ! chromium_ok; then
+  if [[ -z ${CHROMIUM_BIN:-} && $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    say "installing Chromium from Debian (apt-get install chromium) for the dashboard's browser test"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >&2 || true
+    apt-get install -y -q --no-install-recommends chromium >&2
+  fi
+  if ! chromium_ok; then
+    # Not fatal: the proxy runs without it; only test/integration/dashboard.test.ts needs it (and says so).
+    say "Chromium is missing at $chromium_bin: the dashboard's browser test will fail."
+    say "Install it with:  sudo apt-get install chromium   (or set CHROMIUM_BIN to a Chromium binary)"
+  fi
 fi

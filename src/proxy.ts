@@ -38,6 +38,9 @@ import { unifiedDiff } from './util/diff.js';
 import { killQuietly } from './util/process.js';
 import type { Logger } from './util/log.js';
 import { Metrics, type MetricsSources } from './metrics/metrics.js';
+import { buildDashboard } from './dashboard/data.js';
+import type { DashboardData } from './dashboard/model.js';
+import { parseShowStat } from './haproxy/stats.js';
 
 /** What the renderer needs from the settings (everything but the map directory, which the applier picks). */
 export function renderSettings(settings: Settings, adminSocket: string): Omit<RenderSettings, 'mapDir'> {
@@ -787,7 +790,56 @@ export class FlowProxy implements ProxyCore {
   isReady(): boolean {
     return this.ready;
   }
+
+  /**
+   * `GET /ui/data`. Reads HAProxy's `show stat` and the replica list each time (a page polls every
+   * 2 s); either one that fails or takes longer than DASHBOARD_READ_MS leaves its part empty with
+   * the reason, and the rest is still shown.
+   */
+  async dashboard(): Promise<DashboardData> {
+    const state = this.reconciler.snapshot();
+    const within = <T>(read: Promise<T>, what: string): Promise<T> =>
+      Promise.race([read, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${what} took longer than ${DASHBOARD_READ_MS} ms`)), DASHBOARD_READ_MS).unref())]);
+    const [stats, fleet] = await Promise.all([
+      within(this.haproxy.adminCommand('show stat'), "HAProxy's show stat").then(
+        (csv) => parseShowStat(csv),
+        (err: unknown) => ({ error: `HAProxy's stats could not be read: ${(err as Error).message}` }),
+      ),
+      this.fleet
+        ? within(readReplicas(this.consul, this.fleet.replicaPrefix), 'reading the replica list from Consul').catch((err: unknown) => ({ replicas: null, unknown: (err as Error).message }))
+        : Promise.resolve({ replicas: null, unknown: 'not part of the fleet yet' }),
+    ]);
+    const { generation, hash } = this.applier.current(true);
+    const haproxy = this.haproxy.status();
+    return buildDashboard({
+      at: new Date(),
+      proxy: {
+        instanceName: this.settings.proxyInstanceName,
+        replicaId: this.replicaId,
+        ready: this.ready,
+        generation,
+        configHash: hash,
+        haproxyUp: haproxy.running,
+        haproxyRestarts: haproxy.restarts,
+        applyCounts: { ...this.applier.totals() },
+        metrics: this.metrics.enabled,
+      },
+      services: [...state.services.values()].map((spec) => ({
+        spec,
+        consulService: consulServiceName(spec),
+        source: this.sourceOf(spec.serviceName).Source,
+        instances: state.instances.get(consulServiceName(spec)) ?? [],
+        backends: this.applier.backendsOf(spec),
+      })),
+      stats,
+      replicas: { list: fleet.replicas, unknown: fleet.unknown, mine: this.sharedSpecsHash(state), self: this.replicaId },
+      recent: this.metrics.recent.toArray(),
+    });
+  }
 }
+
+/** How long the dashboard waits for HAProxy's stats and for the replica list. */
+const DASHBOARD_READ_MS = 2000;
 
 /** The start-up line about the API's authentication: which kinds, never a credential. */
 function describeApiAuth(auth: Settings['apiAuth']): string {

@@ -1,4 +1,5 @@
 import type { CertListing, CertOutcome } from '../certs/manager.js';
+import type { DashboardData } from '../dashboard/model.js';
 import type { ServiceSpec } from '../spec/types.js';
 
 /** What the API needs from the proxy; keeps HTTP concerns out of the pipeline and vice versa. */
@@ -40,5 +41,7 @@ export interface ProxyCore {
   metricsText?(): Promise<{ contentType: string; text: string } | undefined>;
   /** `metrics`: HAProxy's statistics CSV, this replica's or (distribute) every live replica's. */
   haproxyStats?(distribute: boolean): Promise<string>;
+  /** `GET /ui/data`: what the dashboard shows (services, instances, backends' traffic, replicas, applies). */
+  dashboard?(): Promise<DashboardData>;
   isReady(): boolean;
 }

@@ -11,6 +11,7 @@ import type { CertOutcome } from '../certs/manager.js';
 import type { DryRunResult, ProxyCore } from './core.js';
 export type { ChangeOptions };
 import { serviceModel } from './model.js';
+import { DASHBOARD_HEADERS, dashboardAsset } from '../dashboard/assets.js';
 import { sendError, sendJson, sendText } from './respond.js';
 
 const BASE = '/v1/docker-flow-proxy/';
@@ -73,6 +74,7 @@ export class ApiServer {
     if (url.pathname === '/v1/test' || url.pathname === '/v2/test') {
       return sendJson(res, 200, { Status: 'OK', Message: url.pathname === '/v1/test' ? 'Test v1' : 'Test v2' });
     }
+    if (url.pathname === '/' || url.pathname === '/ui' || url.pathname.startsWith('/ui/')) return this.dashboard(req, url, res);
     if (url.pathname === '/metrics') {
       req.resume();
       const metrics = await this.core.metricsText?.();
@@ -165,6 +167,37 @@ export class ApiServer {
   }
 
   /**
+   * The dashboard: `/ui/` is the page, `/ui/data` its JSON (polled), the rest its fixed files; `/`
+   * and `/ui` send the browser to `/ui/`. Relative redirects and links, so the page also works
+   * behind a reverse proxy that mounts the API under a path of its own.
+   */
+  private async dashboard(req: IncomingMessage, url: URL, res: ServerResponse): Promise<void> {
+    req.resume();
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.setHeader('Allow', 'GET, HEAD');
+      return sendJson(res, 405, { Status: 'NOK', Message: 'the dashboard answers GET and HEAD only', Code: 'DFP_ERR_METHOD_NOT_ALLOWED' });
+    }
+    if (url.pathname === '/' || url.pathname === '/ui') {
+      res.writeHead(302, { Location: 'ui/', 'Content-Length': 0 });
+      res.end();
+      return;
+    }
+    const name = url.pathname.slice('/ui/'.length);
+    if (name === 'data') {
+      if (!this.core.dashboard) throw new NotFoundError(`no such endpoint: ${url.pathname}`);
+      const text = JSON.stringify(await this.core.dashboard());
+      res.writeHead(200, { ...DASHBOARD_HEADERS, 'Content-Type': 'application/json', 'Cache-Control': 'no-store', 'Content-Length': Buffer.byteLength(text) });
+      res.end(req.method === 'HEAD' ? undefined : text);
+      return;
+    }
+    const asset = dashboardAsset(name);
+    if (asset === undefined) throw new NotFoundError(`no such file of the dashboard: ${url.pathname}`);
+    // no-cache: the browser asks again (cheaply) and never keeps a page of an older build.
+    res.writeHead(200, { ...DASHBOARD_HEADERS, 'Content-Type': asset.contentType, 'Cache-Control': 'no-cache', 'Content-Length': asset.body.length });
+    res.end(req.method === 'HEAD' ? undefined : asset.body);
+  }
+
+  /**
    * `PUT cert?certName=<name>`, body = PEM chain + private key; `DELETE cert?certName=<name>` (ours:
    * the original had no way to delete one). Both take `dryRun`, `distribute` and `wait`. Other
    * methods: 405.
@@ -238,10 +271,11 @@ export class ApiServer {
 
 const MAX_CERT_BODY = 1024 * 1024;
 
-/** The endpoint a request is counted under: `reconfigure`, `status`, …; `/metrics` is `prometheus`. */
+/** The endpoint a request is counted under: `reconfigure`, `status`, …; `/metrics` is `prometheus`, `/` and `/ui…` `dashboard`. */
 function endpointOf(raw: string | undefined): string {
   const pathname = (raw ?? '/').split('?')[0] ?? '/';
   if (pathname === '/metrics') return 'prometheus';
+  if (pathname === '/' || pathname === '/ui' || pathname.startsWith('/ui/')) return 'dashboard';
   if (pathname === '/v1/test' || pathname === '/v2/test') return 'test';
   return pathname.startsWith(BASE) ? pathname.slice(BASE.length) : 'other';
 }

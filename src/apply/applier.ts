@@ -10,7 +10,8 @@ import type { ServiceState } from '../state/service-state.js';
 import type { Logger } from '../util/log.js';
 import { canonicalAllocation, type DeltaPlan, deltaOps, reloadReasons, type RuntimeOp, runtimeAllocation, runtimeOps } from './plan.js';
 import { runRuntimeOps } from './runtime.js';
-import { slotUsage } from '../render/slots.js';
+import { type SlotTable, slotUsage } from '../render/slots.js';
+import { backendName, type Destination, routedSpec, type ServiceSpec } from '../spec/types.js';
 
 export type ApplyKind = 'reload' | 'runtime' | 'none';
 
@@ -499,6 +500,18 @@ export class ConfigApplier {
   /** Server slots in use and in total, over every backend. */
   slotUsage(): { used: number; total: number } {
     return slotUsage(this.allocation?.slots.values() ?? []);
+  }
+
+  /**
+   * The HAProxy backends of a service as HAProxy serves them now (a spare's name until the next
+   * reload) with their slot holders; no rendering, so a dashboard may ask every second.
+   */
+  backendsOf(spec: ServiceSpec): { readonly name: string; readonly dest: Destination; readonly slots: SlotTable | undefined }[] {
+    return routedSpec(spec).destinations.map((dest) => {
+      const key = backendName(spec, dest);
+      const name = this.allocation?.names.get(key) ?? key;
+      return { name, dest, slots: this.allocation?.slots.get(name) };
+    });
   }
 
   /** The allocation of a reload: canonical names, slot holders kept from the live one. */

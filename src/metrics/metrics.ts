@@ -37,7 +37,7 @@ export interface MetricsSources {
 }
 
 /** Endpoints of the API counted by name; anything else is `other`. */
-const ENDPOINTS = new Set(['prometheus', 'reconfigure', 'remove', 'reload', 'config', 'cert', 'certs', 'ping', 'status', 'metrics', 'successfulinitreload', 'test']);
+const ENDPOINTS = new Set(['prometheus', 'reconfigure', 'remove', 'reload', 'config', 'cert', 'certs', 'ping', 'status', 'metrics', 'successfulinitreload', 'test', 'dashboard']);
 
 /** From 1 ms (a runtime apply) to a minute (a reload at 10,000 services on a busy machine). */
 const SECONDS_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];

@@ -12,7 +12,7 @@ import { makeCert, type Pem, startTlsProxy, type TlsProxy } from '../helpers/tls
 /**
  * API authentication (API_USER/API_PASSWORD, API_TOKEN): every endpoint but ping, /v1/test and
  * /v2/test answers 401 without valid credentials and changes nothing; right ones work with basic
- * and with bearer; paths that do not exist yet (a future dashboard) are behind the same check; no
+ * and with bearer; the dashboard and paths that do not exist yet are behind the same check; no
  * credential reaches an answer or the log. The credentials come from secret files that override
  * decoy variables, so the secret-file mechanism is what is tested.
  */
@@ -122,9 +122,15 @@ describe('API authentication: API_USER/API_PASSWORD and API_TOKEN', () => {
     { name: 'reconfigure by form body (POST)', path: `${B}/reconfigure`, init: () => ({ method: 'POST', body: new URLSearchParams({ serviceName: 'auth-svc', servicePath: '/auth' }) }), ok: [200] },
     { name: 'metrics (HAProxy stats CSV, the original)', path: `${B}/metrics`, ok: [200] },
     { name: '/metrics (Prometheus)', path: '/metrics', ok: [200] },
-    // Not endpoints (yet): a dashboard. Behind the check all the same: 404 only once authenticated.
-    { name: 'a future dashboard', path: '/dashboard/', ok: [404] },
-    { name: 'the root', path: '/', ok: [404] },
+    // The dashboard: the page, its data and its files.
+    { name: 'the root (to the dashboard)', path: '/', init: () => ({ redirect: 'manual' }), ok: [302] },
+    { name: 'the dashboard', path: '/ui/', ok: [200] },
+    { name: 'the dashboard data', path: '/ui/data', ok: [200] },
+    { name: "the dashboard's script", path: '/ui/dashboard.js', ok: [200] },
+    { name: "the dashboard's chart library", path: '/ui/uplot.min.js', ok: [200] },
+    { name: 'no such dashboard file', path: '/ui/nope.js', ok: [404] },
+    // Not endpoints (yet). Behind the check all the same: 404 only once authenticated.
+    { name: 'a path that is no endpoint', path: '/dashboard/', ok: [404] },
   ];
 
   it('ping, /v1/test and /v2/test answer without credentials (fixed answers, nothing to leak)', async () => {

@@ -68,6 +68,23 @@ describe('scripts/setup.sh on an installed checkout', () => {
     assert.equal(existsSync(log), false, 'no installer may run under --check');
   });
 
+  it('Chromium (the dashboard test\'s browser): --check names it when missing, --no-browser leaves it out', async () => {
+    const { dir, log } = shimDir();
+    const env = { ...process.env, PATH: `${dir}:${process.env.PATH}`, CHROMIUM_BIN: path.join(dir, 'no-such-chromium') };
+    const err = await run('bash', [SETUP, '--check'], { cwd: PROJECT_ROOT, env }).then(
+      () => assert.fail('--check passed without Chromium'),
+      (e: { code?: number; stderr?: string }) => e,
+    );
+    assert.equal(err.code, 3);
+    assert.match(err.stderr ?? '', /missing: Chromium \(.*no-such-chromium/);
+    const skipped = await run('bash', [SETUP, '--check', '--no-browser'], { cwd: PROJECT_ROOT, env });
+    assert.equal(skipped.stderr, '');
+    // A CHROMIUM_BIN of the user's is never replaced by a package: setup says what is missing, and goes on.
+    const installing = await run('bash', [SETUP], { cwd: PROJECT_ROOT, env });
+    assert.match(installing.stderr, /Chromium is missing at .*no-such-chromium/);
+    assert.equal(existsSync(log) ? readFileSync(log, 'utf8') : '', '', 'no installer may run for a CHROMIUM_BIN');
+  });
+
   it('run twice, changes nothing and calls no installer or network tool', async () => {
     const { dir, log } = shimDir();
     mkdirSync(dir, { recursive: true });
