@@ -16,6 +16,7 @@
 #
 #   IMAGE_TEST_BASE=localhost/bookworm   the image to build FROM (any Debian bookworm)
 #   IMAGE_TEST_CA=/etc/ssl/certs/ca-certificates.crt   CA bundle handed to npm in the build (secret `ca`)
+#   IMAGE_TEST_IMAGE=localhost/x   test an image built before instead of building one (kept)
 #
 # Every check captures a tool's output first and then matches it: under pipefail a reader that
 # exits early (grep's quiet mode, head) fails the pipeline by chance.
@@ -51,17 +52,25 @@ fail() {
 }
 ms_now() { echo $(($(date +%s%N) / 1000000)); }
 
+# Removes what this run made: containers with their anonymous volumes, the named volume, the
+# image (unless IMAGE_TEST_IMAGE named it), the processes on the host, the temporary files.
+teardown() {
+  local c pid
+  for c in "$ctr1" "$ctr2"; do podman rm -f -v -t 0 "$c" >/dev/null 2>&1 || true; done
+  podman volume rm -f "$volume" >/dev/null 2>&1 || true
+  if [[ -z ${IMAGE_TEST_IMAGE:-} ]]; then podman rmi -f "$image" >/dev/null 2>&1 || true; fi
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  pids=()
+}
 cleanup() {
   local status=$?
   set +e
-  for c in "$ctr1" "$ctr2"; do podman rm -f -t 0 "$c" >/dev/null 2>&1; done
-  podman volume rm -f "$volume" >/dev/null 2>&1
-  podman rmi -f "$image" >/dev/null 2>&1
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
-  for pid in "${pids[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null
-  done
+  teardown
   rm -rf "$tmp"
   exit "$status"
 }
@@ -95,29 +104,40 @@ else
   exit 1
 fi
 
-# --- build --------------------------------------------------------------------------------------
-images_before=$(podman images -a --quiet --no-trunc)
-secret=()
-[[ -f $ca ]] && secret=(--secret "id=ca,src=$ca")
-say "building $image FROM $base (several minutes here; the log is in the failure message)"
-start=$(ms_now)
-# --network=host: this machine's podman has no iptables for a build network. --layers=false: no
-# intermediate images stay behind. --format docker: OCI images would drop the HEALTHCHECK.
-if ! podman build --network=host --layers=false --format docker "${secret[@]}" \
-  --build-arg "BASE=$base" -t "$image" . >"$tmp/build.log" 2>&1; then
-  tail -n 40 "$tmp/build.log" >&2
-  fail "podman build"
-fi
-build_ms=$(($(ms_now) - start))
-size=$(podman image inspect --format '{{.Size}}' "$image")
-base_size=$(podman image inspect --format '{{.Size}}' "$base")
-ok "image built in $((build_ms / 1000)) s: $((size / 1000000)) MB ($(((size - base_size) / 1000000)) MB above the $((base_size / 1000000)) MB base)"
+# What exists before this run, to check at the end that it left nothing behind.
+snapshot() { podman ps -a --format '{{.ID}}'; podman volume ls --quiet; podman images -a --quiet --no-trunc; }
+before_run=$(snapshot | sort)
 
-images_after=$(podman images -a --quiet --no-trunc)
-new_images=$(comm -13 <(sort <<<"$images_before") <(sort <<<"$images_after"))
-image_id=$(podman image inspect --format '{{.Id}}' "$image")
-[[ $new_images == "$image_id" || $new_images == "sha256:$image_id" ]] || fail "the build left images other than $image: $new_images"
-ok "the build left no intermediate image"
+# --- build --------------------------------------------------------------------------------------
+if [[ -n ${IMAGE_TEST_IMAGE:-} ]]; then
+  # Iterating on this script: test an image built before, and leave it in place.
+  image=$IMAGE_TEST_IMAGE
+  podman image exists "$image" || { say "IMAGE_TEST_IMAGE=$image does not exist"; exit 1; }
+  say "testing $image as it is (IMAGE_TEST_IMAGE): no build"
+else
+  images_before=$(podman images -a --quiet --no-trunc)
+  secret=()
+  [[ -f $ca ]] && secret=(--secret "id=ca,src=$ca")
+  say "building $image FROM $base (several minutes here; the log is in the failure message)"
+  start=$(ms_now)
+  # --network=host: this machine's podman has no iptables for a build network. --layers=false: no
+  # intermediate images stay behind. --format docker: OCI images would drop the HEALTHCHECK.
+  if ! podman build --network=host --layers=false --format docker "${secret[@]}" \
+    --build-arg "BASE=$base" -t "$image" . >"$tmp/build.log" 2>&1; then
+    tail -n 40 "$tmp/build.log" >&2
+    fail "podman build"
+  fi
+  build_ms=$(($(ms_now) - start))
+  size=$(podman image inspect --format '{{.Size}}' "$image")
+  base_size=$(podman image inspect --format '{{.Size}}' "$base")
+  ok "image built in $((build_ms / 1000)) s: $((size / 1000000)) MB ($(((size - base_size) / 1000000)) MB above the $((base_size / 1000000)) MB base)"
+
+  images_after=$(podman images -a --quiet --no-trunc)
+  new_images=$(comm -13 <(sort <<<"$images_before") <(sort <<<"$images_after"))
+  image_id=$(podman image inspect --format '{{.Id}}' "$image")
+  [[ $new_images == "$image_id" || $new_images == "sha256:$image_id" ]] || fail "the build left images other than $image: $new_images"
+  ok "the build left no intermediate image"
+fi
 
 config=$(podman image inspect --format '{{.Config.User}} {{json .Config.Entrypoint}} {{json .Config.ExposedPorts}} {{json .Config.Volumes}}' "$image")
 [[ $config == 'dfp ["/usr/bin/tini","--"] '* ]] || fail "image runs as dfp under tini: $config"
@@ -296,30 +316,51 @@ status=$(podman inspect --format '{{.State.Health.Status}}' "$ctr2")
 [[ $status == healthy ]] || fail "newcomer mode: health status: $status"
 ok "newcomer mode: healthy with the image's own Consul"
 
-# The walkthrough inside the container: a backend, its registration, reconfigure, GET on port 80.
+# The walkthrough inside the container: a backend, its registration, reconfigure, GET on port 80;
+# then a certificate, after which HAProxy listens on 443 too (`443:ssl` binds once one exists).
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=books.example.com \
+  -keyout "$tmp/key.pem" -out "$tmp/cert.pem" >"$tmp/openssl.log" 2>&1 || fail "openssl: $(cat "$tmp/openssl.log")"
 cat >"$tmp/walk.mjs" <<'JS'
 import http from 'node:http';
+import tls from 'node:tls';
 const backend = http.createServer((req, res) => res.end(req.url === '/api/v1/books' ? '{"books":[]}' : 'other'));
 await new Promise((resolve) => backend.listen(9001, '127.0.0.1', resolve));
 const call = async (url, init) => {
   const res = await fetch(url, init);
   return `${res.status} ${await res.text()}`;
 };
-const reg = await call('http://127.0.0.1:8500/v1/agent/service/register', {
+const out = {};
+out.register = await call('http://127.0.0.1:8500/v1/agent/service/register', {
   method: 'PUT',
   body: JSON.stringify({ ID: 'host1:books-ms.1:8080', Name: 'books-ms', Port: 9001, Address: '127.0.0.1', Check: null }),
 });
-const reconfigure = await call('http://127.0.0.1:8080/v1/docker-flow-proxy/reconfigure?serviceName=books-ms&servicePath=/api/v1/books');
-const books = await call('http://127.0.0.1/api/v1/books');
-console.log(JSON.stringify({ reg, reconfigure, books }));
+out.reconfigure = await call('http://127.0.0.1:8080/v1/docker-flow-proxy/reconfigure?serviceName=books-ms&servicePath=/api/v1/books');
+out.books = await call('http://127.0.0.1/api/v1/books');
+out.cert = await call('http://127.0.0.1:8080/v1/docker-flow-proxy/cert?certName=books.example.com', { method: 'PUT', body: process.env.PEM });
+out.tls = await new Promise((resolve) => {
+  const socket = tls.connect({ host: '127.0.0.1', port: 443, servername: 'books.example.com', rejectUnauthorized: false }, () => {
+    resolve(`CN=${socket.getPeerCertificate().subject?.CN}`);
+    socket.end();
+  });
+  socket.on('error', (err) => resolve(`error ${err.message}`));
+});
+console.log(JSON.stringify(out));
 backend.close();
 JS
-walk=$(podman exec -i "$ctr2" node --input-type=module - <"$tmp/walk.mjs" 2>&1) || fail "newcomer walkthrough: $walk"
+pem=$(cat "$tmp/cert.pem" "$tmp/key.pem")
+walk=$(podman exec -i -e "PEM=$pem" "$ctr2" node --input-type=module - <"$tmp/walk.mjs" 2>&1) || fail "newcomer walkthrough: $walk"
 [[ $walk == *'"books":"200 {\"books\":[]}"'* ]] || fail "newcomer walkthrough on port 80: $walk"
-listeners=$(podman exec "$ctr2" cat /proc/net/tcp 2>&1)
-# 0050 = 80, 01BB = 443, state 0A = LISTEN
-[[ $listeners =~ :0050\ [0-9A-F:]+\ 0A && $listeners =~ :01BB\ [0-9A-F:]+\ 0A ]] || fail "HAProxy listens on 80 and 443: $listeners"
-ok "newcomer mode: HAProxy (user dfp) listens on 80 and 443; /api/v1/books on port 80 answers {\"books\":[]}"
+[[ $walk == *'"tls":"CN=books.example.com"'* ]] || fail "newcomer mode: TLS on port 443 with the stored certificate: $walk"
+tcp=$(podman exec "$ctr2" cat /proc/net/tcp 2>&1)
+listens() { # listens HEXPORT: a listening socket (state 0A) on that local port, held by uid 10001
+  local -a f
+  while read -r -a f; do
+    [[ ${f[1]:-} == *:$1 && ${f[3]:-} == 0A && ${f[7]:-} == 10001 ]] && return 0
+  done <<<"$tcp"
+  return 1
+}
+if ! { listens 0050 && listens 01BB; }; then fail "HAProxy (uid 10001) listens on 80 (0050) and 443 (01BB): $tcp"; fi
+ok "newcomer mode: HAProxy as uid 10001 listens on 80 and 443; /api/v1/books on 80 answers {\"books\":[]}, 443 serves the stored certificate"
 
 hpids=$(podman top "$ctr2" hpid 2>/dev/null)
 start=$(ms_now)
@@ -333,5 +374,13 @@ left=""
 for hp in $hpids; do [[ $hp =~ ^[0-9]+$ ]] && kill -0 "$hp" 2>/dev/null && left+=" $hp"; done
 [[ -z $left ]] || fail "SIGINT: processes of the container still alive:$left"
 ok "newcomer mode: SIGINT stops HAProxy and the local Consul in $elapsed ms, exit code 0, no process left"
+
+# --- nothing left -------------------------------------------------------------------------------
+host_pids=("${pids[@]}")
+teardown
+left=$(comm -13 <(printf '%s\n' "$before_run") <(snapshot | sort))
+[[ -z $left ]] || fail "containers, volumes or images left after the run: $left"
+for pid in "${host_pids[@]}"; do kill -0 "$pid" 2>/dev/null && fail "process $pid (Consul or a backend) still alive"; done
+ok "nothing left: no container, volume, image or process of this run"
 
 printf '%d passed, 0 failed\n' "$passed"
