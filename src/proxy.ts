@@ -4,7 +4,7 @@ import os from 'node:os';
 import type { ChangeOptions, DryRunResult, ProxyCore } from './api/core.js';
 import { listReplicas, ReplicaPublisher, type ReplicaReport, readReplicas } from './consul/replicas.js';
 import { ConsulSpecStore } from './consul/spec-store.js';
-import { ConfigRejectedError, DfpError, FdLimitError, InvalidParamError } from './errors.js';
+import { ConfigRejectedError, DfpError, FdLimitError, InvalidParamError, SettingsError } from './errors.js';
 import { Fleet, specsHash } from './fleet.js';
 import { ApiServer } from './api/server.js';
 import { PrecheckBatch } from './apply/precheck-batch.js';
@@ -151,6 +151,13 @@ export class FlowProxy implements ProxyCore {
           dataDir: paths.consulDir,
           ports: await ConsulAgent.persistentPorts(paths.consulDir),
           log: log.child('consul'),
+        }).catch((err: unknown) => {
+          // A container image built without Consul lands here: say which variable to set.
+          if (((err as Error).cause as NodeJS.ErrnoException | undefined)?.code !== 'ENOENT') throw err;
+          throw new SettingsError(
+            'CONSUL_ADDRESS',
+            `not set, and there is no Consul binary at ${settings.consulBin} (CONSUL_BIN) to start a local one: point CONSUL_ADDRESS at your Consul, or install Consul (npm run setup)`,
+          );
         });
         addresses = [localConsul.address];
         log.info(`local Consul: CONSUL_ADDRESS=${localConsul.address} (data in ${paths.consulDir})`);
