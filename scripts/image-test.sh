@@ -7,8 +7,9 @@
 #     SIGTERM reached Node through tini, no process of the container left), and a start on the same
 #     volume that serves the route again with no API call (it lives in Consul KV).
 #  2. The newcomer mode in a container of its own network namespace: no CONSUL_ADDRESS (the image's
-#     own Consul), HAProxy on ports 80 and 443 as the unprivileged user, the walkthrough run inside
-#     the container, then SIGINT.
+#     own Consul), HAProxy on ports 80 and 443 as the unprivileged user with NET_BIND_SERVICE as the
+#     only capability, the walkthrough run inside the container, then SIGINT.
+#  3. Without NET_BIND_SERVICE (--cap-drop ALL), start-up stops and says which capability to add.
 #
 # Needs root (rootful podman; apt-get installs podman and mmdebstrap when missing). The base image
 # localhost/bookworm is made once with mmdebstrap and kept; everything else this script creates
@@ -31,6 +32,7 @@ tag=dfp-image-test-$$
 image=localhost/$tag
 ctr1=$tag-consul-beside
 ctr2=$tag-newcomer
+ctr3=$tag-no-caps
 volume=$tag-state
 tmp=$(mktemp -d)
 passed=0
@@ -56,7 +58,7 @@ ms_now() { echo $(($(date +%s%N) / 1000000)); }
 # image (unless IMAGE_TEST_IMAGE named it), the processes on the host, the temporary files.
 teardown() {
   local c pid
-  for c in "$ctr1" "$ctr2"; do podman rm -f -v -t 0 "$c" >/dev/null 2>&1 || true; done
+  for c in "$ctr1" "$ctr2" "$ctr3"; do podman rm -f -v -t 0 "$c" >/dev/null 2>&1 || true; done
   podman volume rm -f "$volume" >/dev/null 2>&1 || true
   if [[ -z ${IMAGE_TEST_IMAGE:-} ]]; then podman rmi -f "$image" >/dev/null 2>&1 || true; fi
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -305,7 +307,9 @@ ok "restarted on the same volume: the route is served again, restored from Consu
 stop_and_check "stop after the restart"
 
 # --- 2. the newcomer mode: no CONSUL_ADDRESS, ports 80 and 443, a network namespace of its own ---
-podman run -d --name "$ctr2" --network=none "$image" >/dev/null 2>"$tmp/podman.err" || fail "podman run: $(cat "$tmp/podman.err")"
+# With the one capability the image needs and no other.
+podman run -d --name "$ctr2" --network=none --cap-drop ALL --cap-add NET_BIND_SERVICE "$image" >/dev/null 2>"$tmp/podman.err" ||
+  fail "podman run: $(cat "$tmp/podman.err")"
 health=""
 for _ in $(seq 60); do
   health=$(podman healthcheck run "$ctr2" 2>/dev/null) && break
@@ -374,6 +378,13 @@ left=""
 for hp in $hpids; do [[ $hp =~ ^[0-9]+$ ]] && kill -0 "$hp" 2>/dev/null && left+=" $hp"; done
 [[ -z $left ]] || fail "SIGINT: processes of the container still alive:$left"
 ok "newcomer mode: SIGINT stops HAProxy and the local Consul in $elapsed ms, exit code 0, no process left"
+
+# --- 3. without NET_BIND_SERVICE the file capability keeps HAProxy from running at all -----------
+code=0
+out=$(timeout 60 podman run --name "$ctr3" --rm --network=none --cap-drop ALL -e DEFAULT_PORTS=8000 "$image" 2>&1) || code=$?
+[[ $code == 1 && $out == *"cannot start: cannot execute haproxy (EPERM)"*"--cap-add NET_BIND_SERVICE"* ]] ||
+  fail "--cap-drop ALL: exit code 1 and a start-up error naming NET_BIND_SERVICE, got $code: $out"
+ok "--cap-drop ALL: start-up stops with exit code 1, naming NET_BIND_SERVICE"
 
 # --- nothing left -------------------------------------------------------------------------------
 host_pids=("${pids[@]}")
