@@ -16,7 +16,8 @@ ARG BASE=debian:bookworm-slim
 FROM ${BASE} AS node
 ARG NODE_VERSION=20.20.2
 ARG NODE_SHA256=c3e7aaf69557617ff16376e83078daf2e862f086399b32b341f68ebcd5e72781
-ENV DEBIAN_FRONTEND=noninteractive PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+ARG DEBIAN_FRONTEND=noninteractive
+ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 RUN echo force-unsafe-io > /etc/dpkg/dpkg.cfg.d/dfp-build-unsafe-io \
  && apt-get update -q \
  && apt-get install -y -q --no-install-recommends npm ca-certificates \
@@ -58,7 +59,7 @@ FROM ${BASE} AS consul
 ARG WITH_CONSUL=true
 ARG CONSUL_DEB_VERSION=1.8.7+dfsg1-2+b3
 ARG CONSUL_DEB_SHA256=e4e888bba104daba1d9161f49bfc52649a7e4efd45b1a7ead5bc54f2cb9c89d9
-ENV DEBIAN_FRONTEND=noninteractive
+ARG DEBIAN_FRONTEND=noninteractive
 RUN echo force-unsafe-io > /etc/dpkg/dpkg.cfg.d/dfp-build-unsafe-io \
  && mkdir -p /out \
  && case "$WITH_CONSUL" in \
@@ -79,7 +80,8 @@ RUN echo force-unsafe-io > /etc/dpkg/dpkg.cfg.d/dfp-build-unsafe-io \
 
 # --- The image -----------------------------------------------------------------------------------
 FROM ${BASE}
-ENV DEBIAN_FRONTEND=noninteractive PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+ARG DEBIAN_FRONTEND=noninteractive
+ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # tini as PID 1: forwards SIGTERM/SIGINT to Node (which stops HAProxy and the local Consul) and
 # reaps whatever is orphaned. Only HAProxy may bind ports below 1024 (file capability), so the
 # proxy runs as the unprivileged user dfp and still serves 80 and 443.
