@@ -169,6 +169,13 @@ export class FlowProxy implements ProxyCore {
           dataDir: paths.consulDir,
           ports: await ConsulAgent.persistentPorts(paths.consulDir),
           log: log.child('consul'),
+        }).catch((err: unknown) => {
+          // A container image built without Consul lands here: say which variable to set.
+          if (((err as Error).cause as NodeJS.ErrnoException | undefined)?.code !== 'ENOENT') throw err;
+          throw new SettingsError(
+            'CONSUL_ADDRESS',
+            `not set, and there is no Consul binary at ${settings.consulBin} (CONSUL_BIN) to start a local one: point CONSUL_ADDRESS at your Consul, or install Consul (npm run setup)`,
+          );
         });
         addresses = [localConsul.address];
         log.info(`local Consul: CONSUL_ADDRESS=${localConsul.address} (data in ${paths.consulDir})`);

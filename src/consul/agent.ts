@@ -170,7 +170,7 @@ export class ConsulAgent {
     const child = spawn(options.bin, args, { detached: true, stdio: ['ignore', logFile, logFile] });
     this.child = child;
     const failed = new Promise<never>((_, reject) => {
-      child.once('error', (err) => reject(new Error(`cannot start Consul (${options.bin}): ${err.message}; run npm run setup`)));
+      child.once('error', (err) => reject(new Error(`cannot start Consul (${options.bin}): ${err.message}; run npm run setup`, { cause: err })));
       child.once('exit', (code) => reject(new Error(`Consul exited at start (code ${code}); see ${path.join(options.dataDir, 'consul.log')}`)));
     });
     failed.catch(() => undefined);

@@ -6,6 +6,7 @@ import type { Logger } from '../util/log.js';
 import { commandLine, isAlive, killQuietly, waitForExit } from '../util/process.js';
 import { classifyHaproxyLine } from './output.js';
 import { type ProcInfo, parseShowProc, socketCommand } from './socket.js';
+import { execRefusal } from './validate.js';
 
 export interface HaproxyPaths {
   readonly config: string;
@@ -188,12 +189,19 @@ export class HaproxyProcess {
   private async spawnAndWait(): Promise<void> {
     for (const sock of [this.paths.masterSocket, this.paths.adminSocket]) rmSync(sock, { force: true });
     const mark = this.seq;
-    const child = spawn(this.bin, ['-W', '-S', `${this.paths.masterSocket},mode,600`, '-f', this.paths.config, '-f', this.paths.secrets], {
-      // Own process group: stop() can reach draining workers, and a Ctrl-C in the terminal goes
-      // to the proxy, which stops HAProxy in order.
-      detached: true,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    let child: ChildProcess;
+    try {
+      child = spawn(this.bin, ['-W', '-S', `${this.paths.masterSocket},mode,600`, '-f', this.paths.config, '-f', this.paths.secrets], {
+        // Own process group: stop() can reach draining workers, and a Ctrl-C in the terminal goes
+        // to the proxy, which stops HAProxy in order.
+        detached: true,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+    } catch (err) {
+      // Node throws some exec failures (EPERM among them) instead of emitting 'error'.
+      const e = err as NodeJS.ErrnoException;
+      throw new HaproxyUnavailableError(execRefusal(this.bin, e) ?? `cannot start HAProxy (${this.bin}): ${e.message}`, err);
+    }
     this.child = child;
     const spawnError = new Promise<never>((_, reject) => child.once('error', reject));
     for (const stream of [child.stdout, child.stderr]) {
@@ -232,6 +240,8 @@ export class HaproxyProcess {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
         throw new HaproxyUnavailableError(`HAProxy binary not found (${this.bin}); run npm run setup or install haproxy`, err);
       }
+      const refusal = execRefusal(this.bin, err as NodeJS.ErrnoException);
+      if (refusal) throw new HaproxyUnavailableError(refusal, err);
       throw err;
     });
     this.serving = child;

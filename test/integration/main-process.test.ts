@@ -91,6 +91,24 @@ describe('the proxy process with no CONSUL_ADDRESS', () => {
     assert.ok(await waitForExit(consulPid, 5000), 'local Consul stopped');
   });
 
+  it('with no CONSUL_ADDRESS and no Consul binary, start-up stops at once naming CONSUL_ADDRESS', async () => {
+    const dir = tempDir();
+    const child = spawn(process.execPath, [path.join(PROJECT_ROOT, 'dist/src/main.js')], {
+      env: { ...process.env, CONSUL_ADDRESS: '', CONSUL_BIN: path.join(dir, 'no-consul-here'), STATE_DIR: dir, PORT: '0', IP: '127.0.0.1', DEFAULT_PORTS: String(await freePort()) },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    track(child.pid);
+    children.push(child);
+    let out = '';
+    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+    assert.equal(await exitCode(child), 1);
+    assert.match(out, /cannot start: CONSUL_ADDRESS: not set, and there is no Consul binary at \S+no-consul-here \(CONSUL_BIN\)/);
+    // A real or a JSON-escaped line break before `at`: a stack trace in either log format.
+    assert.doesNotMatch(out, /(\n|\\n)\s+at /, 'a settings error, not a stack trace');
+    rmSync(dir, { recursive: true, force: true });
+  });
+
   it('a second start reuses the local Consul data; SIGINT stops it too', async () => {
     const { child, consul } = await launch();
     const res = await fetch(`${consul}/v1/catalog/service/books-ms`);
