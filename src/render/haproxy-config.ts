@@ -227,8 +227,6 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
     '    retries 3',
     '    option redispatch',
     `    option ${settings.connectionMode}`,
-    // Without it a reload drops the request a keep-alive client sends on an idle connection.
-    '    option idle-close-on-response',
     `    timeout connect ${t.connect}s`,
     `    timeout client ${t.client}s`,
     `    timeout server ${t.server}s`,
@@ -479,6 +477,9 @@ function renderFrontend(settings: RenderSettings, routes: ReturnType<typeof buil
     'frontend services',
     ...binds.map((l) => bindLine(settings, l, sniShared)),
     '    mode http',
+    // Without it a reload drops the request a keep-alive client sends on an idle connection. Here,
+    // not in defaults: a mode tcp frontend would warn about it on every reload.
+    '    option idle-close-on-response',
     '    option forwardfor',
     '    http-request set-header X-Forwarded-Proto https if { ssl_fc }',
     ...settings.requestLog.captureRequestHeaders.map((h) => `    capture request header ${h.name} len ${h.len}`),
