@@ -120,7 +120,12 @@ export class HaproxyProcess {
       this.log.info(`${how}, which is not running: starting HAProxy`);
       return undefined;
     }
-    const args = commandArgs(pid);
+    // A master re-executing itself for a reload shows an empty command line for a moment.
+    let args = commandArgs(pid);
+    for (let i = 0; args === undefined && i < 20 && !isGone(pid); i++) {
+      await sleep(50);
+      args = commandArgs(pid);
+    }
     if (!loadsConfig(args, this.paths.config)) {
       // A recycled PID: never signal a process that is not ours.
       this.log.warn(`${how}, which is not an HAProxy master of this state directory (${(args ?? []).join(' ').slice(0, 200) || 'unknown'}): leaving it alone and starting HAProxy`);
@@ -145,8 +150,10 @@ export class HaproxyProcess {
     this.stopping = false;
     this.openOutput();
     const master: Master = { pid, child: undefined, exited: false };
+    // Only whether the PID lives: its command line is briefly unreadable while it re-executes for
+    // a reload, and a PID is not reused within one interval.
     master.poll = setInterval(() => {
-      if (!isGone(pid) && loadsConfig(commandArgs(pid), this.paths.config)) return;
+      if (!isGone(pid)) return;
       clearInterval(master.poll);
       master.exited = true;
       this.onExit(master, null, null);

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { ConsulAgent } from '../../src/consul/agent.js';
@@ -9,8 +9,9 @@ import { parseShowProc, socketCommand } from '../../src/haproxy/socket.js';
 import { freePort } from '../../src/util/ports.js';
 import { commandArgs, isGone, killQuietly, waitForExit } from '../../src/util/process.js';
 import { PROJECT_ROOT } from '../../src/util/project.js';
-import { type Backend, eventually, registerLikeRegistrator, startBackend, startConsul, stopConsul, tempDir, track } from '../helpers/harness.js';
+import { type Backend, callApi, deregister, eventually, liveConfig, registerLikeRegistrator, startBackend, startConsul, startProxy, stopConsul, type TestProxy, tempDir, through, track } from '../helpers/harness.js';
 import { type LoadResult, runLoad } from '../helpers/load.js';
+import { hello, makeCert } from '../helpers/tls.js';
 
 /**
  * HAProxy is the data plane and outlives the control plane: a proxy killed, or stopped to be
@@ -322,5 +323,124 @@ describe('restarts of the control plane cost no request', () => {
     second.child.kill('SIGTERM');
     assert.equal(await exited(second), 0);
     assert.ok(await waitForExit(fresh, 5000));
+  });
+});
+
+/**
+ * What the first apply after a takeover does when the master does not serve exactly what the
+ * restore renders: one reload into the restored config, for a reason it names; slot holders stay
+ * where they were. In-process proxies (stop({ keepHaproxy: true }) leaves HAProxy serving).
+ */
+describe('the first apply after a takeover', () => {
+  let consul: ConsulAgent;
+  const backends: Backend[] = [];
+  const ids: string[] = [];
+
+  before(async () => {
+    consul = await startConsul();
+    for (const i of [0, 1]) {
+      const b = await startBackend(`app.${i}`);
+      backends.push(b);
+      ids.push((await registerLikeRegistrator(consul.address, { name: 'app', container: `app.${i}`, exposedPort: 8080, hostPort: b.port })).id);
+    }
+  });
+
+  after(async () => {
+    for (const b of backends) await b.close();
+    await stopConsul(consul);
+  });
+
+  /** A proxy routing app at /app, stopped leaving HAProxy serving; `meanwhile` runs, then the next start. */
+  async function takeover(env: Record<string, string>, meanwhile: (stateDir: string) => Promise<void> | void, next: Record<string, string> = {}): Promise<{ p: TestProxy; master: number; restore: { kind: string; trigger: string; reloadBecause?: string[] } | undefined }> {
+    const stateDir = tempDir();
+    const base = { STATE_DIR: stateDir, DEFAULT_PORTS: String(await freePort()), ...env };
+    const first = await startProxy(consul.address, base);
+    assert.equal((await callApi(first, 'reconfigure', { serviceName: 'app', servicePath: '/app' })).status, 200);
+    const master = first.proxy.haproxy.status().masterPid ?? 0;
+    await first.proxy.stop({ keepHaproxy: true });
+    assert.ok(!isGone(master));
+    await meanwhile(stateDir);
+    const p = await startProxy(consul.address, { ...base, ...next });
+    const applies = (await callApi(p, 'status')).body.Applies as { kind: string; trigger: string; reloadBecause?: string[] }[];
+    const restore = applies.find((a) => /start-up restore/.test(a.trigger));
+    return { p, master, restore };
+  }
+
+  /** The restore reloaded the master taken over, for this reason, and it serves. */
+  async function assertReloaded(t: Awaited<ReturnType<typeof takeover>>, because: RegExp): Promise<void> {
+    assert.equal(t.p.proxy.haproxy.status().masterPid, t.master, 'taken over, and still the same master');
+    assert.equal(t.restore?.kind, 'reload', JSON.stringify(t.restore));
+    assert.match(String(t.restore?.reloadBecause), because);
+    assert.equal((await through(t.p, '/app')).status, 200);
+  }
+
+  it('runtime API changes the files did not show yet: reloaded', async () => {
+    const t = await takeover({}, (dir) => writeFileSync(path.join(dir, 'haproxy-live.pending'), ''));
+    try {
+      await assertReloaded(t, /runtime API changes were under way/);
+    } finally {
+      await t.p.stop();
+    }
+  });
+
+  it('files on disk the master was not confirmed to serve (a reload under way): reloaded, and the files rewritten', async () => {
+    const t = await takeover({}, (dir) => writeFileSync(path.join(dir, 'haproxy.cfg'), `${readFileSync(path.join(dir, 'haproxy.cfg'), 'utf8')}# half-way\n`));
+    try {
+      await assertReloaded(t, /not the ones it was last confirmed to serve/);
+      assert.doesNotMatch(readFileSync(path.join(t.p.stateDir, 'haproxy.cfg'), 'utf8'), /half-way/);
+    } finally {
+      await t.p.stop();
+    }
+  });
+
+  it('other settings: reloaded into them', async () => {
+    const t = await takeover({}, () => undefined, { TIMEOUT_CONNECT: '7' });
+    try {
+      await assertReloaded(t, /the settings changed/);
+      assert.match(await liveConfig(t.p), /timeout connect 7s/);
+    } finally {
+      await t.p.stop();
+    }
+  });
+
+  it('a certificate changed on disk: reloaded, the new one served', async () => {
+    const work = tempDir();
+    const certs = path.join(work, 'certs');
+    mkdirSync(certs);
+    const tlsPort = await freePort();
+    const before = makeCert(work, 'a.example.com');
+    const after = makeCert(work, 'a.example.com');
+    writeFileSync(path.join(certs, 'a.example.com.pem'), before.bundle);
+    const env = { CERTS_DIR: certs, DEFAULT_PORTS: `${await freePort()},${tlsPort}:ssl` };
+    try {
+      const t = await takeover(env, () => writeFileSync(path.join(certs, 'a.example.com.pem'), after.bundle));
+      try {
+        await assertReloaded(t, /certificate files changed/);
+        assert.equal((await hello(tlsPort, 'a.example.com')).fingerprint256, after.fingerprint256);
+      } finally {
+        await t.p.stop();
+      }
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
+
+  it('instances changed meanwhile: reloaded, and the instance that stayed keeps its server slot', async () => {
+    let added: string | undefined;
+    const t = await takeover({}, async () => {
+      // app.0 (slot s1) leaves, app.2 comes: a fresh allocation would put app.1 in s1.
+      await deregister(consul.address, ids[0] ?? '');
+      const b = await startBackend('app.2');
+      backends.push(b);
+      added = (await registerLikeRegistrator(consul.address, { name: 'app', container: 'app.2', exposedPort: 8080, hostPort: b.port })).id;
+    });
+    try {
+      await assertReloaded(t, /the restored services differ/);
+      const config = await liveConfig(t.p);
+      assert.match(config, new RegExp(`server s2 \\S+.*# ${ids[1]}`), config);
+      assert.match(config, new RegExp(`server s1 \\S+.*# ${added}`), config);
+    } finally {
+      await t.p.stop();
+    }
   });
 });
