@@ -229,7 +229,7 @@ export class FlowProxy implements ProxyCore {
       // HAProxy outlives the proxy (SIGKILL, HAPROXY_ON_STOP=keep): take over the one still serving
       // this STATE_DIR, before the certificates of this start are written.
       const running = await haproxy.findRunning();
-      const takenOver = running !== undefined && applier.takeOver(`master ${running}, taken over`);
+      const takenOver = running !== undefined && applier.takeOver(`master ${running} taken over from the previous run`);
       if (running !== undefined && !takenOver) await haproxy.stopLeftover(running, 'the live files it was started from are missing');
       certs.loadLocal(settings.http.certsDir, settings.secretsDir, settings.http.crtListPath);
       if (running !== undefined && takenOver) haproxy.adopt(running);

@@ -109,16 +109,22 @@ export class HaproxyProcess {
    * not answer is stopped, so that a fresh one can start.
    */
   async findRunning(): Promise<number | undefined> {
-    let pid = readPid(this.paths.pidFile);
-    let how = `${this.paths.pidFile} names PID ${pid}`;
-    if (pid === undefined) {
-      pid = (await this.showProcQuickly())?.masterPid;
-      how = `the master socket ${this.paths.masterSocket} answers as PID ${pid}`;
-      if (pid === undefined || pid === 0) return undefined;
+    const fromFile = readPid(this.paths.pidFile);
+    if (fromFile !== undefined) {
+      const found = await this.ours(fromFile, `${this.paths.pidFile} names PID ${fromFile}`);
+      if (found) return fromFile;
     }
+    // No pid file, or it names no master of ours: one may still answer on the master socket.
+    const answered = (await this.showProcQuickly())?.masterPid;
+    if (answered === undefined || answered === 0 || answered === fromFile) return undefined;
+    return (await this.ours(answered, `the master socket answers as PID ${answered}`)) ? answered : undefined;
+  }
+
+  /** Is `pid` a master of this state directory that answers? One that does not is stopped. */
+  private async ours(pid: number, how: string): Promise<boolean> {
     if (pid <= 1 || isGone(pid)) {
-      this.log.info(`${how}, which is not running: starting HAProxy`);
-      return undefined;
+      this.log.info(`${how}, which is not running`);
+      return false;
     }
     // A master re-executing itself for a reload shows an empty command line for a moment.
     let args = commandArgs(pid);
@@ -127,16 +133,16 @@ export class HaproxyProcess {
       args = commandArgs(pid);
     }
     if (!loadsConfig(args, this.paths.config)) {
-      // A recycled PID: never signal a process that is not ours.
-      this.log.warn(`${how}, which is not an HAProxy master of this state directory (${(args ?? []).join(' ').slice(0, 200) || 'unknown'}): leaving it alone and starting HAProxy`);
-      return undefined;
+      // A recycled PID, another directory's HAProxy: never signal a process that is not ours.
+      this.log.warn(`${how}, which is not an HAProxy master of this state directory (${(args ?? []).join(' ').slice(0, 200) || 'unknown'}): leaving it alone`);
+      return false;
     }
     // A master in the middle of a reload refuses connections for a few milliseconds.
     const info = await this.showProc().catch(() => undefined);
-    if (info?.masterPid === pid && info.workers.length > 0) return pid;
-    this.log.warn(`HAProxy master ${pid} of this state directory ${info ? 'has no worker' : 'does not answer on its master socket'}: stopping it and starting HAProxy`);
+    if (info?.masterPid === pid && info.workers.length > 0) return true;
+    this.log.warn(`HAProxy master ${pid} of this state directory ${info ? 'has no worker' : 'does not answer on its master socket'}: stopping it`);
     await this.kill(pid);
-    return undefined;
+    return false;
   }
 
   /** Stops a master found by findRunning() that cannot be taken over. */

@@ -374,6 +374,17 @@ describe('the first apply after a takeover', () => {
     assert.equal((await through(t.p, '/app')).status, 200);
   }
 
+  it('no pid file, but a master of this directory answers on its socket: taken over as it is', async () => {
+    const t = await takeover({}, (dir) => rmSync(path.join(dir, 'haproxy.pid')));
+    try {
+      assert.equal(t.p.proxy.haproxy.status().masterPid, t.master);
+      assert.equal(t.restore?.kind, 'none', JSON.stringify(t.restore));
+      assert.equal(Number(readFileSync(path.join(t.p.stateDir, 'haproxy.pid'), 'utf8')), t.master, 'the pid file is written again');
+    } finally {
+      await t.p.stop();
+    }
+  });
+
   it('runtime API changes the files did not show yet: reloaded', async () => {
     const t = await takeover({}, (dir) => writeFileSync(path.join(dir, 'haproxy-live.pending'), ''));
     try {
