@@ -233,10 +233,12 @@ describe('restarts of the control plane cost no request', () => {
     assert.ok(!isGone(master), 'HAProxy keeps serving');
     // While no proxy runs, an instance comes: the restore differs from what HAProxy serves.
     await addInstance('web', 3);
-    const second = await launch(s); // HAPROXY_ON_STOP unset: stop
+    const second = await launch(s, { LOG_LEVEL: 'debug' }); // HAPROXY_ON_STOP unset: stop
     await sleep(700);
     const st = await status(second);
     assert.equal(st.Haproxy.masterPid, master);
+    // The master taken over is heard again (its output goes through STATE_DIR's named pipe).
+    assert.match(second.output(), new RegExp(`"scope":"dfp:haproxy"[^\\n]*"pid":${master}[^\\n]*Loading success`));
     const restore = st.Applies.find((a) => /start-up restore/.test(a.trigger));
     assert.equal(restore?.kind, 'reload', JSON.stringify(st.Applies));
     assert.match(String(restore?.reloadBecause), /the restored services differ/);
