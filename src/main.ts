@@ -27,17 +27,20 @@ async function main(): Promise<void> {
     return;
   }
   let stopping = false;
-  const stop = (signal: string) => {
+  /** `keepHaproxy`: HAProxy keeps serving for the next start to take over (docs/operations.md, "Restarts and upgrades"). */
+  const stop = (signal: string, keepHaproxy: boolean) => {
     if (stopping) return;
     stopping = true;
-    log.info(`${signal}: stopping HAProxy${proxy.settings.consulAddresses.length === 0 ? ' and the local Consul' : ''}`, { signal });
+    const local = proxy.settings.consulAddresses.length === 0 ? 'the local Consul' : undefined;
+    const what = keepHaproxy ? `stopping${local ? ` ${local}` : ''}; HAProxy keeps serving for the next start to take over` : `stopping HAProxy${local ? ` and ${local}` : ''}`;
+    log.info(`${signal}: ${what}`, { signal, keepHaproxy });
     // A stop that hangs must still leave no process behind: say where it hung, kill by PID, exit 1.
     setTimeout(() => {
-      log.error(`stop did not finish within ${STOP_TIMEOUT_MS / 1000} s (at: ${proxy.stopStep}); killing HAProxy${proxy.settings.consulAddresses.length === 0 ? ' and the local Consul' : ''}`);
-      proxy.killChildren();
+      log.error(`stop did not finish within ${STOP_TIMEOUT_MS / 1000} s (at: ${proxy.stopStep}); killing ${keepHaproxy ? (local ?? 'nothing') : `HAProxy${local ? ` and ${local}` : ''}`}`);
+      proxy.killChildren(keepHaproxy);
       process.exit(1);
     }, STOP_TIMEOUT_MS).unref();
-    proxy.stop().then(
+    proxy.stop({ keepHaproxy }).then(
       () => process.exit(0),
       (err: unknown) => {
         log.error(`stop failed: ${String(err)}`);
@@ -45,8 +48,11 @@ async function main(): Promise<void> {
       },
     );
   };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
+  const keepOnStop = settings.haproxyOnStop === 'keep';
+  process.on('SIGTERM', () => stop('SIGTERM', keepOnStop));
+  process.on('SIGINT', () => stop('SIGINT', keepOnStop));
+  // An upgrade of the control plane, whatever HAPROXY_ON_STOP says: exit, HAProxy serves on.
+  process.on('SIGUSR2', () => stop('SIGUSR2', true));
 }
 
 function fail(log: Logger, err: unknown): void {

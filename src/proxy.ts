@@ -83,6 +83,7 @@ export function statePaths(stateDir: string) {
     masterSocket: path.join(stateDir, 'haproxy-master.sock'),
     adminSocket: path.join(stateDir, 'haproxy-admin.sock'),
     pidFile: path.join(stateDir, 'haproxy.pid'),
+    outputFifo: path.join(stateDir, 'haproxy-output.fifo'),
     consulDir: path.join(stateDir, 'consul'),
     /** Live certificate files (mode 600) and the crt-list the TLS binds load. */
     certsLive: path.join(stateDir, 'certs-live'),
@@ -235,9 +236,14 @@ export class FlowProxy implements ProxyCore {
           timeoutMs: settings.replicaWaitTimeout * 1000,
         },
       });
+      // HAProxy outlives the proxy (SIGKILL, HAPROXY_ON_STOP=keep): take over the one still serving
+      // this STATE_DIR, before the certificates of this start are written.
+      const running = await haproxy.findRunning();
+      const takenOver = running !== undefined && applier.takeOver(`master ${running} taken over from the previous run`);
+      if (running !== undefined && !takenOver) await haproxy.stopLeftover(running, 'the live files it was started from are missing');
       certs.loadLocal(settings.http.certsDir, settings.secretsDir, settings.http.crtListPath);
-      await applier.init(serviceStates(EMPTY_STATE));
-      await haproxy.start();
+      if (running !== undefined && takenOver) haproxy.adopt(running);
+      else await startHaproxy(applier, haproxy, log);
       const source = new ConsulInstanceSource(consul, log.child('discovery'), settings.consulPassingOnly);
       // The watcher feeds the reconciler and follows the services the reconciler applied.
       const watcher = new ConsulWatcher(
@@ -304,7 +310,9 @@ export class FlowProxy implements ProxyCore {
       proxy.joinFleet();
       return proxy;
     } catch (err) {
-      await haproxy?.stop();
+      // A master taken over serves on for the next attempt; one started here goes with this one.
+      if (haproxy?.status().takenOver) haproxy.detach();
+      else await haproxy?.stop();
       await localConsul?.stop();
       throw err;
     }
@@ -446,10 +454,15 @@ export class FlowProxy implements ProxyCore {
   /** The step stop() is at, for the shutdown watchdog's message. */
   stopStep = '';
 
-  async stop(): Promise<void> {
+  /**
+   * `keepHaproxy` (HAPROXY_ON_STOP=keep, SIGUSR2): everything stops but HAProxy, which keeps
+   * serving the last applied config for the next start with this STATE_DIR to take over.
+   */
+  async stop(options: { readonly keepHaproxy?: boolean } = {}): Promise<void> {
+    const keep = options.keepHaproxy ?? this.settings.haproxyOnStop === 'keep';
     this.ready = false;
     this.lifetime.abort();
-    this.log.info('stopping');
+    this.log.info(keep ? 'stopping; HAProxy keeps serving' : 'stopping');
     const steps: [string, () => unknown][] = [
       ['closing the API', () => this.api?.close()],
       ['stopping the fleet follower', () => this.fleet?.stop()],
@@ -460,7 +473,7 @@ export class FlowProxy implements ProxyCore {
       ['finishing the apply in flight', () => this.reconciler.close()],
       ['writing the files of the last scale events', () => this.applier.flush()],
       ['stopping the idle-time GC', () => this.idleGc.stop()],
-      ['stopping HAProxy', () => this.haproxy.stop()],
+      keep ? ['leaving HAProxy serving', () => this.haproxy.detach()] : ['stopping HAProxy', () => this.haproxy.stop()],
       ['closing the Consul connections', () => this.consul.close()],
       ['stopping the local Consul', () => this.localConsul?.stop()],
     ];
@@ -471,9 +484,9 @@ export class FlowProxy implements ProxyCore {
     }
   }
 
-  /** Last resort when stop() does not finish: kill HAProxy and the local Consul by PID. */
-  killChildren(): void {
-    for (const pid of [this.haproxy.status().masterPid, this.localConsul?.pid]) {
+  /** Last resort when stop() does not finish: kill HAProxy (unless kept) and the local Consul by PID. */
+  killChildren(keepHaproxy = this.settings.haproxyOnStop === 'keep'): void {
+    for (const pid of [keepHaproxy ? undefined : this.haproxy.status().masterPid, this.localConsul?.pid]) {
       if (pid === undefined) continue;
       killQuietly(-pid, 'SIGKILL');
       killQuietly(pid, 'SIGKILL');
@@ -847,6 +860,24 @@ export class FlowProxy implements ProxyCore {
 
 /** How long the dashboard waits for HAProxy's stats and for the replica list. */
 const DASHBOARD_READ_MS = 2000;
+
+/**
+ * No HAProxy to take over: start one from the files the last run left when they can be used (the
+ * routes serve before the restore), else from an empty config.
+ */
+async function startHaproxy(applier: ConfigApplier, haproxy: HaproxyProcess, log: Logger): Promise<void> {
+  if (await applier.resumeFromDisk()) {
+    try {
+      await haproxy.start();
+      return;
+    } catch (err) {
+      log.warn(`HAProxy did not start from the files of the last run (${(err as Error).message}); starting it with an empty config`);
+      await haproxy.stop();
+    }
+  }
+  await applier.init(serviceStates(EMPTY_STATE));
+  await haproxy.start();
+}
 
 /** The start-up line about the API's authentication: which kinds, never a credential. */
 function describeApiAuth(auth: Settings['apiAuth']): string {

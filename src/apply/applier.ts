@@ -12,6 +12,7 @@ import { canonicalAllocation, type DeltaPlan, deltaOps, reloadReasons, type Runt
 import { runRuntimeOps } from './runtime.js';
 import { type SlotTable, slotUsage } from '../render/slots.js';
 import { backendName, type Destination, routedSpec, type ServiceSpec } from '../spec/types.js';
+import { certificatesFingerprint, type LiveRecord, LiveState, settingsHash } from './live-state.js';
 
 export type ApplyKind = 'reload' | 'runtime' | 'none';
 
@@ -65,6 +66,24 @@ interface RuntimePlan {
 type Files = { readonly config: string; readonly maps: Readonly<Record<MapName, string>>; readonly secrets: string };
 
 /**
+ * HAProxy serves files of an earlier run: a master taken over, or one started from the files on
+ * disk. Until the first apply, which either keeps it as it is (the restored services render to the
+ * very files it serves) or reloads it into the restored config.
+ */
+interface Inherited {
+  readonly files: Files;
+  readonly record: LiveRecord | undefined;
+  /** HAProxy is known to serve `files` as they are (it was started from them by this run). */
+  readonly servesFiles: boolean;
+  /** Runtime API commands of the earlier run were not in the files yet (live-state.ts). */
+  readonly runtimePending: boolean;
+  /** certificatesFingerprint() when HAProxy was found or started. */
+  readonly certificates: string;
+  /** How HAProxy came to serve them, for the logs and the record. */
+  readonly how: string;
+}
+
+/**
  * Turns desired state into live HAProxy config, the cheapest correct way:
  * - nothing changed in the rendered files: nothing happens;
  * - only slot addresses and map entries changed (scaling, a moved instance, a new route of a
@@ -114,6 +133,11 @@ export class ConfigApplier {
   /** Called when lagging files have been written (the replica report then carries their hash). */
   onMaterialized: () => void = () => undefined;
 
+  /** What HAProxy serves, recorded in STATE_DIR for the next start (live-state.ts). */
+  private readonly liveState: LiveState;
+  private readonly settingsKey: string;
+  private inherited: Inherited | undefined;
+
   constructor(
     private readonly haproxyBin: string,
     private readonly haproxy: HaproxyProcess,
@@ -124,6 +148,8 @@ export class ConfigApplier {
   ) {
     haproxy.onRestartFailure(() => this.restoreLastGood());
     haproxy.onBeforeRestart(() => this.materialize());
+    this.liveState = new LiveState(paths);
+    this.settingsKey = settingsHash(settings);
   }
 
   /**
@@ -184,16 +210,134 @@ export class ConfigApplier {
 
   /** Writes and validates the first config, before HAProxy starts. */
   async init(services: readonly ServiceState[]): Promise<void> {
+    this.inherited = undefined;
     const allocation = this.canonical(services);
     await this.validate(services, allocation, this.paths.candidateDir, false);
     const rendered = this.render(services, allocation);
-    this.writeLive(rendered);
+    this.writeLive(rendered, true);
     this.live = rendered;
     this.tables = rendered.tables;
     this.lastGood = rendered;
     this.allocation = allocation;
     this.applied = byName(services);
+    this.served();
     this.record({ kind: 'reload', trigger: 'start', durationMs: 0 }, rendered);
+  }
+
+  /**
+   * HAProxy left serving by the previous run is taken over: its files stay as they are on disk
+   * until the first apply. Called before anything at start-up writes certificate files. False when
+   * the live files are missing (nothing to restart it from if it died: replace it instead).
+   */
+  takeOver(how: string): boolean {
+    const files = this.liveState.readFiles();
+    if (files === undefined) return false;
+    this.inherit({
+      files,
+      record: this.liveState.readRecord(),
+      servesFiles: false,
+      runtimePending: this.liveState.pendingRuntime(),
+      certificates: certificatesFingerprint(files.config),
+      how,
+    });
+    this.record({ kind: 'none', trigger: `start: ${how}`, durationMs: 0 }, files);
+    return true;
+  }
+
+  /**
+   * No HAProxy is running: start it from the files the last run left, so its routes serve from
+   * the first moment rather than after the restore (Consul KV, the instances). Only files rendered
+   * with the same settings, and that `haproxy -c` accepts; false otherwise (then init()).
+   */
+  async resumeFromDisk(): Promise<boolean> {
+    const files = this.liveState.readFiles();
+    const record = this.liveState.readRecord();
+    if (files === undefined || record === undefined) return false;
+    if (record.settings !== this.settingsKey) {
+      this.log.info('the settings changed since the last run: HAProxy starts with an empty config until the restore');
+      return false;
+    }
+    try {
+      this.validations++;
+      await validateConfig(this.haproxyBin, [this.paths.config, this.paths.secrets]);
+    } catch (err) {
+      this.log.warn(`the files of the last run do not pass haproxy -c (${(err as Error).message}): HAProxy starts with an empty config until the restore`);
+      return false;
+    }
+    this.inherit({ files, record, servesFiles: true, runtimePending: false, certificates: certificatesFingerprint(files.config), how: 'started from the files of the last run' });
+    this.record({ kind: 'reload', trigger: 'start from the files of the last run', durationMs: 0 }, files);
+    return true;
+  }
+
+  private inherit(inherited: Inherited): void {
+    this.inherited = inherited;
+    this.written = inherited.files;
+    this.lastGood = inherited.files;
+  }
+
+  /**
+   * The first apply after HAProxy was inherited. If the restored services, rendered with the
+   * allocation of the files HAProxy serves, give those very files, HAProxy is kept as it is: no
+   * reload, the same worker, its slots as they are. Otherwise one reload (seamless: the master
+   * hands its listeners to the new worker) into the restored config, slot holders kept.
+   */
+  private async firstApplyOnInherited(inherited: Inherited, services: readonly ServiceState[], trigger: string, started: number, force: boolean): Promise<ApplyRecord> {
+    this.inherited = undefined;
+    const record = inherited.record;
+    let why = force ? 'forced' : this.whyNotAsIs(inherited);
+    if (why === undefined && record !== undefined) {
+      const rendered = this.render(services, record.allocation);
+      if (hashOf(rendered) === hashOf(inherited.files)) {
+        this.live = rendered;
+        this.tables = rendered.tables;
+        this.lastGood = rendered;
+        this.allocation = record.allocation;
+        this.applied = byName(services);
+        this.mustReload = undefined;
+        this.served();
+        this.log.info(`HAProxy ${inherited.how} already serves the restored config: kept as it is, no reload`);
+        return this.record({ kind: 'none', trigger: `${trigger} (HAProxy ${inherited.how} serves it already)`, durationMs: performance.now() - started }, rendered);
+      }
+      why = 'the restored services differ from the files it serves';
+    }
+    // Slot holders stay where they are in the files HAProxy serves (sticky cookies name slots).
+    this.allocation = record?.allocation;
+    const because = `HAProxy ${inherited.how}: ${why ?? 'no record of what it serves'}`;
+    this.log.info(`${because}; reloading it into the restored config`);
+    return this.reload(services, trigger, started, force, undefined, [because]);
+  }
+
+  /** Why the inherited HAProxy cannot be assumed to serve its files as recorded, if it cannot. */
+  private whyNotAsIs(inherited: Inherited): string | undefined {
+    const record = inherited.record;
+    if (record === undefined) return `no record of what it serves (${path.basename(this.paths.stateDir)}/haproxy-live.json)`;
+    if (record.settings !== this.settingsKey) return 'the settings changed';
+    if (!inherited.servesFiles && record.hash !== hashOf(inherited.files)) return 'the files on disk are not the ones it was last confirmed to serve (a reload was under way)';
+    if (!inherited.servesFiles && inherited.runtimePending) return 'runtime API changes were under way';
+    if (certificatesFingerprint(inherited.files.config) !== inherited.certificates) return 'certificate files changed';
+    return undefined;
+  }
+
+  /**
+   * Records that the files on disk are what HAProxy serves (live-state.ts), when they are: no
+   * runtime commands ahead of them, no reload owed.
+   */
+  private served(): void {
+    if (this.live === undefined || this.allocation === undefined || this.lagging !== undefined || this.mustReload !== undefined) return;
+    try {
+      this.liveState.markServed(hashOf(this.live), this.settingsKey, this.allocation);
+    } catch (err) {
+      this.log.warn(`recording what HAProxy serves failed: ${(err as Error).message}; the next start reloads HAProxy once`);
+    }
+  }
+
+  /** Runtime commands are about to go out ahead of the files. */
+  private runtimeAhead(): void {
+    try {
+      this.liveState.markRuntimePending();
+    } catch (err) {
+      this.log.warn(`marking runtime changes in flight failed: ${(err as Error).message}`);
+    }
   }
 
   liveConfig(): string | undefined {
@@ -236,6 +380,7 @@ export class ConfigApplier {
     this.tables = rendered.tables;
     this.lagging = undefined;
     this.lastPlan = undefined;
+    this.served();
     const hash = hashOf(rendered);
     for (const r of this.history) if (r.hash === '') (r as { hash: string }).hash = hash;
     this.onMaterialized();
@@ -324,6 +469,7 @@ export class ConfigApplier {
 
   private async applyNow(services: readonly ServiceState[], trigger: string, force: boolean): Promise<ApplyRecord> {
     const started = performance.now();
+    if (this.inherited) return this.firstApplyOnInherited(this.inherited, services, trigger, started, force);
     let fallback: string | undefined = force ? undefined : this.mustReload;
     let reasons: readonly string[] | undefined;
     if (!force && fallback === undefined) {
@@ -337,6 +483,7 @@ export class ConfigApplier {
       if (quick !== undefined) {
         try {
           await this.haproxy.whenUp();
+          this.runtimeAhead();
           await runRuntimeOps(this.haproxy, quick.ops, this.mapFiles());
           // The frontend stays as rendered: its lookups are kept through to the next render.
           this.allocation = quick.allocation === this.allocation ? quick.allocation : { ...quick.allocation, lookups: this.live?.lookups ?? [] };
@@ -364,12 +511,14 @@ export class ConfigApplier {
       if (plan) {
         try {
           await this.haproxy.whenUp();
+          this.runtimeAhead();
           await runRuntimeOps(this.haproxy, plan.ops, this.mapFiles());
           this.writeLive(plan.rendered);
           this.live = plan.rendered;
           this.tables = plan.rendered.tables;
           this.allocation = plan.allocation;
           this.applied = byName(services);
+          this.served();
           // Logged by the reconciler, with where its changes came from.
           return this.record({ kind: 'runtime', trigger, durationMs: performance.now() - started, commands: plan.ops.length }, plan.rendered);
         } catch (err) {
@@ -437,12 +586,15 @@ export class ConfigApplier {
       this.onReloadFailure('check');
       throw err;
     }
-    const previous = this.live;
+    // After a takeover nothing is live in memory yet: the files HAProxy was found serving are.
+    const previous = this.live ?? this.lastGood;
     this.writeLive(rendered);
     try {
       await this.haproxy.reload(reloadTimeout(rendered.config));
     } catch (err) {
       if (previous) this.writeLive(previous);
+      // The old worker serves on, from the files just put back.
+      this.served();
       this.onReloadFailure('reload');
       this.log.error(`reload failed, previous config restored: ${(err as Error).message}`, { trigger });
       throw err;
@@ -453,6 +605,7 @@ export class ConfigApplier {
     this.allocation = allocation;
     this.applied = byName(services);
     this.mustReload = undefined;
+    this.served();
     return this.record(
       { kind: 'reload', trigger, durationMs: performance.now() - started, ...(fallback ? { fallback } : {}), ...(reasons && reasons.length > 0 ? { reloadBecause: reasons } : {}) },
       rendered,

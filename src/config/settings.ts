@@ -35,6 +35,11 @@ export interface Settings {
   readonly timeouts: Readonly<Timeouts>;
   readonly connectionMode: ConnectionMode;
   readonly haproxyBin: string;
+  /**
+   * HAPROXY_ON_STOP: what SIGTERM/SIGINT of the proxy do to HAProxy. `stop` (default): it stops
+   * with the proxy. `keep`: it keeps serving, and the next start with this STATE_DIR takes it over.
+   */
+  readonly haproxyOnStop: 'stop' | 'keep';
   readonly consulBin: string;
   readonly maxconn: number;
   /** How old HAProxy workers drain after a reload (render/haproxy-config.ts `global`). */
@@ -372,6 +377,7 @@ export function loadSettings(env: Env = process.env): Settings {
       crtListPath: filePath(env, 'CRT_LIST_PATH'),
     },
     haproxyBin: lookup(env, 'HAPROXY_BIN') ?? 'haproxy',
+    haproxyOnStop: oneOf(env, 'HAPROXY_ON_STOP', ['stop', 'keep'] as const, 'stop'),
     consulBin: lookup(env, 'CONSUL_BIN') ?? path.join(PROJECT_ROOT, '.tools/bin/consul'),
     maxconn: int(env, 'MAXCONN', 4000, 1, 1_000_000),
     drain: {

@@ -1,10 +1,11 @@
-import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { type ChildProcess, spawn, type StdioOptions } from 'node:child_process';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { HaproxyUnavailableError, ReloadFailedError } from '../errors.js';
 import type { Logger } from '../util/log.js';
-import { commandLine, isAlive, killQuietly, waitForExit } from '../util/process.js';
+import { commandArgs, isGone, killQuietly, waitForExit } from '../util/process.js';
 import { classifyHaproxyLine } from './output.js';
+import { closeQuietly, lineSplitter, OutputChannel } from './output-channel.js';
 import { type ProcInfo, parseShowProc, socketCommand } from './socket.js';
 import { execRefusal } from './validate.js';
 
@@ -14,8 +15,10 @@ export interface HaproxyPaths {
   readonly secrets: string;
   readonly masterSocket: string;
   readonly adminSocket: string;
-  /** Where we record the master PID, to clean up after a proxy that died without stopping it. */
+  /** The master's PID, for the next start to find it (take it over, or leave a stranger alone). */
   readonly pidFile: string;
+  /** The named pipe HAProxy's stdout and stderr go to (output-channel.ts). */
+  readonly outputFifo: string;
 }
 
 export interface HaproxyStatus {
@@ -23,6 +26,28 @@ export interface HaproxyStatus {
   readonly masterPid: number | undefined;
   /** Times the supervisor had to start HAProxy again after it died. */
   readonly restarts: number;
+  /** The master was left serving by a previous run and taken over (not this process's child). */
+  readonly takenOver: boolean;
+}
+
+/**
+ * The master under supervision: our child, or one a previous run left serving and this run took
+ * over. A master taken over is not our child, so its exit is noticed by polling its PID.
+ */
+interface Master {
+  readonly pid: number;
+  readonly child: ChildProcess | undefined;
+  exited: boolean;
+  poll?: NodeJS.Timeout;
+}
+
+/** How often a master taken over is checked for life (its death is noticed at most this late). */
+const POLL_MS = 200;
+
+/** Is this the argument list of an HAProxy master loading this config (`-W`, `-f <config>`)? */
+export function loadsConfig(args: readonly string[] | undefined, config: string): boolean {
+  if (args === undefined) return false;
+  return args.some((a, i) => a === '-f' && args[i + 1] === config) && args.includes('-W');
 }
 
 const MAX_OUTPUT_LINES = 400;
@@ -30,18 +55,21 @@ const MAX_OUTPUT_LINES = 400;
 /**
  * Owns the HAProxy master (master-worker mode, `-W -S`): starts it, reloads it through the master
  * CLI and confirms each reload, and starts it again with the live (last good) config if it dies.
- * Exactly one master per state directory: a master left behind by a proxy that was killed is
- * found through the pid file and stopped first.
+ * Exactly one master per state directory. HAProxy is the data plane and outlives this process when
+ * it is killed (or stopped with HAPROXY_ON_STOP=keep): the next start finds that master through
+ * the pid file, makes sure it is ours (its command line loads this directory's config and it
+ * answers on this directory's master socket as that PID) and takes it over instead of replacing it.
  */
 export class HaproxyProcess {
-  private child: ChildProcess | undefined;
-  /** The child that reached "serving"; only its death triggers a restart. */
-  private serving: ChildProcess | undefined;
+  private master: Master | undefined;
+  /** The master that reached "serving"; only its death triggers a restart. */
+  private serving: Master | undefined;
   private stopping = false;
   private restarts = 0;
   private up: Promise<void> | undefined;
   private readonly output: { seq: number; line: string }[] = [];
   private seq = 0;
+  private readonly channel: OutputChannel;
 
   /** Called each time the supervisor starts HAProxy again after it died (metrics). */
   onRestart: () => void = () => undefined;
@@ -53,7 +81,9 @@ export class HaproxyProcess {
     private readonly bin: string,
     private readonly paths: HaproxyPaths,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.channel = new OutputChannel(paths.outputFifo, lineSplitter((line) => this.record(line)));
+  }
 
   /** Called before HAProxy is started again after it died: the files on disk must be current by then. */
   private beforeRestart: (() => void) | undefined;
@@ -67,14 +97,86 @@ export class HaproxyProcess {
   }
 
   status(): HaproxyStatus {
-    const serving = this.serving !== undefined && this.serving === this.child && this.serving.exitCode === null;
-    return { running: serving, masterPid: this.child?.pid, restarts: this.restarts };
+    const m = this.master;
+    const serving = m !== undefined && this.serving === m && !m.exited;
+    return { running: serving, masterPid: m?.pid, restarts: this.restarts, takenOver: m !== undefined && m.child === undefined };
+  }
+
+  /**
+   * The master a previous run left serving this state directory, if there is one and it is ours:
+   * the PID in the pid file (or, without one, the PID the master socket gives) runs HAProxy in
+   * master-worker mode with this directory's config, and the master socket answers as that PID
+   * with a worker. A PID now used by another process is left alone. A master of ours that does
+   * not answer is stopped, so that a fresh one can start.
+   */
+  async findRunning(): Promise<number | undefined> {
+    const fromFile = readPid(this.paths.pidFile);
+    if (fromFile !== undefined) {
+      const found = await this.ours(fromFile, `${this.paths.pidFile} names PID ${fromFile}`);
+      if (found) return fromFile;
+    }
+    // No pid file, or it names no master of ours: one may still answer on the master socket.
+    const answered = (await this.showProcQuickly())?.masterPid;
+    if (answered === undefined || answered === 0 || answered === fromFile) return undefined;
+    return (await this.ours(answered, `the master socket answers as PID ${answered}`)) ? answered : undefined;
+  }
+
+  /** Is `pid` a master of this state directory that answers? One that does not is stopped. */
+  private async ours(pid: number, how: string): Promise<boolean> {
+    if (pid <= 1 || isGone(pid)) {
+      this.log.info(`${how}, which is not running`);
+      return false;
+    }
+    // A master re-executing itself for a reload shows an empty command line for a moment.
+    let args = commandArgs(pid);
+    for (let i = 0; args === undefined && i < 20 && !isGone(pid); i++) {
+      await sleep(50);
+      args = commandArgs(pid);
+    }
+    if (!loadsConfig(args, this.paths.config)) {
+      // A recycled PID, another directory's HAProxy: never signal a process that is not ours.
+      this.log.warn(`${how}, which is not an HAProxy master of this state directory (${(args ?? []).join(' ').slice(0, 200) || 'unknown'}): leaving it alone`);
+      return false;
+    }
+    // A master in the middle of a reload refuses connections for a few milliseconds.
+    const info = await this.showProc().catch(() => undefined);
+    if (info?.masterPid === pid && info.workers.length > 0) return true;
+    this.log.warn(`HAProxy master ${pid} of this state directory ${info ? 'has no worker' : 'does not answer on its master socket'}: stopping it`);
+    await this.kill(pid);
+    return false;
+  }
+
+  /** Stops a master found by findRunning() that cannot be taken over. */
+  async stopLeftover(pid: number, why: string): Promise<void> {
+    this.log.warn(`stopping HAProxy master ${pid} left by the previous run: ${why}`);
+    await this.kill(pid);
+  }
+
+  /** Supervises a master found by findRunning(): it keeps serving as it is. */
+  adopt(pid: number): void {
+    this.stopping = false;
+    this.openOutput();
+    const master: Master = { pid, child: undefined, exited: false };
+    // Only whether the PID lives: its command line is briefly unreadable while it re-executes for
+    // a reload, and a PID is not reused within one interval.
+    master.poll = setInterval(() => {
+      if (!isGone(pid)) return;
+      clearInterval(master.poll);
+      master.exited = true;
+      this.onExit(master, null, null);
+    }, POLL_MS);
+    master.poll.unref();
+    this.master = master;
+    this.serving = master;
+    this.up = Promise.resolve();
+    writeFileSync(this.paths.pidFile, `${pid}\n`);
+    this.log.info(`took over HAProxy master ${pid}, left serving by the previous run`, { masterPid: pid });
   }
 
   /** Starts HAProxy with the config file as it is on disk. Resolves once a worker serves. */
   async start(): Promise<void> {
     this.stopping = false;
-    this.killLeftover();
+    this.openOutput();
     this.up = this.spawnAndWait();
     await this.up;
   }
@@ -117,7 +219,7 @@ export class HaproxyProcess {
    */
   async reload(timeoutMs: number): Promise<void> {
     await this.whenUp();
-    const child = this.child;
+    const master = this.master;
     const before = await this.showProc().catch((err: unknown) => {
       throw new HaproxyUnavailableError(`the HAProxy master does not answer on its socket: ${(err as Error).message}`, err);
     });
@@ -130,7 +232,7 @@ export class HaproxyProcess {
     }
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
-      if (this.child !== child || child?.exitCode !== null) {
+      if (this.master !== master || master === undefined || master.exited) {
         throw new ReloadFailedError(`HAProxy exited during the reload: ${this.outputSince(mark) || 'no output'}`);
       }
       let info: ProcInfo;
@@ -151,19 +253,39 @@ export class HaproxyProcess {
 
   async stop(): Promise<void> {
     this.stopping = true;
-    const child = this.child;
-    this.child = undefined;
-    if (child?.pid !== undefined && child.exitCode === null) {
-      const pid = child.pid;
-      const info = await this.showProcQuickly();
-      // SIGTERM to the master stops its workers; the whole group is killed if it lingers.
-      killQuietly(pid, 'SIGTERM');
-      if (!(await waitForExit(pid, 5000))) killQuietly(-pid, 'SIGKILL');
-      await waitForExit(pid, 2000);
-      killQuietly(-pid, 'SIGKILL'); // any worker still draining
-      for (const worker of [...(info?.workers ?? []), ...(info?.oldWorkers ?? [])]) await waitForExit(worker, 2000);
-    }
+    const master = this.release();
+    if (master !== undefined && !master.exited) await this.kill(master.pid);
     rmSync(this.paths.pidFile, { force: true });
+    this.channel.close();
+  }
+
+  /**
+   * Stops supervising and leaves HAProxy serving as it is, for the next start with this state
+   * directory to take over (HAPROXY_ON_STOP=keep, SIGUSR2). The pid file stays.
+   */
+  detach(): void {
+    this.stopping = true;
+    const master = this.release();
+    master?.child?.unref();
+    this.channel.close();
+    if (master !== undefined && !master.exited) this.log.info(`leaving HAProxy master ${master.pid} serving, for the next start to take over`, { masterPid: master.pid });
+  }
+
+  private release(): Master | undefined {
+    const master = this.master;
+    this.master = undefined;
+    clearInterval(master?.poll);
+    return master;
+  }
+
+  /** SIGTERM to the master stops its workers; the whole group is killed if it lingers. */
+  private async kill(pid: number): Promise<void> {
+    const info = await this.showProcQuickly();
+    killQuietly(pid, 'SIGTERM');
+    if (!(await waitForExit(pid, 5000))) killQuietly(-pid, 'SIGKILL');
+    await waitForExit(pid, 2000);
+    killQuietly(-pid, 'SIGKILL'); // any worker still draining
+    for (const worker of [...(info?.workers ?? []), ...(info?.oldWorkers ?? [])]) await waitForExit(worker, 2000);
   }
 
   /** Recent HAProxy output lines after sequence `mark`, ALERTs and WARNINGs first. */
@@ -175,45 +297,43 @@ export class HaproxyProcess {
       .join('\n');
   }
 
-  private killLeftover(): void {
-    if (!existsSync(this.paths.pidFile)) return;
-    const pid = Number(readFileSync(this.paths.pidFile, 'utf8').trim());
-    if (Number.isInteger(pid) && pid > 1 && isAlive(pid) && (commandLine(pid) ?? '').includes(this.paths.config)) {
-      this.log.warn(`stopping HAProxy master ${pid} left behind by a previous run`);
-      killQuietly(-pid, 'SIGKILL');
-      killQuietly(pid, 'SIGKILL');
+  private openOutput(): void {
+    if (!this.channel.isOpen && !this.channel.open()) {
+      this.log.warn(`cannot create the named pipe ${this.paths.outputFifo}: HAProxy's output goes to pipes of this process, and a master taken over by the next start is not heard`);
     }
-    rmSync(this.paths.pidFile, { force: true });
   }
 
   private async spawnAndWait(): Promise<void> {
     for (const sock of [this.paths.masterSocket, this.paths.adminSocket]) rmSync(sock, { force: true });
     const mark = this.seq;
+    const writer = this.channel.isOpen ? this.channel.writer() : undefined;
+    const stdio: StdioOptions = writer === undefined ? ['ignore', 'pipe', 'pipe'] : ['ignore', writer, writer];
     let child: ChildProcess;
     try {
       child = spawn(this.bin, ['-W', '-S', `${this.paths.masterSocket},mode,600`, '-f', this.paths.config, '-f', this.paths.secrets], {
         // Own process group: stop() can reach draining workers, and a Ctrl-C in the terminal goes
-        // to the proxy, which stops HAProxy in order.
+        // to the proxy, which stops HAProxy in order (or leaves it serving, HAPROXY_ON_STOP).
         detached: true,
-        stdio: ['ignore', 'pipe', 'pipe'],
+        stdio,
       });
     } catch (err) {
       // Node throws some exec failures (EPERM among them) instead of emitting 'error'.
       const e = err as NodeJS.ErrnoException;
       throw new HaproxyUnavailableError(execRefusal(this.bin, e) ?? `cannot start HAProxy (${this.bin}): ${e.message}`, err);
+    } finally {
+      if (writer !== undefined) closeQuietly(writer);
     }
-    this.child = child;
+    const master: Master = { pid: child.pid ?? 0, child, exited: false };
+    this.master = master;
     const spawnError = new Promise<never>((_, reject) => child.once('error', reject));
     for (const stream of [child.stdout, child.stderr]) {
-      let partial = '';
       stream?.setEncoding('utf8');
-      stream?.on('data', (chunk: string) => {
-        const lines = (partial + chunk).split('\n');
-        partial = lines.pop() ?? '';
-        for (const line of lines) this.record(line);
-      });
+      stream?.on('data', lineSplitter((line) => this.record(line)));
     }
-    child.once('exit', (code, signal) => this.onExit(child, code, signal));
+    child.once('exit', (code, signal) => {
+      master.exited = true;
+      this.onExit(master, code, signal);
+    });
     if (child.pid !== undefined) writeFileSync(this.paths.pidFile, `${child.pid}\n`);
     const deadline = Date.now() + 30_000;
     const exited = new Promise<never>((_, reject) =>
@@ -244,7 +364,7 @@ export class HaproxyProcess {
       if (refusal) throw new HaproxyUnavailableError(refusal, err);
       throw err;
     });
-    this.serving = child;
+    this.serving = master;
     this.log.info(`HAProxy master ${child.pid} is serving`, { masterPid: child.pid });
   }
 
@@ -257,11 +377,12 @@ export class HaproxyProcess {
     this.log[c.level](c.text, c.haproxyLevel === undefined ? undefined : { haproxyLevel: c.haproxyLevel, pid: c.pid });
   }
 
-  private onExit(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
-    if (this.stopping || this.serving !== child) return;
+  private onExit(master: Master, code: number | null, signal: NodeJS.Signals | null): void {
+    if (this.stopping || this.serving !== master) return;
     this.serving = undefined;
-    this.log.error(`HAProxy master ${child.pid} exited (code ${code}, signal ${signal}); starting it again with the last good config`);
-    killQuietly(-(child.pid ?? 0), 'SIGKILL'); // workers of the dead master
+    const how = master.child === undefined ? 'taken over from the previous run is gone' : `exited (code ${code}, signal ${signal})`;
+    this.log.error(`HAProxy master ${master.pid} ${how}; starting it again with the last good config`);
+    killQuietly(-master.pid, 'SIGKILL'); // workers of the dead master
     this.restarts++;
     this.onRestart();
     try {
@@ -291,5 +412,14 @@ export class HaproxyProcess {
       }
     }
     throw new HaproxyUnavailableError('HAProxy is stopping');
+  }
+}
+
+function readPid(file: string): number | undefined {
+  try {
+    const pid = Number(readFileSync(file, 'utf8').trim());
+    return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+  } catch {
+    return undefined;
   }
 }

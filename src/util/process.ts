@@ -19,6 +19,16 @@ export function commandLine(pid: number): string | undefined {
   }
 }
 
+/** The arguments of a live process (argv[0] first), or undefined. Linux only (/proc). */
+export function commandArgs(pid: number): string[] | undefined {
+  try {
+    const raw = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    return raw === '' ? undefined : raw.replace(/\0$/, '').split('\0');
+  } catch {
+    return undefined;
+  }
+}
+
 export function killQuietly(pid: number, signal: NodeJS.Signals): void {
   try {
     process.kill(pid, signal);

@@ -7,13 +7,15 @@ export interface LoadResult {
 }
 
 /**
- * A bounded load on loopback: `workers` sequential clients for `durationMs`, keep-alive or
- * `Connection: close`. Every non-200 answer and every socket error counts as failed.
+ * A bounded load on loopback: `workers` sequential clients for `durationMs` (or until `stop` is
+ * aborted, if sooner), keep-alive or `Connection: close`. Every non-200 answer and every socket
+ * error counts as failed.
  */
-export async function runLoad(url: string, opts: { workers: number; durationMs: number; keepAlive: boolean }): Promise<LoadResult> {
+export async function runLoad(url: string, opts: { workers: number; durationMs: number; keepAlive: boolean; stop?: AbortSignal }): Promise<LoadResult> {
   const agent = new http.Agent({ keepAlive: opts.keepAlive, maxSockets: opts.workers });
   const result: LoadResult = { ok: 0, failed: 0, errors: [] };
-  const deadline = Date.now() + opts.durationMs;
+  const end = Date.now() + opts.durationMs;
+  const running = () => Date.now() < end && opts.stop?.aborted !== true;
   const one = () =>
     new Promise<void>((resolve) => {
       const req = http.get(url, { agent, headers: opts.keepAlive ? {} : { Connection: 'close' } }, (res) => {
@@ -35,7 +37,7 @@ export async function runLoad(url: string, opts: { workers: number; durationMs: 
     });
   await Promise.all(
     Array.from({ length: opts.workers }, async () => {
-      while (Date.now() < deadline) await one();
+      while (running()) await one();
     }),
   );
   agent.destroy();

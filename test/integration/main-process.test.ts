@@ -125,7 +125,7 @@ describe('the proxy process with no CONSUL_ADDRESS', () => {
     assert.ok(await waitForExit(consulPid, 5000));
   });
 
-  it('after a SIGKILL of the proxy, the next start stops the HAProxy and Consul it left behind and restores the routes', async () => {
+  it('after a SIGKILL of the proxy, the next start takes over the HAProxy it left serving, replaces the local Consul and restores the routes', async () => {
     const first = await launch();
     // Every parameter must survive the kill, not just the route.
     const q = 'serviceName=books-ms&aclName=00-books&skipCheck=true&servicePath.1=/api/v1/books&servicePath.2=/books/health&pathType.2=path&port.2=8081';
@@ -138,7 +138,8 @@ describe('the proxy process with no CONSUL_ADDRESS', () => {
     track(left.haproxy);
     track(left.consul);
     const second = await launch();
-    assert.ok(await waitForExit(left.haproxy, 5000), 'the orphaned HAProxy master was stopped');
+    assert.equal(pids().haproxy, left.haproxy, 'the HAProxy master left serving was taken over, not replaced');
+    assert.ok(isAlive(left.haproxy));
     assert.ok(await waitForExit(left.consul, 5000), 'the orphaned Consul was stopped');
     assert.equal(/CONSUL_ADDRESS=(\S+)/.exec(second.output())?.[1], first.consul, 'the local Consul keeps its address');
     assert.equal((await fetch(`http://127.0.0.1:${apiPort}/v1/docker-flow-proxy/ping`)).status, 200);
@@ -147,6 +148,7 @@ describe('the proxy process with no CONSUL_ADDRESS', () => {
     assert.equal(((await hit.json()) as { instance: string }).instance, 'books-ms.0', 'kill -9 and restart: the routes are back');
     assert.equal(await (await fetch(`http://127.0.0.1:${apiPort}/v1/docker-flow-proxy/config?type=json`)).text(), modelBefore, 'with every parameter');
     const now = pids();
+    assert.equal(now.haproxy, left.haproxy);
     second.child.kill('SIGTERM');
     assert.ok(await waitForExit(second.child.pid ?? 0, 20_000));
     assert.ok(await waitForExit(now.haproxy, 5000));
