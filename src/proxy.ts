@@ -27,7 +27,7 @@ import { ConsulAgent } from './consul/agent.js';
 import { ConsulClient } from './consul/client.js';
 import { type AccessReport, checkConsulAccess } from './consul/access-check.js';
 import { ConsulInstanceSource, knownToConsul } from './consul/instances.js';
-import { checkDnsHost } from './spec/fields.js';
+import { checkModes } from './spec/modes.js';
 import { ConsulWatcher } from './consul/watcher.js';
 import type { InstanceSource } from './discovery/types.js';
 import { HaproxyProcess } from './haproxy/process.js';
@@ -503,9 +503,11 @@ export class FlowProxy implements ProxyCore {
     if (!spec.destinations.every((d) => d.port !== undefined || d.outboundHostname !== undefined)) return false;
     if (spec.destinations.every((d) => d.outboundHostname !== undefined)) return false;
     try {
-      checkDnsHost('serviceName', consulServiceName(spec));
+      // The spec as it would be stored must be one every replica accepts (no sticky sessions with
+      // DNS targets, a name a resolver can answer): else Consul it stays, with its warning.
+      checkModes({ ...spec, discoveryType: 'dns' }, (field) => field);
     } catch {
-      return false; // not a name a resolver could answer: Consul it stays, with its warning
+      return false;
     }
     return !(await knownToConsul(this.consul, consulServiceName(spec)));
   }

@@ -188,6 +188,8 @@ export class ConfigApplier {
 
   /** Takes effect with the next apply (the TLS binds appear or go). */
   setCrtList(file: string | undefined): void {
+    // Files lagging behind scale events are written with the list they were planned under.
+    this.materialize();
     this.crtList = file;
     this.applied = undefined;
     this.lastPlan = undefined;
@@ -329,6 +331,16 @@ export class ConfigApplier {
     } catch (err) {
       this.log.warn(`recording what HAProxy serves failed: ${(err as Error).message}; the next start reloads HAProxy once`);
     }
+  }
+
+  /**
+   * Sends runtime commands. A HAProxy that restarted meanwhile (from the files, which do not hold
+   * these commands yet) may have missed some: that is a failure, and the caller reloads.
+   */
+  private async runOps(ops: readonly RuntimeOp[]): Promise<void> {
+    const restarts = this.haproxy.status().restarts;
+    await runRuntimeOps(this.haproxy, ops, this.mapFiles());
+    if (this.haproxy.status().restarts !== restarts) throw new Error('HAProxy restarted while the commands went out');
   }
 
   /** Runtime commands are about to go out ahead of the files. */
@@ -484,7 +496,7 @@ export class ConfigApplier {
         try {
           await this.haproxy.whenUp();
           this.runtimeAhead();
-          await runRuntimeOps(this.haproxy, quick.ops, this.mapFiles());
+          await this.runOps(quick.ops);
           // The frontend stays as rendered: its lookups are kept through to the next render.
           this.allocation = quick.allocation === this.allocation ? quick.allocation : { ...quick.allocation, lookups: this.live?.lookups ?? [] };
           this.applied = quick.byName;
@@ -507,12 +519,16 @@ export class ConfigApplier {
       if (!('ops' in runtime)) reasons = runtime.reasons;
       // No command and the same files: nothing to do. No command but other files (an instance
       // replaced by another on the same address: only the slot's comment changes) still writes them.
-      if (plan && plan.ops.length === 0 && this.live && hashOf(plan.rendered) === hashOf(this.live)) return this.unchanged(trigger);
+      if (plan && plan.ops.length === 0 && this.live && hashOf(plan.rendered) === hashOf(this.live)) {
+        // The same files from other objects (a reconfigure that repeats a spec): the next scale event is planned against these.
+        this.applied = byName(services);
+        return this.unchanged(trigger);
+      }
       if (plan) {
         try {
           await this.haproxy.whenUp();
           this.runtimeAhead();
-          await runRuntimeOps(this.haproxy, plan.ops, this.mapFiles());
+          await this.runOps(plan.ops);
           this.writeLive(plan.rendered);
           this.live = plan.rendered;
           this.tables = plan.rendered.tables;
@@ -579,7 +595,10 @@ export class ConfigApplier {
     this.materialize();
     const allocation = this.canonical(services);
     const rendered = this.render(services, allocation);
-    if (!force && fallback === undefined && this.live !== undefined && hashOf(rendered) === hashOf(this.live)) return this.unchanged(trigger);
+    if (!force && fallback === undefined && this.live !== undefined && hashOf(rendered) === hashOf(this.live)) {
+      this.applied = byName(services);
+      return this.unchanged(trigger);
+    }
     try {
       await this.validate(services, allocation, this.paths.candidateDir, !force);
     } catch (err) {
@@ -595,6 +614,9 @@ export class ConfigApplier {
       if (previous) this.writeLive(previous);
       // The old worker serves on, from the files just put back.
       this.served();
+      // Unless a new worker came up after all, late: the next apply reloads rather than trust the
+      // allocation and route tables of the files put back.
+      this.mustReload = `the last reload failed: ${(err as Error).message}`;
       this.onReloadFailure('reload');
       this.log.error(`reload failed, previous config restored: ${(err as Error).message}`, { trigger });
       throw err;

@@ -138,6 +138,14 @@ describe('DISCOVERY=dns', () => {
     assert.equal((await through(proxy, '/later')).status, 503);
   });
 
+  it('sticky sessions cannot go to a DNS name: such a service stays on Consul, and is stored as every replica accepts it', async () => {
+    const res = await callApi(proxy, 'reconfigure', { serviceName: 'sticky', servicePath: '/sticky', port: '80', sessionType: 'sticky-server' });
+    assert.equal(res.status, 200, res.text);
+    assert.match(String(res.body.Message), /no healthy instance of sticky/);
+    const json = (await callApi(proxy, 'config', { type: 'json' })).body as Record<string, Record<string, unknown>>;
+    assert.equal(json.sticky?.DiscoveryType, '');
+  });
+
   it('without a port there is no DNS target: Consul it stays, with its warning', async () => {
     const res = await callApi(proxy, 'reconfigure', { serviceName: 'noport', servicePath: '/noport' });
     assert.equal(res.status, 200, res.text);
