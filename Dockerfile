@@ -116,4 +116,4 @@ EXPOSE 80 443 8080
 USER dfp
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 CMD ["node", "/app/healthcheck.mjs"]
 ENTRYPOINT ["/usr/bin/tini", "--"]
-CMD ["node", "/app/dist/src/main.js"]
+CMD ["node", "--max-semi-space-size=4", "/app/dist/src/main.js"]

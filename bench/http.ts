@@ -11,7 +11,7 @@ import { MAP_FILES, MAP_NAMES, type RenderSettings, renderConfig } from '../src/
 import type { ServiceState } from '../src/state/service-state.js';
 import { freePort } from '../src/util/ports.js';
 import { waitForExit } from '../src/util/process.js';
-import { PROJECT_ROOT } from '../src/util/project.js';
+import { PROJECT_ROOT, proxyArgs } from '../src/util/project.js';
 import { ensureInstalled, HAND_WRITTEN_HEAD, keptNotes, machine, pct, startNginx, untilOk, type WrkResult, wrk, notebook, treeCpuMs, keptSection } from './common.js';
 import { spec } from '../src/spec/defaults.js';
 
@@ -181,7 +181,7 @@ async function controlPlane(dir: string, backendPort: number): Promise<void> {
   const consul = await ConsulAgent.start({ bin: path.join(PROJECT_ROOT, '.tools/bin/consul'), mode: 'dev', dataDir: path.join(dir, 'consul') });
   const apiPort = await freePort();
   const httpPort = await freePort();
-  const proxy = spawn(process.execPath, [path.join(PROJECT_ROOT, 'dist/src/main.js')], {
+  const proxy = spawn(process.execPath, proxyArgs(), {
     // Only what a test run must set: addresses, ports and the state directory. No tuning.
     env: { ...process.env, CONSUL_ADDRESS: consul.address, STATE_DIR: path.join(dir, 'proxy'), PORT: String(apiPort), IP: '127.0.0.1', DEFAULT_PORTS: String(httpPort), LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn' },
     stdio: ['ignore', 'inherit', 'inherit'],

@@ -7,7 +7,7 @@ import { ConsulAgent } from '../src/consul/agent.js';
 import { register } from '../src/consul/registrator.js';
 import { freePort } from '../src/util/ports.js';
 import { waitForExit } from '../src/util/process.js';
-import { PROJECT_ROOT } from '../src/util/project.js';
+import { PROJECT_ROOT, proxyArgs } from '../src/util/project.js';
 import { ensureInstalled, keptNotes, machine, notebook, pct, startNginx, treeCpuMs, untilOk, wrk } from './common.js';
 
 /**
@@ -53,7 +53,7 @@ interface Run {
 async function oneRun(dir: string, consul: ConsulAgent, backendPort: number, metrics: boolean, round: number): Promise<Run> {
   const [apiPort, httpPort, promPort] = await Promise.all([freePort(), freePort(), freePort()]);
   const instance = `bench-${metrics ? 'on' : 'off'}-${round}`;
-  const proxy: ChildProcess = spawn(process.execPath, [path.join(PROJECT_ROOT, 'dist/src/main.js')], {
+  const proxy: ChildProcess = spawn(process.execPath, proxyArgs(), {
     env: {
       ...process.env,
       CONSUL_ADDRESS: consul.address,

@@ -8,7 +8,7 @@ import { ConsulAgent } from '../src/consul/agent.js';
 import { deregister, register } from '../src/consul/registrator.js';
 import { freePort } from '../src/util/ports.js';
 import { waitForExit } from '../src/util/process.js';
-import { PROJECT_ROOT } from '../src/util/project.js';
+import { PROJECT_ROOT, proxyArgs } from '../src/util/project.js';
 import { ensureInstalled, keptNotes, machine, pct, untilOk, type WrkResult, wrk, notebook } from './common.js';
 
 /**
@@ -61,7 +61,7 @@ interface Env {
 async function startProxy(consulAddress: string, stateDir: string): Promise<Proxy> {
   const apiPort = await freePort();
   const httpPort = await freePort();
-  const proc = spawn(process.execPath, [path.join(PROJECT_ROOT, 'dist/src/main.js')], {
+  const proc = spawn(process.execPath, proxyArgs(), {
     env: { ...process.env, CONSUL_ADDRESS: consulAddress, STATE_DIR: stateDir, PORT: String(apiPort), IP: '127.0.0.1', DEFAULT_PORTS: String(httpPort), LOG_LEVEL: 'warn' },
     stdio: ['ignore', 'inherit', 'inherit'],
   });

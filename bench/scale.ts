@@ -6,7 +6,7 @@ import { ConsulAgent } from '../src/consul/agent.js';
 import { register } from '../src/consul/registrator.js';
 import { freePort } from '../src/util/ports.js';
 import { waitForExit } from '../src/util/process.js';
-import { PROJECT_ROOT } from '../src/util/project.js';
+import { PROJECT_ROOT, proxyArgs } from '../src/util/project.js';
 import { ensureInstalled, HAND_WRITTEN_HEAD, keptNotes, machine, runNginx, startNginx, untilOk, type WrkResult, wrk, notebook } from './common.js';
 
 /**
@@ -62,7 +62,7 @@ async function main(): Promise<void> {
   const tcpPort = await freePort();
   const nginxProxyPort = await freePort();
   const stopNginxProxy = await startNginxProxy(dir, nginxProxyPort, nginx.ports);
-  const proxy = spawn(process.execPath, [path.join(PROJECT_ROOT, 'dist/src/main.js')], {
+  const proxy = spawn(process.execPath, proxyArgs(), {
     // Only what a run must set: addresses, ports and the state directory. No tuning.
     env: { ...process.env, CONSUL_ADDRESS: consul.address, STATE_DIR: path.join(dir, 'proxy'), PORT: String(apiPort), IP: '127.0.0.1', DEFAULT_PORTS: String(httpPort), LOG_LEVEL: 'warn' },
     stdio: ['ignore', 'inherit', 'inherit'],

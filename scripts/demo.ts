@@ -9,7 +9,7 @@ import path from 'node:path';
 import { deregister, register, registratorBody } from '../src/consul/registrator.js';
 import { freePort } from '../src/util/ports.js';
 import { waitForExit } from '../src/util/process.js';
-import { PROJECT_ROOT } from '../src/util/project.js';
+import { proxyArgs } from '../src/util/project.js';
 
 /**
  * `npm run demo`: the walkthrough, narrated. Starts the proxy (which brings up its own Consul),
@@ -51,8 +51,8 @@ async function main(): Promise<void> {
   const servers: Server[] = [];
 
   step('Start the proxy (no CONSUL_ADDRESS, so it starts a local Consul)');
-  show(`PORT=${apiPort} DEFAULT_PORTS=${httpPort} STATE_DIR=${stateDir} node dist/src/main.js`);
-  const proxy = spawn(process.execPath, [path.join(PROJECT_ROOT, 'dist/src/main.js')], {
+  show(`PORT=${apiPort} DEFAULT_PORTS=${httpPort} STATE_DIR=${stateDir} node --max-semi-space-size=4 dist/src/main.js`);
+  const proxy = spawn(process.execPath, proxyArgs(), {
     env: { ...process.env, CONSUL_ADDRESS: '', PORT: String(apiPort), IP: '127.0.0.1', DEFAULT_PORTS: String(httpPort), STATE_DIR: stateDir, LOG_LEVEL: 'info' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

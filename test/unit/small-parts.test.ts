@@ -181,3 +181,16 @@ describe('RESOLVERS, CHECK_RESOLVERS, DO_NOT_RESOLVE_ADDR', () => {
     }
   });
 });
+
+describe('the Node flags the proxy runs with', () => {
+  it('npm start, the image and every spawn of the proxy use PROXY_NODE_FLAGS', async () => {
+    const { PROXY_NODE_FLAGS, proxyArgs } = await import('../../src/util/project.js');
+    const { readFileSync } = await import('node:fs');
+    const root = (await import('../../src/util/project.js')).PROJECT_ROOT;
+    const start = (JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts.start ?? '';
+    assert.ok(start.endsWith(`node ${PROXY_NODE_FLAGS.join(' ')} dist/src/main.js`), start);
+    const cmd = /^CMD (.*)$/m.exec(readFileSync(path.join(root, 'Dockerfile'), 'utf8'))?.[1] ?? '';
+    assert.equal(cmd, JSON.stringify(['node', ...PROXY_NODE_FLAGS, '/app/dist/src/main.js']).replaceAll(',', ', '));
+    assert.deepEqual(proxyArgs(), [...PROXY_NODE_FLAGS, path.join(root, 'dist/src/main.js')]);
+  });
+});
