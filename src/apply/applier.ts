@@ -509,6 +509,7 @@ export class ConfigApplier {
         } catch (err) {
           fallback = `runtime API failed: ${(err as Error).message}`;
           this.mustReload = fallback;
+          this.onRuntimeFallback();
           this.log.warn(`${fallback}; reloading instead`);
         }
       }
