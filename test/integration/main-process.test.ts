@@ -33,7 +33,22 @@ describe('the proxy process with no CONSUL_ADDRESS', () => {
     rmSync(stateDir, { recursive: true, force: true });
   });
 
-  async function launch(): Promise<{ child: ChildProcess; consul: string; output: () => string }> {
+  /**
+   * Another test process can bind the API port between freePort() and the proxy's listen (the
+   * suite runs two files at once): then the proxy stops at start-up, and is started again on
+   * another port. Nothing else counts as a reason to retry.
+   */
+  async function launch(attempt = 1): Promise<{ child: ChildProcess; consul: string; output: () => string }> {
+    try {
+      return await launchOnce();
+    } catch (err) {
+      if (attempt >= 3 || !/EADDRINUSE: address already in use 127\.0\.0\.1:\d+/.test(String(err)) || !String(err).includes(`:${apiPort}`)) throw err;
+      apiPort = await freePort();
+      return launch(attempt + 1);
+    }
+  }
+
+  async function launchOnce(): Promise<{ child: ChildProcess; consul: string; output: () => string }> {
     const child = spawn(process.execPath, [path.join(PROJECT_ROOT, 'dist/src/main.js')], {
       env: { ...process.env, CONSUL_ADDRESS: '', STATE_DIR: stateDir, PORT: String(apiPort), IP: '127.0.0.1', DEFAULT_PORTS: String(httpPort), LOG_LEVEL: 'info' },
       stdio: ['ignore', 'pipe', 'pipe'],
