@@ -1,3 +1,4 @@
+import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
@@ -11,7 +12,7 @@ import { FlowProxy } from '../../src/proxy.js';
 import { createLogger, parseLevel } from '../../src/util/log.js';
 import { freePort } from '../../src/util/ports.js';
 import { isGone, killQuietly } from '../../src/util/process.js';
-import { PROJECT_ROOT } from '../../src/util/project.js';
+import { PROJECT_ROOT, proxyArgs } from '../../src/util/project.js';
 
 /**
  * Real parts for integration tests: Consul dev agents, proxies with their own HAProxy, and small
@@ -292,4 +293,33 @@ export async function startRoutedStack(name: string, servicePath: string, env: R
     },
   };
   return stack;
+}
+
+/** A proxy run as its own process, the way users run it (`node <PROXY_NODE_FLAGS> dist/src/main.js`). */
+export interface ProxyProcess {
+  readonly child: ChildProcess;
+  /** Everything it wrote to stdout and stderr so far. */
+  output(): string;
+  /** Resolves once `pattern` shows in its output; fails if it exits or `timeoutMs` passes first. */
+  waitFor(pattern: RegExp, timeoutMs?: number): Promise<void>;
+}
+
+export function spawnProxyProcess(env: Record<string, string>): ProxyProcess {
+  const child = spawn(process.execPath, proxyArgs(), { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  track(child.pid);
+  let out = '';
+  child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+  return {
+    child,
+    output: () => out,
+    waitFor: async (pattern, timeoutMs = 60_000) => {
+      const deadline = Date.now() + timeoutMs;
+      while (!pattern.test(out)) {
+        if (child.exitCode !== null) throw new Error(`proxy exited: ${out}`);
+        if (Date.now() > deadline) throw new Error(`proxy did not start: ${out}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    },
+  };
 }

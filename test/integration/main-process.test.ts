@@ -1,13 +1,12 @@
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { freePort } from '../../src/util/ports.js';
 import { isAlive, waitForExit } from '../../src/util/process.js';
-import { PROJECT_ROOT } from '../../src/util/project.js';
-import { type Backend, registerLikeRegistrator, startBackend, tempDir, track } from '../helpers/harness.js';
+import { type Backend, registerLikeRegistrator, spawnProxyProcess, startBackend, tempDir, track } from '../helpers/harness.js';
 
 /**
  * `npm start` as a newcomer runs it: no CONSUL_ADDRESS, so the proxy brings up its own Consul
@@ -49,24 +48,14 @@ describe('the proxy process with no CONSUL_ADDRESS', () => {
   }
 
   async function launchOnce(): Promise<{ child: ChildProcess; consul: string; output: () => string }> {
-    const child = spawn(process.execPath, [path.join(PROJECT_ROOT, 'dist/src/main.js')], {
-      env: { ...process.env, CONSUL_ADDRESS: '', STATE_DIR: stateDir, PORT: String(apiPort), IP: '127.0.0.1', DEFAULT_PORTS: String(httpPort), LOG_LEVEL: 'info' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    track(child.pid);
-    children.push(child);
-    let out = '';
-    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
-    const deadline = Date.now() + 60_000;
-    while (!/ready: serving /.test(out)) {
-      if (child.exitCode !== null) assert.fail(`proxy exited: ${out}`);
-      if (Date.now() > deadline) assert.fail(`proxy did not start: ${out}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    const proxy = spawnProxyProcess({ CONSUL_ADDRESS: '', STATE_DIR: stateDir, PORT: String(apiPort), IP: '127.0.0.1', DEFAULT_PORTS: String(httpPort), LOG_LEVEL: 'info' });
+    children.push(proxy.child);
+    await proxy.waitFor(/ready: serving /);
+    const { child, output } = proxy;
+    const out = output();
     const consul = /CONSUL_ADDRESS=(http:\/\/\S+)/.exec(out)?.[1];
     assert.ok(consul, `the local Consul address is printed: ${out}`);
-    return { child, consul, output: () => out };
+    return { child, consul, output };
   }
 
   /** The exit code, once Node has seen the exit (waitForExit may see the zombie first). */
@@ -108,16 +97,10 @@ describe('the proxy process with no CONSUL_ADDRESS', () => {
 
   it('with no CONSUL_ADDRESS and no Consul binary, start-up stops at once naming CONSUL_ADDRESS', async () => {
     const dir = tempDir();
-    const child = spawn(process.execPath, [path.join(PROJECT_ROOT, 'dist/src/main.js')], {
-      env: { ...process.env, CONSUL_ADDRESS: '', CONSUL_BIN: path.join(dir, 'no-consul-here'), STATE_DIR: dir, PORT: '0', IP: '127.0.0.1', DEFAULT_PORTS: String(await freePort()) },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    track(child.pid);
-    children.push(child);
-    let out = '';
-    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
-    assert.equal(await exitCode(child), 1);
+    const proxy = spawnProxyProcess({ CONSUL_ADDRESS: '', CONSUL_BIN: path.join(dir, 'no-consul-here'), STATE_DIR: dir, PORT: '0', IP: '127.0.0.1', DEFAULT_PORTS: String(await freePort()) });
+    children.push(proxy.child);
+    assert.equal(await exitCode(proxy.child), 1);
+    const out = proxy.output();
     assert.match(out, /cannot start: CONSUL_ADDRESS: not set, and there is no Consul binary at \S+no-consul-here \(CONSUL_BIN\)/);
     // A real or a JSON-escaped line break before `at`: a stack trace in either log format.
     assert.doesNotMatch(out, /(\n|\\n)\s+at /, 'a settings error, not a stack trace');

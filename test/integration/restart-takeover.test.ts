@@ -8,8 +8,7 @@ import type { ConsulAgent } from '../../src/consul/agent.js';
 import { parseShowProc, socketCommand } from '../../src/haproxy/socket.js';
 import { freePort } from '../../src/util/ports.js';
 import { commandArgs, isGone, killQuietly, waitForExit } from '../../src/util/process.js';
-import { PROJECT_ROOT } from '../../src/util/project.js';
-import { type Backend, callApi, deregister, eventually, liveConfig, registerLikeRegistrator, startBackend, startConsul, startProxy, stopConsul, type TestProxy, tempDir, through, track } from '../helpers/harness.js';
+import { type Backend, callApi, deregister, eventually, liveConfig, registerLikeRegistrator, startBackend, startConsul, startProxy, stopConsul, type TestProxy, tempDir, through, spawnProxyProcess, track } from '../helpers/harness.js';
 import { type LoadResult, runLoad } from '../helpers/load.js';
 import { hello, makeCert } from '../helpers/tls.js';
 
@@ -81,35 +80,23 @@ describe('restarts of the control plane cost no request', () => {
 
   /** `node dist/src/main.js` on this site; resolves once `waitFor` shows in its log. */
   async function launch(s: Site, env: Record<string, string> = {}, waitFor = /ready: serving /): Promise<Proxy> {
-    const child = spawn(process.execPath, [path.join(PROJECT_ROOT, 'dist/src/main.js')], {
-      env: {
-        ...process.env,
-        CONSUL_ADDRESS: consul.address,
-        STATE_DIR: s.stateDir,
-        SECRETS_DIR: path.join(s.stateDir, 'no-secrets'),
-        PORT: String(s.apiPort),
-        IP: '127.0.0.1',
-        DEFAULT_PORTS: String(s.httpPort),
-        LOG_LEVEL: 'info',
-        LOG_FORMAT: 'json',
-        ...env,
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
+    const proxy = spawnProxyProcess({
+      CONSUL_ADDRESS: consul.address,
+      STATE_DIR: s.stateDir,
+      SECRETS_DIR: path.join(s.stateDir, 'no-secrets'),
+      PORT: String(s.apiPort),
+      IP: '127.0.0.1',
+      DEFAULT_PORTS: String(s.httpPort),
+      LOG_LEVEL: 'info',
+      LOG_FORMAT: 'json',
+      ...env,
     });
-    track(child.pid);
-    children.push(child);
-    let out = '';
-    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
-    const deadline = Date.now() + 60_000;
-    while (!waitFor.test(out)) {
-      if (child.exitCode !== null) assert.fail(`proxy exited: ${out}`);
-      if (Date.now() > deadline) assert.fail(`proxy did not start: ${out}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    children.push(proxy.child);
+    await proxy.waitFor(waitFor);
+    const { child } = proxy;
     // Whatever HAProxy this proxy serves with is killed at the latest when the test process exits.
     track(pidIn(s.stateDir));
-    return { child, api: `http://127.0.0.1:${s.apiPort}/v1/docker-flow-proxy`, output: () => out };
+    return { child, api: `http://127.0.0.1:${s.apiPort}/v1/docker-flow-proxy`, output: proxy.output };
   }
 
   async function exited(p: Proxy): Promise<number | null> {
