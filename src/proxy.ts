@@ -631,7 +631,7 @@ export class FlowProxy implements ProxyCore {
     if (this.reconciler.snapshot().instances.get(consulName) === instances) this.watcher.adopt(consulName, instances, mark);
     else this.watcher.kick(consulName);
     warnings.unshift(
-      ...(this.applier.liveFiles()?.conflicts ?? [])
+      ...this.applier.liveConflicts()
         .filter((c) => c.loser === spec.aclName || c.winner === spec.aclName)
         .map((c) => `route ${c.route} is claimed by both ${c.winner} and ${c.loser}; ${c.winner} wins (ordered by aclName)`),
     );

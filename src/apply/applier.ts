@@ -11,6 +11,7 @@ import type { Logger } from '../util/log.js';
 import { canonicalAllocation, type DeltaPlan, deltaOps, reloadReasons, type RuntimeOp, runtimeAllocation, runtimeOps } from './plan.js';
 import { runRuntimeOps } from './runtime.js';
 import { type SlotTable, slotUsage } from '../render/slots.js';
+import type { RouteConflict } from '../render/routes.js';
 import { backendName, type Destination, routedSpec, type ServiceSpec } from '../spec/types.js';
 import { certificatesFingerprint, type LiveRecord, LiveState, settingsHash } from './live-state.js';
 
@@ -360,6 +361,15 @@ export class ConfigApplier {
   liveFiles(): RenderedConfig | undefined {
     this.materialize();
     return this.live;
+  }
+
+  /**
+   * The route conflicts of the live config, without rendering what lags: a scale event changes no
+   * route, and a service added through the runtime API only brings keys new to the live tables
+   * (plan.ts deltaOps), so the conflicts of the last render are exactly those live now.
+   */
+  liveConflicts(): readonly RouteConflict[] {
+    return this.live?.conflicts ?? [];
   }
 
   records(): readonly ApplyRecord[] {

@@ -192,6 +192,19 @@ describe('HTTP routing on a real HAProxy', { concurrency: true }, () => {
       assert.equal(await who(main, '/shared/1'), 'hostless.0');
     });
 
+    it('a route two services claim goes to the first by aclName, and both reconfigures say so', async () => {
+      await service(main, { serviceName: 'claim-a', servicePath: '/claimed' });
+      const loser = await service(main, { serviceName: 'claim-b', servicePath: '/claimed' });
+      assert.match(String(loser.body.Message), /route \S*\/claimed\S* is claimed by both claim-a and claim-b; claim-a wins/);
+      assert.equal(await who(main, '/claimed'), 'claim-a.0');
+      // Repeated right after another service went live through the runtime API (files still lagging).
+      await service(main, { serviceName: 'claim-c', servicePath: '/claim-c' });
+      const again = await callApi(main, 'reconfigure', { serviceName: 'claim-b', servicePath: '/claimed' });
+      assert.match(String(again.body.Message), /claimed by both claim-a and claim-b/);
+      const quiet = await callApi(main, 'reconfigure', { serviceName: 'claim-c', servicePath: '/claim-c' });
+      assert.doesNotMatch(String(quiet.body.Message), /claimed/);
+    });
+
     it('a host-less /.well-known/acme-challenge wins over a domain catch-all / (AC-05)', async () => {
       await service(main, { serviceName: 'acme', servicePath: '/.well-known/acme-challenge' });
       await service(main, { serviceName: 'shop', serviceDomain: 'shop.com' });

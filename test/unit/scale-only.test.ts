@@ -120,6 +120,7 @@ describe('scale events without rendering (plan.ts scaleOnlyOps)', () => {
     let viaDelta = 0;
     let addedViaDelta = 0;
     let general = 0;
+    let deltasOverConflicts = 0;
     for (let round = 0; round < 150; round++) {
       const next = services.map((s, i) => (rand() < 0.1 ? { spec: s.spec, instances: instances(rand, i + round * 100, 1 + Math.floor(rand() * 3)) } : s));
       const adds = Math.floor(rand() * 3);
@@ -163,6 +164,9 @@ describe('scale events without rendering (plan.ts scaleOnlyOps)', () => {
           for (const e of delta.entries) if (e.map === m) carried.set(e.key, e.value);
           assert.deepEqual([...carried].sort(), [...(rendered as RenderedConfig).tables[m]].sort(), `round ${round}: table ${m}`);
         }
+        // ConfigApplier.liveConflicts reads the last render's conflicts while files lag behind deltas.
+        assert.deepEqual(materialized.conflicts, live.conflicts, `round ${round}: a delta changed the route conflicts`);
+        if (live.conflicts.length > 0) deltasOverConflicts++;
         allocation = { ...delta.allocation, lookups: live.lookups };
         live = materialized;
       } else {
@@ -178,6 +182,7 @@ describe('scale events without rendering (plan.ts scaleOnlyOps)', () => {
       services = next;
     }
     assert.ok(viaDelta > 60 && general > 20 && addedViaDelta > 40, `${viaDelta} through the delta (${addedViaDelta} new services), ${general} through the general path`);
+    assert.ok(deltasOverConflicts > 10, `only ${deltasOverConflicts} deltas applied while a route conflict was live`);
   });
 });
 
