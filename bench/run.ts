@@ -376,7 +376,7 @@ async function main(): Promise<void> {
       await newServiceLive(env, size);
       if (size === SIZES[0]) {
         note(
-          `\n## Scale event: instance registered in Consul until it gets traffic\n\nAim: <= 20 ms p50, 0 reloads. Timed from the registration call (Consul's catalog API, on one of the ${NODES} nodes) until a request through HAProxy is answered by the new instance; ${INSTANCES + 1} keep-alive pollers keep requests in flight, as traffic would (one poller behind round-robin would add a poll round trip per instance).\n`,
+          `\n## Scale event: instance registered in Consul until it gets traffic\n\nAim: <= 20 ms p50, 0 reloads. Timed from the registration call (the dev agent's own API, as Registrator registers on its host's agent: that node holds only the instances registered this way, the ${NODES} other nodes hold the services' instances; with the default CONSUL_WATCH_CONNECTIONS a proxy follows 3 nodes with queries of their own and re-reads the others when the catalog changes) until a request through HAProxy is answered by the new instance; ${INSTANCES + 1} keep-alive pollers keep requests in flight, as traffic would (one poller behind round-robin would add a poll round trip per instance).\n`,
         );
         note('| what | p50 | p99 | reloads |\n|---|---|---|---|');
         await scaleEvents(env);

@@ -38,13 +38,15 @@ export const OTHER_BLOCKING_QUERIES = 2;
 
 /** Every check that is not passing: `?passing` semantics with a small answer while all is well. */
 const HEALTH_PATH = `/v1/health/state/any?filter=${encodeURIComponent('Status != "passing"')}`;
+const NODES_PATH = '/v1/catalog/nodes';
 /**
- * A service no one registers. Consul 1.8 watches a missing service name through the closest node
- * of its radix index, the root for a name no real one shares a first character with, so this query
- * answers on every registration change in the catalog, with `[]`: the change detector for nodes
- * past the budget (measured on 1.8.7: woke on registrations on any node, not on KV or check writes).
+ * Answers on every registration and deregistration anywhere in the catalog (its index is the
+ * services table's), not on KV, check or node-only writes: the change detector for nodes past the
+ * budget. Its answer lists every service name with its tags: small, and not parsed. (A query for a
+ * service no one registers looked cheaper, but Consul 1.8 answers it with the index of the last
+ * time a service went extinct: once one has, registrations no longer wake it. Measured on 1.8.7.)
  */
-const DETECTOR_PATH = '/v1/catalog/service/~dfp-catalog-changes';
+const CATALOG_CHANGES_PATH = '/v1/catalog/services';
 /** How long a service added is left to its kick before the model reports it. */
 const FRESH_MS = 1000;
 /** Per-node recoveries past which one read of the whole node is cheaper than one read per service. */
@@ -89,9 +91,11 @@ interface Loop {
  *
  * The number of open queries depends on the catalog's nodes, not on the services: a model of the
  * catalog (catalog.ts) is kept from one blocking query per node (`/v1/catalog/node-services/<node>`),
- * one on the node list and one on the non-passing checks. Each answer is diffed against the model,
- * and only the services whose instances changed are reported. Nodes past the budget are re-read
- * when a catalog-wide change detector fires (O(nodes) requests per change). See architecture.md.
+ * one on the node list (on every registration change instead while nodes are past the budget) and
+ * one on the non-passing checks.
+ * Each answer is diffed against the model, and only the services whose instances changed are
+ * reported. Nodes past the budget are re-read when the catalog changes (O(nodes) requests per
+ * change). See architecture.md.
  *
  * Rules from consul.md: compare bodies, not just indexes (spurious wake-ups; the node queries
  * return the catalog-wide index); reset the index when it goes backwards or after any error (agent
@@ -114,7 +118,6 @@ export class ConsulWatcher {
   private started = false;
   private stopped = false;
   private loops = 0;
-  private detecting = false;
   private listRead = false;
   private healthRead = false;
   private ready = false;
@@ -153,8 +156,8 @@ export class ConsulWatcher {
     // Never more than the client's watch connections: a blocking query past them would wait in
     // line for one that answers, up to the full wait.
     const budget = Math.min(options.blockingQueries ?? consul.budget.watchConnections - OTHER_BLOCKING_QUERIES, consul.budget.watchConnections);
-    // The node list, the checks (with passingOnly) and the change detector's reserved slot.
-    const fixed = 2 + (this.passingOnly ? 1 : 0);
+    // The catalog query (the node list, or the change detector while nodes are past the budget) and the checks (with passingOnly).
+    const fixed = 1 + (this.passingOnly ? 1 : 0);
     this.nodeSlots = Math.max(0, budget - fixed);
     if (budget < fixed) log.warn(`${budget} blocking queries are too few for discovery (needs ${fixed}); raise CONSUL_WATCH_CONNECTIONS`);
   }
@@ -284,7 +287,32 @@ export class ConsulWatcher {
   private start(): void {
     if (this.started) return;
     this.started = true;
-    this.run({ what: 'node list', path: (q) => `/v1/catalog/nodes${q ? `?${q}` : ''}`, onAnswer: (res) => this.onNodeList(res) });
+    let last = 0;
+    let askedServices = false;
+    this.run({
+      what: 'catalog',
+      // While every node has a query of its own, the node list is all this follows; with nodes past
+      // the budget, every registration change (CATALOG_CHANGES_PATH), which then re-reads them.
+      // Indexes are raft indexes either way, so one carries over when the path switches.
+      path: (q) => {
+        askedServices = this.polled.size > 0;
+        const p = askedServices ? CATALOG_CHANGES_PATH : NODES_PATH;
+        return q ? `${p}?${q}` : p;
+      },
+      onAnswer: async (res, reset) => {
+        const next = res.index ?? 0;
+        if (!askedServices) {
+          await this.onNodeList(res);
+        } else if (reset || next !== last) {
+          // Read after the change that woke us: at least as new.
+          const list = await this.consul.request(NODES_PATH, { signal: this.ctrl.signal });
+          if (list.status !== 200) throw new Error(`Consul answered ${list.status} reading the node list: ${list.body.trim().slice(0, 200)}`);
+          await this.onNodeList(list);
+          this.pollAll(reset);
+        }
+        last = next;
+      },
+    });
     if (this.passingOnly) {
       this.run({ what: 'checks', path: (q) => `${HEALTH_PATH}${q ? `&${q}` : ''}`, onAnswer: (res, reset) => this.applyHealth(res, reset) });
     } else {
@@ -374,7 +402,6 @@ export class ConsulWatcher {
     }
     this.polled.add(node);
     if (this.polled.size === 1) this.log.info(`more Consul nodes than node watches (${this.nodeSlots}): the others are re-read when the catalog changes (raise CONSUL_WATCH_CONNECTIONS to follow more one by one)`);
-    this.startDetector();
   }
 
   private watchNode(node: string): void {
@@ -407,27 +434,6 @@ export class ConsulWatcher {
     this.nodes.delete(node);
     this.polled.delete(node);
     this.changed(this.model.removeNode(node), seenAt);
-  }
-
-  private startDetector(): void {
-    if (this.detecting || this.stopped) return;
-    this.detecting = true;
-    let last = 0;
-    this.run({
-      what: 'catalog change detector',
-      path: (q) => `${DETECTOR_PATH}${q ? `?${q}` : ''}`,
-      onAnswer: (res, reset) => {
-        const next = res.index ?? 0;
-        // The first answer too: changes between the polled nodes' reads and this query's start.
-        if (last === 0 || reset || next !== last) this.pollAll(reset);
-        last = next;
-      },
-      done: () => this.polled.size === 0,
-      onExit: () => {
-        this.detecting = false;
-        if (this.polled.size > 0) this.startDetector();
-      },
-    });
   }
 
   /** Re-reads every polled node; a burst of changes costs one round in flight plus one more. */
