@@ -49,6 +49,8 @@ const NODES_PATH = '/v1/catalog/nodes';
 const CATALOG_CHANGES_PATH = '/v1/catalog/services';
 /** How long a service added is left to its kick before the model reports it. */
 const FRESH_MS = 1000;
+/** A polled node smaller than this never takes a watched node's query (rebalance). */
+const REBALANCE_MIN_INSTANCES = 32;
 /** Per-node recoveries past which one read of the whole node is cheaper than one read per service. */
 const CONFIRM_PER_NODE = 4;
 
@@ -111,6 +113,8 @@ export class ConsulWatcher {
   private readonly known = new Map<string, string>();
   private readonly nodes = new Map<string, NodeState>();
   private readonly watchedNodes = new Set<string>();
+  /** Watched nodes whose query ends at its next answer, for a bigger polled node (rebalance). */
+  private readonly demoting = new Set<string>();
   private readonly polled = new Set<string>();
   private readonly nodeSlots: number;
   private readonly passingOnly: boolean;
@@ -276,6 +280,11 @@ export class ConsulWatcher {
     };
   }
 
+  /** The nodes followed by a query of their own (the others are polled). */
+  nodeQueries(): string[] {
+    return [...this.watchedNodes].filter((n) => !this.demoting.has(n)).sort();
+  }
+
   stop(): void {
     this.stopped = true;
     this.ctrl.abort();
@@ -389,6 +398,7 @@ export class ConsulWatcher {
       await this.pollNodes(added);
       added.sort((a, b) => this.model.instanceCount(b) - this.model.instanceCount(a) || (a < b ? -1 : 1));
       for (const node of added) this.place(node);
+      this.rebalance();
     }
     this.listRead = true;
     this.checkReady();
@@ -412,9 +422,10 @@ export class ConsulWatcher {
       startIndex: this.nodes.get(node)?.appliedIndex ?? 0,
       onAnswer: (res, reset) => this.applyNode(node, res, reset),
       // A node leaving the catalog wakes its own query: the loop ends there, no abort needed.
-      done: () => !this.known.has(node),
+      done: () => !this.known.has(node) || this.demoting.has(node),
       onExit: () => {
         this.watchedNodes.delete(node);
+        if (this.demoting.delete(node) && this.known.has(node) && !this.stopped) this.polled.add(node);
         this.promote();
       },
     });
@@ -450,9 +461,29 @@ export class ConsulWatcher {
         const reset = this.pollReset;
         this.pollReset = false;
         await this.pollNodes([...this.polled], reset);
+        this.rebalance();
       } while (this.pollAgain && !this.stopped);
       this.polling = false;
     })();
+  }
+
+  /**
+   * Every change anywhere re-reads every polled node, so the queries of their own belong to the
+   * biggest nodes; but nodes are placed as they appear (a node that is empty at start-up takes a
+   * query, then fills up or stays small while later ones hold thousands). When a polled node has
+   * grown past twice the smallest watched one, that one hands its query over: a query is never
+   * aborted (Consul would hold its slot until the wait ends), so it ends at its next answer.
+   */
+  private rebalance(): void {
+    if (this.polled.size === 0 || this.demoting.size > 0) return;
+    const size = (n: string) => this.model.instanceCount(n);
+    let biggest = 0;
+    for (const n of this.polled) biggest = Math.max(biggest, size(n));
+    let smallest: string | undefined;
+    for (const n of this.watchedNodes) if (this.known.has(n) && (smallest === undefined || size(n) < size(smallest))) smallest = n;
+    if (smallest === undefined || biggest <= Math.max(2 * size(smallest), REBALANCE_MIN_INSTANCES)) return;
+    this.demoting.add(smallest);
+    this.log.debug(`node ${smallest} (${size(smallest)} instances) hands its query to a polled node with ${biggest} at its next answer`);
   }
 
   /** One ordinary read per node (bounded concurrency); a failure is retried by a later poll. */
