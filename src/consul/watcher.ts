@@ -313,11 +313,13 @@ export class ConsulWatcher {
         if (!askedServices) {
           await this.onNodeList(res);
         } else if (reset || next !== last) {
-          // Read after the change that woke us: at least as new.
-          const list = await this.consul.request(NODES_PATH, { signal: this.ctrl.signal });
+          // Both read after the change that woke us, so at least as new; side by side, as a node
+          // the list adds is read by onNodeList itself.
+          const listing = this.consul.request(NODES_PATH, { signal: this.ctrl.signal });
+          this.pollAll(reset);
+          const list = await listing;
           if (list.status !== 200) throw new Error(`Consul answered ${list.status} reading the node list: ${list.body.trim().slice(0, 200)}`);
           await this.onNodeList(list);
-          this.pollAll(reset);
         }
         last = next;
       },
