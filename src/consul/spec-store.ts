@@ -197,8 +197,10 @@ export class ConsulSpecStore {
     if ('written' in out) {
       ring.slots[slot] = Math.max(ring.slots[slot] ?? 0, out.written.get(logKey) ?? 0);
     } else if (out.stale.has(1)) {
-      // Readers rely on `prev`, not on the order of slots: a slot skipped here is no hole to them.
-      ring.slots[slot] = await this.modifyIndex(logKey);
+      // The whole ring is read again, not just this slot: when Consul lost its data (or another
+      // process writes under this id) every slot is stale, and one failed try per slot would use up
+      // a write's tries. Readers rely on `prev`, not on the order of slots: a skipped slot is no hole.
+      this.ring = undefined;
     }
     return out;
   }

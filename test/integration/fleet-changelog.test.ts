@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { ConsulAgent } from '../../src/consul/agent.js';
-import { changesPrefix, changesSince, entryValue, parseLog, RING_SLOTS } from '../../src/consul/change-log.js';
+import { changesPrefix, changesSince, entryValue, parseLog, RING_SLOTS, writerSegment } from '../../src/consul/change-log.js';
 import { ConsulClient } from '../../src/consul/client.js';
 import { ConsulSpecStore } from '../../src/consul/spec-store.js';
 import { type Fleet, specsHash } from '../../src/fleet.js';
@@ -101,6 +101,22 @@ describe('change log of the shared specs', () => {
       assert.ok(slot?.slot === 4 ? slot.prev === byHand : slot?.slot === 5, `entry of e: ${JSON.stringify(slot)}`);
     });
 
+    it('a ring deleted under a writer (Consul lost its data, or it was idle) costs the next write one more try', async () => {
+      const store = storeOf('w4', 'writer-d');
+      for (let i = 0; i < RING_SLOTS; i++) await store.put(web(`s${i % 4}`, `/v${i}`));
+      await client.request(`/v1/kv/${changesPrefix('w4')}writer-d/?recurse`, { method: 'DELETE' });
+      // Every slot this store knows is stale now; the write reads the ring again, not slot after slot.
+      const sent = client.stats().sent.request;
+      const landed = await (await store.put(web('after')))();
+      const entries = await ring('w4', 'writer-d');
+      assert.deepEqual(
+        entries.map((e) => [e.service, e.prev, e.modifyIndex]),
+        [['after', 0, landed]],
+      );
+      // Read the spec, the stale try, the ring, the write (one retried connection at most); slot by slot it took over 20.
+      assert.ok(client.stats().sent.request - sent <= 6, `requests for the write: ${client.stats().sent.request - sent}`);
+    });
+
     it('concurrent writes of one writer take different slots; the ring wraps, and the reader sees where it wrapped', async () => {
       const store = storeOf('w3', 'writer-c');
       const batch = await Promise.all(Array.from({ length: 10 }, async (_, i) => (await store.put(web(`s${i}`)))()));
@@ -193,6 +209,21 @@ describe('change log of the shared specs', () => {
       // through a store (logged), they leave no difference behind.
       await storeOf('f', 'cleanup').delete('manual');
       await storeOf('f', 'cleanup').delete('manual2');
+    });
+
+    it('rings idle for an hour are deleted by a full read, other rings stay', async () => {
+      const hourAgo = Date.now() - 3_700_000;
+      for (const slot of [0, 1]) await client.request(`/v1/kv/${changesPrefix('f')}gone-writer/${slot}`, { method: 'PUT', body: entryValue('books', 0, hourAgo - slot) });
+      // The recent entry first: c (CONSUL_WATCH_WAIT=1) reads everything every second and would take a ring of only the old one for idle.
+      await client.request(`/v1/kv/${changesPrefix('f')}quiet-writer/1`, { method: 'PUT', body: entryValue('books', 0, Date.now() - 60_000) });
+      await client.request(`/v1/kv/${changesPrefix('f')}quiet-writer/0`, { method: 'PUT', body: entryValue('books', 0, hourAgo) });
+      fleet(a).fullReadEveryMs = 0;
+      assert.equal((await callApi(b, 'reconfigure', { serviceName: 'gc-trigger', servicePath: '/gc-trigger' })).status, 200);
+      await eventually('the idle ring deleted', () => ring('f', 'gone-writer'), (entries) => entries.length === 0);
+      fleet(a).fullReadEveryMs = 5 * 60 * 1000;
+      assert.equal((await ring('f', 'quiet-writer')).length, 2, 'a ring with an entry younger than an hour stays');
+      assert.ok((await ring('f', writerSegment(String(((await callApi(b, 'status')).body.Fleet as { ReplicaId: string }).ReplicaId)))).length > 0, "b's own ring stays");
+      await client.request(`/v1/kv/${changesPrefix('f')}quiet-writer/?recurse`, { method: 'DELETE' });
     });
 
     it('two replicas writing at once converge on the stored specs', async () => {
