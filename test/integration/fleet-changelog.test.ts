@@ -164,6 +164,8 @@ describe('change log of the shared specs', () => {
       assert.ok(reads.logged > before.logged, `read from the log: ${JSON.stringify(reads)}`);
       assert.ok(reads.specsFetched - before.specsFetched <= 4, `at most the changed specs fetched (once more each for a re-read): ${JSON.stringify(reads)}`);
       assert.equal(await hashOf(a), await storedHash('f'));
+      // The log's folder key exists, so the blocking read on the log does not wake on writes near it (kv.ts).
+      assert.ok(await kv(changesPrefix('f')), 'folder key of the change log');
     });
 
     it('a burst of more changes than the log is worth ends in one full read, with the same specs', async () => {
