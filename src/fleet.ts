@@ -4,7 +4,8 @@ import { repeatWithBackoff, retryUntilDone } from './consul/kv.js';
 import type { Reconciler, SubmitOptions } from './apply/reconciler.js';
 import { ConfigRejectedError, ReloadFailedError, ReplicasLaggingError, ReplicasUnknownError } from './errors.js';
 import { listReplicas, noReportsReason, type ReplicaReport } from './consul/replicas.js';
-import type { ConsulSpecStore } from './consul/spec-store.js';
+import { changesSince, idleRings, INCREMENTAL_LIMIT } from './consul/change-log.js';
+import type { ChangeLogRead, ConsulSpecStore, StoredSpecs } from './consul/spec-store.js';
 import { type InstanceFollower, type InstanceSource, NO_FOLLOWER } from './discovery/types.js';
 import { specToJson } from './spec/from-json.js';
 import { consulServiceName, type ServiceSpec } from './spec/types.js';
@@ -37,6 +38,17 @@ function jsonOf(spec: ServiceSpec): string {
 export class Fleet {
   /** The KV index of the shared specs whose content is live here. */
   kvIndex = 0;
+  /** The change log's index at the start-up restore: where following it begins. */
+  private logIndex = 0;
+  /**
+   * How often at most the specs are read whole even while the change log keeps changing, to pick
+   * up specs written without a log entry (by hand, or by an older version). Tests shorten it.
+   */
+  fullReadEveryMs = 5 * 60 * 1000;
+  /** More services changed at once than this, and the whole prefix is read (tests lower it). */
+  incrementalLimit = INCREMENTAL_LIMIT;
+  /** Reads of the shared specs since start: whole (the prefix) and from the change log (only what it names). */
+  readonly reads = { full: 0, logged: 0, specsFetched: 0 };
   restored = false;
   invalid: readonly string[] = [];
   private readonly ctrl = new AbortController();
@@ -74,6 +86,8 @@ export class Fleet {
     await retryUntilDone(
       this.ctrl.signal,
       async () => {
+        // The change log first: the specs read after it hold every change it names (see followStep).
+        const changes = await this.store.changes();
         const stored = await this.store.list();
         const seenAt = performance.now();
         const specs = new Map(stored.specs);
@@ -84,7 +98,8 @@ export class Fleet {
           specs.set(spec.serviceName, spec);
         }
         const counts = await this.applySpecs(specs, 'start-up restore', true, source, { source: 'restore', seenAt });
-        this.kvIndex = stored.index;
+        this.kvIndex = Math.max(stored.index, changes.index);
+        this.logIndex = changes.index;
         this.invalid = stored.invalid;
         this.restored = true;
         this.log.info(`restored ${specs.size} service${specs.size === 1 ? '' : 's'} from Consul KV`, {
@@ -92,7 +107,7 @@ export class Fleet {
           invalid: stored.invalid.length,
           fromEnvironment: this.local.size,
           instances: counts.instances,
-          kvIndex: stored.index,
+          kvIndex: this.kvIndex,
         });
         this.onApplied();
       },
@@ -152,65 +167,130 @@ export class Fleet {
   }
 
   /**
-   * Follows the shared specs. If Consul comes back without its data (its index went backwards and
-   * specs this replica serves are gone, e.g. a dev agent or a rebuilt cluster), the replica writes
-   * its specs back instead of dropping every route: losing Consul's data must not take traffic down.
+   * Follows the shared specs through the change log (consul/change-log.ts): a blocking read of the
+   * log, then a read of only the specs it names since the index held here. The whole prefix is read
+   * instead when the log cannot tell (a failure, an index gone backwards, a ring wrapped past what
+   * is held here, an entry it does not know), when many services changed at once, when the blocking
+   * read ends with no change (every CONSUL_WATCH_WAIT), and at least every fullReadEveryMs.
+   *
+   * If Consul comes back without its data (its index went backwards and specs this replica serves
+   * are gone, e.g. a dev agent or a rebuilt cluster), the replica writes its specs back instead of
+   * dropping every route: losing Consul's data must not take traffic down.
    */
   private async watch(): Promise<void> {
-    const at = { index: this.kvIndex, highest: this.kvIndex, hash: '' };
+    const at: Following = { index: this.logIndex, highest: this.logIndex, held: this.kvIndex, hash: '', full: false, lastFull: Date.now() };
     await repeatWithBackoff(
       this.ctrl.signal,
       () =>
         this.followStep(at).catch((err: unknown) => {
           // Any failure reads everything again, without blocking; a failed apply is retried from
           // the same body and never reported as done.
-          at.index = 0;
+          Object.assign(at, { index: 0, full: true });
           throw err;
         }),
       (err, retryInMs) => this.log.warn(`following shared specs: ${err.message}; retrying in about ${retryInMs} ms`),
     );
   }
 
-  /** One blocking read of the shared specs and what follows from it. */
-  private async followStep(at: { index: number; highest: number; hash: string }): Promise<void> {
-    const stored = await this.store.list(at.index, this.waitSeconds, this.ctrl.signal);
-    const seenAt = performance.now();
-    if (stored.index < at.highest) {
-      const current = [...this.reconciler.snapshot().services.values()];
-      const lost = current.filter((spec) => !stored.specs.has(spec.serviceName) && this.local.get(spec.serviceName) !== spec);
-      if (lost.length > 0) {
-        // Create-only: a spec another replica already wrote back (or wrote anew) wins.
-        this.log.warn(`Consul lost its state (index ${at.highest} -> ${stored.index}); writing back ${lost.length} missing spec(s) from this replica`);
-        for (const spec of lost) await this.store.create(spec);
-      }
-      Object.assign(at, { index: 0, highest: 0, hash: '' });
-      // A new index space: indexes of writes to the lost one mean nothing here.
-      this.ownWrite = 0;
-      return;
+  /** One blocking read of the change log and what follows from it. */
+  private async followStep(at: Following): Promise<void> {
+    const blocking = at.index > 0 && !at.full;
+    const changes = await this.store.changes(blocking ? at.index : 0, this.waitSeconds, this.ctrl.signal);
+    if (changes.index < at.highest) return this.lostState(at, changes.index);
+    const verdict = changesSince(changes.log, at.held, this.incrementalLimit);
+    const full =
+      at.full
+        ? 'a read of everything is due'
+        : blocking && changes.index === at.index
+          ? 'no change within the wait'
+          : Date.now() - at.lastFull >= this.fullReadEveryMs
+            ? `no full read for ${Math.round(this.fullReadEveryMs / 1000)} s`
+            : 'full' in verdict
+              ? verdict.full
+              : undefined;
+    let stored: StoredSpecs & { hash?: string };
+    let index = changes.index;
+    if (full !== undefined) {
+      // Read after the log: it holds every change the log names up to its index, and maybe more.
+      stored = await this.store.list();
+      index = Math.max(index, stored.index);
+      this.reads.full++;
+      this.log.debug(`read every shared spec: ${full}`);
+    } else {
+      const names = 'services' in verdict ? verdict.services : new Set<string>();
+      stored = names.size > 0 ? await this.store.refresh(names) : this.noChange;
+      this.reads.logged++;
+      this.reads.specsFetched += names.size;
     }
+    const seenAt = performance.now();
     if (this.writesInFlight > 0) {
       // Seen, even if not applied yet: a restarted Consul whose index is below it has lost its state.
-      at.highest = Math.max(at.highest, stored.index);
-      // Once this replica's writes are live here, read again without blocking (index 0).
+      at.highest = Math.max(at.highest, changes.index);
+      // Once this replica's writes are live here, read the log again without blocking (index 0);
+      // a full read that was due stays due.
       await this.writesDone;
       at.index = 0;
+      at.full = full !== undefined;
       return;
     }
-    at.highest = stored.index;
-    at.index = stored.index;
+    at.highest = changes.index;
+    at.index = changes.index;
     // Older than this replica's own write: the next read (already due, the index moved) has it.
     // Checked in the same tick as applySpecs reads the local state, so no write slips in between.
-    if (stored.index < this.ownWrite) return;
-    if (stored.hash === at.hash) {
-      this.kvIndex = stored.index;
+    if (changes.index < this.ownWrite) {
+      at.full = full !== undefined;
+      return;
+    }
+    at.full = false;
+    if (full !== undefined) {
+      at.lastFull = Date.now();
+      this.forgetIdleRings(changes.log);
+    }
+    at.held = Math.max(at.held, index);
+    if (stored === this.noChange || (stored.hash !== undefined && stored.hash === at.hash)) {
+      this.kvIndex = at.held;
       return;
     }
     this.invalid = stored.invalid;
     await this.applySpecs(stored.specs, 'kv', false, this.instances, { source: 'kv', seenAt });
-    at.hash = stored.hash;
+    // A hash stands for the state of a full read only: after changes from the log it may equal a
+    // later full read's hash while the state here differs.
+    at.hash = stored.hash ?? '';
     // The report published by onApplied carries kvIndex: set it first.
-    this.kvIndex = stored.index;
+    this.kvIndex = at.held;
     this.onApplied();
+  }
+
+  /** The log named no service: nothing to read or apply. */
+  private readonly noChange: StoredSpecs = { specs: new Map(), index: 0, invalid: [] };
+
+  /** The change log's index went backwards: see watch. */
+  private async lostState(at: Following, index: number): Promise<void> {
+    const stored = await this.store.list();
+    this.reads.full++;
+    const current = [...this.reconciler.snapshot().services.values()];
+    const lost = current.filter((spec) => !stored.specs.has(spec.serviceName) && this.local.get(spec.serviceName) !== spec);
+    if (lost.length > 0) {
+      // Create-only: a spec another replica already wrote back (or wrote anew) wins.
+      this.log.warn(`Consul lost its state (index ${at.highest} -> ${index}); writing back ${lost.length} missing spec(s) from this replica`);
+      for (const spec of lost) await this.store.create(spec);
+    }
+    Object.assign(at, { index: 0, highest: 0, held: 0, hash: '', full: true });
+    // A new index space: indexes of writes to the lost one mean nothing here.
+    this.ownWrite = 0;
+  }
+
+  /**
+   * Deletes the rings of writers idle for an hour (gone replicas: a replica id names the host and
+   * port, so every new container starts a ring). Any replica may do it; the deletes check-and-set.
+   */
+  private forgetIdleRings(log: ChangeLogRead['log']): void {
+    for (const [writer, ring] of idleRings(log, this.store.writer)) {
+      this.store
+        .deleteRing(ring)
+        .then((all) => this.log.debug(`deleted the idle change log of ${writer}${all ? '' : ' (some entries changed meanwhile and stay)'}`))
+        .catch((err: unknown) => this.log.debug(`deleting the idle change log of ${writer}: ${(err as Error).message}`));
+    }
   }
 
   /** Brings the local desired state to exactly these specs: one batch, one apply. */
@@ -284,4 +364,20 @@ export class Fleet {
     }
     return { instances: [...this.reconciler.snapshot().instances.values()].reduce((n, list) => n + list.length, 0) };
   }
+}
+
+/** Where following the change log stands (see Fleet.followStep). */
+interface Following {
+  /** The log's index to block on; 0: read it without blocking. */
+  index: number;
+  /** The highest log index seen: one below it means Consul lost its state. */
+  highest: number;
+  /** The KV index of the specs applied here: log entries above it are news. */
+  held: number;
+  /** Hash of the last full read applied ('' after changes from the log). */
+  hash: string;
+  /** The next step reads every spec. */
+  full: boolean;
+  /** Date.now() of the last full read applied. */
+  lastFull: number;
 }

@@ -325,6 +325,7 @@ export class FlowProxy implements ProxyCore {
   private joinFleet(): void {
     const replicaPrefix = replicaPrefixOf(this.settings);
     this.replicaId = this.settings.replicaId ?? `${os.hostname()}:${this.apiPort}`;
+    this.store.setWriter(this.replicaId);
     const fleet = new Fleet(
       this.store,
       this.reconciler,

@@ -1,3 +1,4 @@
+import os from 'node:os';
 import { ConsulUnavailableError, type DfpError } from '../errors.js';
 import { specFromJson, specToJson } from '../spec/from-json.js';
 import { legacyParams } from '../spec/fields.js';
@@ -6,7 +7,11 @@ import { parseReconfigure } from '../spec/parse.js';
 import type { ServiceSpec } from '../spec/types.js';
 import type { Logger } from '../util/log.js';
 import { aclRefusal, type ConsulClient, consulAnswer, retryTransient } from './client.js';
+import { changesPrefix, entryValue, type LogEntry, parseLog, RING_SLOTS, writerSegment } from './change-log.js';
 import { readKvPrefix } from './kv.js';
+
+/** GETs in flight at once when reading the specs the change log names. */
+const REFRESH_CONCURRENCY = 8;
 
 /** The stored document: versioned, so the layout can change without misreading old values. */
 function storedDocument(spec: ServiceSpec): string {
@@ -27,12 +32,12 @@ interface KvEntry {
   ModifyIndex: number;
 }
 
-/** A check-and-set operation of a Consul transaction (`Value` base64, as the txn API wants it). */
-interface CasOp {
-  readonly Verb: 'cas' | 'delete-cas';
+/** An operation of a Consul transaction (`Value` base64, as the txn API wants it). */
+interface TxnOp {
+  readonly Verb: 'cas' | 'delete-cas' | 'delete';
   readonly Key: string;
   readonly Value?: string;
-  readonly Index: number;
+  readonly Index?: number;
 }
 
 interface TxnAnswer {
@@ -44,13 +49,29 @@ function base64(text: string): string {
   return Buffer.from(text, 'utf8').toString('base64');
 }
 
-/** The reasons a rolled-back transaction gives. */
-function txnErrors(body: string): string[] {
+/** The errors of a rolled-back transaction. */
+function txnErrors(body: string): { OpIndex: number; What: string }[] {
   try {
-    return ((JSON.parse(body) as TxnAnswer).Errors ?? []).map((e) => e.What);
+    return (JSON.parse(body) as TxnAnswer).Errors ?? [];
   } catch {
     return [];
   }
+}
+
+/** This writer's ring of the change log (change-log.ts): the ModifyIndex each slot holds, as last known. */
+interface Ring {
+  next: number;
+  readonly slots: number[];
+}
+
+/** A transaction's outcome: the ModifyIndex of each key written, or which operations failed their check. */
+type TxnOutcome = { readonly written: ReadonlyMap<string, number> } | { readonly stale: ReadonlySet<number> };
+
+/** The read of the change log (changes prefix). */
+export interface ChangeLogRead {
+  readonly log: readonly LogEntry[];
+  /** X-Consul-Index of the read: the KV index of the newest logged change (or deletion of a ring). */
+  readonly index: number;
 }
 
 interface Parsed {
@@ -70,6 +91,11 @@ const WRITE_RETRY_MS = 10_000;
  */
 export class ConsulSpecStore {
   readonly prefix: string;
+  /** The change log's prefix (change-log.ts). */
+  readonly changesPrefix: string;
+  /** This store's ring in the change log; the proxy names it after its replica id (setWriter). */
+  writer = writerSegment(`${os.hostname()}-${process.pid}`);
+  private ring: Promise<Ring> | undefined;
 
   constructor(
     private readonly consul: ConsulClient,
@@ -78,29 +104,42 @@ export class ConsulSpecStore {
     private readonly separator = ',',
   ) {
     this.prefix = `${instanceName}/_dfp/services/`;
+    this.changesPrefix = changesPrefix(instanceName);
+  }
+
+  /** Logs this store's writes under the ring of `replicaId` from now on. */
+  setWriter(replicaId: string): void {
+    const writer = writerSegment(replicaId);
+    if (writer === this.writer) return;
+    this.writer = writer;
+    this.ring = undefined;
   }
 
   private key(serviceName: string): string {
     return `${this.prefix}${serviceName}`;
   }
 
+  private slotKey(slot: number): string {
+    return `${this.changesPrefix}${this.writer}/${slot}`;
+  }
+
   /**
    * Writes a spec with check-and-set. A new service is tried as create-only (`cas=0`) first, which
    * saves a read; a failed CAS means someone wrote in between: read, retry. Returns a function
-   * giving the KV index this write landed at, known from the write itself (see casOp), so it is
+   * giving the KV index this write landed at, known from the write itself (see txn), so it is
    * this write's index even if another replica has written the key since; the rollback of a failed
    * apply checks-and-sets against it.
    */
   async put(spec: ServiceSpec, knownNew = false): Promise<() => Promise<number>> {
     const key = this.key(spec.serviceName);
-    const value = storedDocument(spec);
+    const value = base64(storedDocument(spec));
     const landed = await this.retrying(`storing ${spec.serviceName}`, async () => {
       let cas: number | undefined = knownNew ? 0 : undefined;
       for (let attempt = 0; attempt < 20; attempt++) {
         cas ??= await this.modifyIndex(key);
-        const at = await this.casOp({ Verb: 'cas', Key: key, Value: base64(value), Index: cas }, `the write of ${spec.serviceName}`);
-        if (at !== 'stale') return at ?? 0;
-        cas = undefined;
+        const out = await this.logged({ Verb: 'cas', Key: key, Value: value, Index: cas }, spec.serviceName, `the write of ${spec.serviceName}`);
+        if ('written' in out) return out.written.get(key) ?? 0;
+        if (out.stale.has(0)) cas = undefined;
       }
       throw new ConsulUnavailableError(`could not store ${spec.serviceName}: the key kept changing under concurrent writes`);
     });
@@ -115,13 +154,8 @@ export class ConsulSpecStore {
    */
   async undo(serviceName: string, landedIndex: number, previous: ServiceSpec | undefined): Promise<number | undefined> {
     const key = this.key(serviceName);
-    const op: CasOp = previous ? { Verb: 'cas', Key: key, Value: base64(storedDocument(previous)), Index: landedIndex } : { Verb: 'delete-cas', Key: key, Index: landedIndex };
-    return this.retrying(`rolling back ${serviceName}`, async () => {
-      const at = await this.casOp(op, `the rollback of ${serviceName}`);
-      if (at === 'stale') return undefined;
-      // A delete's answer carries no index; the prefix's index includes the delete.
-      return at ?? (await this.consul.request(`/v1/kv/${this.prefix}?keys`)).index ?? 0;
-    });
+    const op: TxnOp = previous ? { Verb: 'cas', Key: key, Value: base64(storedDocument(previous)), Index: landedIndex } : { Verb: 'delete-cas', Key: key, Index: landedIndex };
+    return this.retrying(`rolling back ${serviceName}`, () => this.loggedUntilSpecAnswers(op, serviceName, `the rollback of ${serviceName}`));
   }
 
   /** The key's ModifyIndex, 0 when it does not exist (what `cas` expects for "create"). */
@@ -133,59 +167,175 @@ export class ConsulSpecStore {
   }
 
   /**
-   * One check-and-set operation through `/v1/txn`. Unlike a KV PUT (which answers only `true`), a
-   * transaction answers with the entry as written, so the ModifyIndex is this write's own; reading
-   * the key afterwards could already see another replica's. Returns that index (undefined for a
-   * delete), or 'stale' when the key changed since `Index`.
+   * `op` on a spec, retried while only the change log's slot was stale (another process wrote it);
+   * the index it landed at (a delete's is its log entry's: one transaction, one index), or
+   * undefined when the spec's own check failed.
    */
-  private async casOp(op: CasOp, what: string): Promise<number | undefined | 'stale'> {
-    const res = await this.consul.request('/v1/txn', { method: 'PUT', body: JSON.stringify([{ KV: op }]) });
-    if (res.status === 200) return (JSON.parse(res.body) as TxnAnswer).Results?.[0]?.KV.ModifyIndex;
-    // A failed check rolls the transaction back with 409, as does a refusal (an ACL's "Permission
-    // denied"); only the error text tells them apart ("failed to set key ..., index is stale").
+  private async loggedUntilSpecAnswers(op: TxnOp, serviceName: string, what: string): Promise<number | undefined> {
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const out = await this.logged(op, serviceName, what);
+      if ('written' in out) return Math.max(...out.written.values());
+      if (out.stale.has(0)) return undefined;
+    }
+    throw new ConsulUnavailableError(`${what}: the change log's slot kept changing`);
+  }
+
+  /**
+   * `op` on a spec and the entry naming its service in this writer's next slot of the change log,
+   * in one transaction: a reader that sees the entry sees the spec as written (or newer). The slot
+   * is taken before the transaction, so concurrent writes take different slots; a slot found
+   * stale (this id's ring written by another process, or deleted as idle) is read again and tried
+   * next time.
+   */
+  private async logged(op: TxnOp, serviceName: string, what: string): Promise<TxnOutcome> {
+    const ring = await this.ownRing();
+    const slot = ring.next;
+    ring.next = (slot + 1) % RING_SLOTS;
+    const prev = ring.slots[slot] ?? 0;
+    const logKey = this.slotKey(slot);
+    const out = await this.txn([op, { Verb: 'cas', Key: logKey, Value: base64(entryValue(serviceName, prev)), Index: prev }], what);
+    if ('written' in out) {
+      ring.slots[slot] = Math.max(ring.slots[slot] ?? 0, out.written.get(logKey) ?? 0);
+    } else if (out.stale.has(1)) {
+      // The whole ring is read again, not just this slot: when Consul lost its data (or another
+      // process writes under this id) every slot is stale, and one failed try per slot would use up
+      // a write's tries. Readers rely on `prev`, not on the order of slots: a skipped slot is no hole.
+      this.ring = undefined;
+    }
+    return out;
+  }
+
+  /**
+   * This writer's ring as Consul holds it, read once: the next write goes after the newest entry,
+   * so a restart does not overwrite entries readers may not have seen yet.
+   */
+  private ownRing(): Promise<Ring> {
+    this.ring ??= (async () => {
+      const res = await this.consul.request(`/v1/kv/${this.changesPrefix}${this.writer}/?recurse`);
+      if (res.status !== 200 && res.status !== 404) throw new ConsulUnavailableError(`Consul answered ${consulAnswer(res.status, res.body)} reading the change log of ${this.writer}`);
+      const slots = new Array<number>(RING_SLOTS).fill(0);
+      let newest = -1;
+      for (const e of res.status === 404 ? [] : (JSON.parse(res.body) as KvEntry[])) {
+        const slot = Number(e.Key.slice(`${this.changesPrefix}${this.writer}/`.length));
+        if (!Number.isInteger(slot) || slot < 0 || slot >= RING_SLOTS) continue;
+        slots[slot] = e.ModifyIndex;
+        if (newest < 0 || e.ModifyIndex > (slots[newest] ?? 0)) newest = slot;
+      }
+      return { next: (newest + 1) % RING_SLOTS, slots };
+    })().catch((err: unknown) => {
+      this.ring = undefined;
+      throw err;
+    });
+    return this.ring;
+  }
+
+  /**
+   * One transaction. Unlike a KV PUT (which answers only `true`), a transaction answers with the
+   * entries as written, so a ModifyIndex is this write's own; reading the key afterwards could
+   * already see another replica's. A failed check rolls the transaction back with 409, as does a
+   * refusal (an ACL's "Permission denied"); only the error text tells them apart ("failed to set
+   * key ..., index is stale").
+   */
+  private async txn(ops: TxnOp[], what: string): Promise<TxnOutcome> {
+    const res = await this.consul.request('/v1/txn', { method: 'PUT', body: JSON.stringify(ops.map((KV) => ({ KV }))) });
+    if (res.status === 200) return { written: new Map(((JSON.parse(res.body) as TxnAnswer).Results ?? []).map((r) => [r.KV.Key, r.KV.ModifyIndex])) };
     const errors = res.status === 409 ? txnErrors(res.body) : [];
-    if (errors.length > 0 && errors.every((e) => /index is stale/.test(e))) return 'stale';
-    throw new ConsulUnavailableError(`Consul refused ${what}: ${aclRefusal(res.status, res.body) === undefined ? `${res.status} ${errors.join('; ') || res.body.slice(0, 200)}` : consulAnswer(res.status, res.body)}`, undefined, res.status >= 500);
+    if (errors.length > 0 && errors.every((e) => /index is stale/.test(e.What))) return { stale: new Set(errors.map((e) => e.OpIndex)) };
+    const text = errors.map((e) => e.What).join('; ');
+    throw new ConsulUnavailableError(`Consul refused ${what}: ${aclRefusal(res.status, res.body) === undefined ? `${res.status} ${text || res.body.slice(0, 200)}` : consulAnswer(res.status, res.body)}`, undefined, res.status >= 500);
   }
 
   /** Create-only (`cas=0`): false when the key exists already. */
   async create(spec: ServiceSpec): Promise<boolean> {
-    const value = storedDocument(spec);
-    const res = await this.consul.request(`/v1/kv/${this.key(spec.serviceName)}?cas=0`, { method: 'PUT', body: value });
-    return res.status === 200 && res.body.trim() === 'true';
+    const op: TxnOp = { Verb: 'cas', Key: this.key(spec.serviceName), Value: base64(storedDocument(spec)), Index: 0 };
+    return (await this.loggedUntilSpecAnswers(op, spec.serviceName, `the write-back of ${spec.serviceName}`)) !== undefined;
   }
 
   /** Deletes a spec, and the original's per-key layout of the same service. Returns the KV index. */
   async delete(serviceName: string): Promise<number> {
     return this.retrying(`removing ${serviceName}`, async () => {
-      const res = await this.consul.request(`/v1/kv/${this.key(serviceName)}`, { method: 'DELETE' });
-      if (res.status !== 200) throw new ConsulUnavailableError(`Consul refused to delete ${serviceName}: ${consulAnswer(res.status, res.body)}`);
+      const index = await this.loggedUntilSpecAnswers({ Verb: 'delete', Key: this.key(serviceName) }, serviceName, `the removal of ${serviceName}`);
       // The trailing '/' matters: without it the prefix would match `foo-v2/…` when removing `foo`.
       await this.consul.request(`/v1/kv/${this.instanceName}/${serviceName}/?recurse`, { method: 'DELETE' });
-      // A KV DELETE answers without X-Consul-Index; the prefix's index includes the delete.
-      const after = await this.consul.request(`/v1/kv/${this.prefix}?keys`);
-      return after.index ?? 0;
+      return index ?? 0;
     });
+  }
+
+  /**
+   * The change log (a blocking read when `index` is given): small, RING_SLOTS entries per writer at
+   * most, and it changes with every logged write of a spec.
+   */
+  async changes(index = 0, waitSeconds = 300, signal?: AbortSignal): Promise<ChangeLogRead> {
+    const read = await readKvPrefix(this.consul, this.changesPrefix, index, waitSeconds, signal);
+    if (read.folderError) this.log.warn(`${read.folderError}; the watch on the change log answers on every KV write near it until the key exists`);
+    return { log: parseLog(this.changesPrefix, read.entries), index: read.index };
+  }
+
+  /**
+   * Reads the specs of these services again, one GET each (a few at a time), and returns every
+   * spec held: those of the last read with these replaced, or removed when their key is gone.
+   */
+  async refresh(serviceNames: Iterable<string>): Promise<StoredSpecs> {
+    const queue = [...serviceNames];
+    await Promise.all(
+      Array.from({ length: Math.min(REFRESH_CONCURRENCY, queue.length) }, async () => {
+        for (let name = queue.shift(); name !== undefined; name = queue.shift()) {
+          const key = this.key(name);
+          const res = await this.consul.request(`/v1/kv/${key}`);
+          if (res.status === 404) {
+            this.parsed.delete(key);
+            continue;
+          }
+          if (res.status !== 200) throw new ConsulUnavailableError(`Consul answered ${consulAnswer(res.status, res.body)} reading ${key}`);
+          const e = (JSON.parse(res.body) as KvEntry[])[0];
+          if (!e) continue;
+          if (this.parsed.get(key)?.modifyIndex === e.ModifyIndex) continue;
+          this.parsed.set(key, this.parseEntry(key, Buffer.from(e.Value ?? '', 'base64').toString('utf8'), e.ModifyIndex));
+        }
+      }),
+    );
+    return this.held(0);
+  }
+
+  /** The specs of the last reads (list, refresh), at `index`. */
+  private held(index: number): StoredSpecs {
+    const specs = new Map<string, ServiceSpec>();
+    const invalid: string[] = [];
+    for (const [key, entry] of this.parsed) {
+      if (entry.spec) specs.set(entry.spec.serviceName, entry.spec);
+      else invalid.push(key);
+    }
+    return { specs, index, invalid };
+  }
+
+  /**
+   * Deletes another writer's ring, each entry with check-and-set on the index it was read at: a
+   * writer that comes back and writes meanwhile keeps its entry. False when something changed.
+   */
+  async deleteRing(entries: readonly LogEntry[]): Promise<boolean> {
+    let all = true;
+    // Consul 1.8 takes at most 64 operations per transaction.
+    for (let i = 0; i < entries.length; i += 64) {
+      const ops: TxnOp[] = entries.slice(i, i + 64).map((e) => ({ Verb: 'delete-cas', Key: e.key, Index: e.modifyIndex }));
+      const out = await this.txn(ops, `deleting the idle change log of ${entries[0]?.writer}`);
+      if ('stale' in out) all = false;
+    }
+    return all;
   }
 
   /** Every stored spec (a blocking read when `index` is given). */
   async list(index = 0, waitSeconds = 300, signal?: AbortSignal): Promise<StoredSpecs & { hash: string }> {
     const read = await readKvPrefix(this.consul, this.prefix, index, waitSeconds, signal);
     if (read.folderError) this.log.warn(`${read.folderError}; the watch on the shared specs answers on every KV write near it until the key exists`);
-    const specs = new Map<string, ServiceSpec>();
-    const invalid: string[] = [];
     const parsed = new Map<string, Parsed>();
     for (const e of read.entries) {
       // Unchanged entries (same ModifyIndex) keep their parsed spec, the very same object: a read
       // costs parsing only what changed, and everything memoised on a spec stays valid.
       const known = this.parsed.get(e.key);
-      const entry = known?.modifyIndex === e.modifyIndex ? known : this.parseEntry(e.key, e.value, e.modifyIndex);
-      parsed.set(e.key, entry);
-      if (entry.spec) specs.set(entry.spec.serviceName, entry.spec);
-      else invalid.push(e.key);
+      parsed.set(e.key, known?.modifyIndex === e.modifyIndex ? known : this.parseEntry(e.key, e.value, e.modifyIndex));
     }
     this.parsed = parsed;
-    return { specs, index: read.index, invalid, hash: read.hash };
+    return { ...this.held(read.index), hash: read.hash };
   }
 
   /** The last read's entries by key, parsed (see list). */

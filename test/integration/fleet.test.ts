@@ -166,10 +166,15 @@ describe('shared state in Consul KV', () => {
       method: 'PUT',
       body: JSON.stringify({ v: 1, spec: { serviceName: 'evil', aclName: 'evil', skipCheck: false, destinations: [{ index: 0, servicePath: ['/x\n    bind :1'], pathType: 'path_beg', reqMode: 'http' }] } }),
     });
+    // A hand edit reaches replicas at their next full read (ha.md); an entry in the change log naming it makes that now.
+    const logIt = (slot: number) => fetch(`${consul.address}/v1/kv/docker-flow/_dfp/changes/by-hand/${slot}`, { method: 'PUT', body: JSON.stringify({ v: 1, service: 'evil', prev: 0, at: Date.now() }) });
+    await logIt(0);
     await eventually('the bad spec reported', async () => ((await callApi(p1, 'status')).body.Fleet as { InvalidSpecs: string[] }).InvalidSpecs, (l) => l.includes('docker-flow/_dfp/services/evil'));
     assert.doesNotMatch((await callApi(p1, 'config')).text, /bind :1/);
     assert.equal((await through(p1, '/books')).instance, 'books.0');
     await fetch(`${consul.address}/v1/kv/docker-flow/_dfp/services/evil`, { method: 'DELETE' });
+    await logIt(1);
+    await eventually('the bad spec gone', async () => ((await callApi(p1, 'status')).body.Fleet as { InvalidSpecs: string[] }).InvalidSpecs, (l) => l.length === 0);
   });
 });
 

@@ -21,18 +21,24 @@ async function run(withOwnWrite: boolean): Promise<string[]> {
   const ctrl = new AbortController();
   let reads = 0;
   const store = {
-    async list(_index: number, _wait: number, signal?: AbortSignal) {
+    writer: 'self',
+    async changes(_index: number, _wait: number, signal?: AbortSignal) {
       reads++;
-      // The first blocking read answers with a snapshot at index 5, taken before `web` was stored (index 7).
-      if (reads === 1) return { specs: new Map<string, ServiceSpec>(), index: 5, invalid: [], hash: 'before-web' };
+      // The first read answers with a snapshot at index 5, taken before `web` was stored (index 7).
+      if (reads === 1) return { log: [], index: 5 };
       await new Promise((resolve) => (signal ?? ctrl.signal).addEventListener('abort', resolve));
       throw new Error('stopped');
+    },
+    async list() {
+      return { specs: new Map<string, ServiceSpec>(), index: 5, invalid: [], hash: 'before-web' };
     },
   } as unknown as ConsulSpecStore;
   const state = withService(EMPTY_STATE, web, []);
   const reconciler = recording(state, submitted);
   const fleet = new Fleet(store, reconciler, { instances: async () => [] }, 'p/', {} as never, () => undefined, createLogger('error'), 1);
   fleet.kvIndex = 4;
+  // Every step reads every spec (the log names nothing here): the race is about such a snapshot.
+  fleet.fullReadEveryMs = 0;
   if (withOwnWrite) fleet.beginOwnWrite()(7);
   fleet.startWatching();
   for (let i = 0; i < 50 && reads < 2; i++) await new Promise((r) => setTimeout(r, 5));
@@ -52,16 +58,21 @@ it('snapshots wait while this replica has a write in flight, then apply', async 
   const submitted: string[] = [];
   let reads = 0;
   const store = {
-    async list(_index: number, _wait: number, signal?: AbortSignal) {
+    writer: 'self',
+    async changes(_index: number, _wait: number, signal?: AbortSignal) {
       reads++;
-      if (reads <= 5) return { specs: new Map([['web', web]]), index: 9, invalid: [], hash: 'with-web' };
+      if (reads <= 5) return { log: [], index: 9 };
       await new Promise((resolve) => signal?.addEventListener('abort', resolve));
       throw new Error('stopped');
+    },
+    async list() {
+      return { specs: new Map([['web', web]]), index: 9, invalid: [], hash: 'with-web' };
     },
   } as unknown as ConsulSpecStore;
   const reconciler = recording(EMPTY_STATE, submitted);
   const fleet = new Fleet(store, reconciler, { instances: async () => [] }, 'p/', {} as never, () => undefined, createLogger('error'), 1);
   fleet.kvIndex = 4;
+  fleet.fullReadEveryMs = 0;
   const done = fleet.beginOwnWrite();
   fleet.startWatching();
   await new Promise((r) => setTimeout(r, 25));
