@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { repeatWithBackoff, retryUntilDone } from './consul/kv.js';
 import type { Reconciler, SubmitOptions } from './apply/reconciler.js';
-import { ConfigRejectedError, ReloadFailedError, ReplicasLaggingError, ReplicasUnknownError } from './errors.js';
+import { ConfigRejectedError, FdLimitError, ReloadFailedError, ReplicasLaggingError, ReplicasUnknownError } from './errors.js';
 import { listReplicas, noReportsReason, type ReplicaReport } from './consul/replicas.js';
 import { changesSince, idleRings, INCREMENTAL_LIMIT } from './consul/change-log.js';
 import type { ChangeLogRead, ConsulSpecStore, StoredSpecs } from './consul/spec-store.js';
@@ -353,14 +353,51 @@ export class Fleet {
       // A refused config, or one HAProxy could not load (a TCP port taken on this host): one bad
       // spec must not hold back the others, nor every later change.
       if (!(err instanceof ConfigRejectedError) && !(err instanceof ReloadFailedError)) throw err;
-      // One bad spec must not hold back the others: apply them one by one, skipping what HAProxy refuses.
-      this.log.error(`HAProxy refused the shared specs as a whole (${err.message}); applying them one by one`);
+      // One bad spec must not hold back the others. One by one would cost a validation per spec
+      // (at 10,000 services ~1 s each, hours in all); instead the longest run that HAProxy accepts
+      // is found by halving, the spec after it is tried alone and the rest goes on the same way: a
+      // few validations per refused spec. A spec refused for file descriptors (a limit, not a bad
+      // spec) ends it: every later one would need more.
+      this.log.error(`HAProxy refused the shared specs as a whole (${err.message}); applying them in parts`);
       await this.reconciler.submit(`${label} (removals)`, (state) => removed.reduce(withoutService, state), seen);
-      for (const spec of changed) {
-        await this.reconciler.submit(`${trigger}: ${spec.serviceName}`, (state) => upsert(state, spec), seen).catch((e: unknown) => {
-          this.log.error(`shared spec ${spec.serviceName} refused by HAProxy: ${(e as Error).message}`);
-        });
+      const refused: string[] = [];
+      const attempt = async (part: readonly ServiceSpec[]): Promise<Error | undefined> => {
+        const what = part.length === 1 ? `${trigger}: ${part[0]?.serviceName}` : `${trigger}: ${part.length} of the ${changed.length} changed`;
+        try {
+          await this.reconciler.submit(what, (state) => part.reduce(upsert, state), seen);
+          return undefined;
+        } catch (e) {
+          if (!(e instanceof ConfigRejectedError) && !(e instanceof ReloadFailedError)) throw e;
+          return e;
+        }
+      };
+      let rest: readonly ServiceSpec[] = changed;
+      while (rest.length > 0) {
+        if (rest !== changed && (await attempt(rest)) === undefined) break;
+        // rest[0, ok) is applied, rest[0, bad) is not accepted as a whole.
+        let ok = 0;
+        let bad = rest.length;
+        while (bad - ok > 1) {
+          const mid = Math.floor((ok + bad) / 2);
+          if ((await attempt(rest.slice(0, mid))) === undefined) ok = mid;
+          else bad = mid;
+        }
+        const spec = rest[ok] as ServiceSpec;
+        // A single spec left of the whole that failed needs no second try.
+        const why = rest.length === 1 && rest === changed ? err : await attempt([spec]);
+        if (why === undefined) {
+          rest = rest.slice(ok + 1);
+          continue;
+        }
+        refused.push(spec.serviceName);
+        this.log.error(`shared spec ${spec.serviceName} refused by HAProxy: ${why.message}`);
+        if (why instanceof FdLimitError) {
+          refused.push(...rest.slice(ok + 1).map((s) => s.serviceName));
+          break;
+        }
+        rest = rest.slice(ok + 1);
       }
+      if (refused.length > 0) this.log.error(`${refused.length} of ${changed.length} shared specs are not applied here: ${refused.slice(0, 20).join(', ')}${refused.length > 20 ? ', …' : ''}`);
     }
     return { instances: [...this.reconciler.snapshot().instances.values()].reduce((n, list) => n + list.length, 0) };
   }

@@ -1,6 +1,10 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { ConsulClient } from '../../src/consul/client.js';
+import { ConsulSpecStore } from '../../src/consul/spec-store.js';
 import { fdHardLimit } from '../../src/haproxy/fd-budget.js';
+import { spec } from '../../src/spec/defaults.js';
+import { createLogger } from '../../src/util/log.js';
 import { callApi, haproxyGeneration, liveConfig, registerLikeRegistrator, startBackend, startConsul, startProxy, stopConsul, through } from '../helpers/harness.js';
 
 /**
@@ -33,6 +37,44 @@ describe('file descriptors: a change that would need more than ulimit -Hn is ref
     } finally {
       await p.stop();
       await backend.close();
+      await stopConsul(consul);
+    }
+  });
+
+  // Regression: a start-up restore past the limit fell back to one apply per spec, each rendering
+  // and checking everything: at 10,000 stored services that ran for hours before the API was ready.
+  it('a restore of 60 stored services of which about 20 fit: the first ones are applied in a few checks', { skip: limit === undefined || limit > 1_000_000 ? 'no finite open-files limit here' : false }, async () => {
+    // The 16 spare backends (64 slots) and at least 20 services of 4 slots each fit, not 60.
+    const maxconn = Math.floor(((limit ?? 0) - 64 - 64 - 20 * 4) / 2);
+    const fits = Math.floor(((limit ?? 0) - 64 - 64 - 2 * maxconn) / 4);
+    const consul = await startConsul();
+    const client = new ConsulClient([consul.address]);
+    const names = Array.from({ length: 60 }, (_, i) => `svc${String(i).padStart(2, '0')}`);
+    try {
+      const store = new ConsulSpecStore(client, 'docker-flow', createLogger('warn'));
+      for (const name of names) await (await store.put(spec({ serviceName: name, destinations: [{ servicePath: [`/${name}`] }] })))();
+      const started = Date.now();
+      const p = await startProxy(consul.address, { MAXCONN: String(maxconn) });
+      try {
+        const status = (await callApi(p, 'status')).body as { Services: { ServiceName: string }[]; ConfigChecks: number; ApplyCounts: Record<string, number> };
+        const live = status.Services.map((s) => s.ServiceName).sort();
+        // The longest run that fits, in order (the spare backends' share varies with the allocation).
+        assert.ok(live.length >= fits && live.length < 60, `${live.length} applied`);
+        assert.deepEqual(live, names.slice(0, live.length));
+        const next = await callApi(p, 'reconfigure', { serviceName: names[live.length] ?? '', servicePath: '/next' });
+        assert.equal(next.status, 500, 'the next one does not fit');
+        assert.match(String(next.body.Message), /file descriptors/);
+        // The whole, about log2(60) halvings, the first spec past the limit: not one apply per spec.
+        const applies = Object.values(status.ApplyCounts).reduce((a, b) => a + b, 0);
+        assert.ok(applies <= 12, `${applies} applies`);
+        assert.ok(status.ConfigChecks <= 12, `${status.ConfigChecks} config checks`);
+        assert.ok(Date.now() - started < 60_000, 'ready within a minute');
+        assert.equal((await through(p, `/${names[0]}`)).status, 503, 'routed (no instance yet)');
+      } finally {
+        await p.stop();
+      }
+    } finally {
+      await client.close();
       await stopConsul(consul);
     }
   });
