@@ -30,13 +30,16 @@ const CLIENTS = 8;
  */
 const NODES = Number(process.env.BENCH_NODES ?? 4);
 /**
- * HAProxy reserves a file descriptor per health-checked server slot (haproxy/fd-budget.ts): 10,000
- * services x 4 slots need ~50,000 with MAXCONN's 8,000, past this machine's hard limit of 20,000,
- * which cannot be raised here (no CAP_SYS_RESOURCE; Docker's default is 1,048,576). Services past
- * this many are routed with skipCheck=true so the big size runs at all; the doc says so.
+ * HAProxy reserves a file descriptor per health-checked server slot (haproxy/fd-budget.ts): each
+ * service's 4 slots and those of the spare backends (a quarter of the services, checks on), plus
+ * 2 x MAXCONN. A size that needs more than this machine's hard limit cannot run here (no
+ * CAP_SYS_RESOURCE to raise it; Docker's default limit is 1,048,576): it is left out, and the doc
+ * says so, rather than run with settings users would not have.
  */
 const FD_LIMIT = fdHardLimit();
-const CHECKED_SERVICES = FD_LIMIT !== undefined && FD_LIMIT < 60_000 ? Math.max(0, Math.floor((FD_LIMIT - 2 * 4000 - 16 * 4 - 64 - 2000) / 4)) : Number.POSITIVE_INFINITY;
+const fdNeedAt = (services: number) => 2 * 4000 + 128 + 4 * (services + Math.max(16, Math.ceil(services / 4))) + 2 * 4 * INSTANCES;
+const SKIPPED = SIZES.filter((n) => FD_LIMIT !== undefined && fdNeedAt(n) > FD_LIMIT);
+const RUN_SIZES = SIZES.filter((n) => !SKIPPED.includes(n));
 const LIVE_SAMPLES = QUICK ? 5 : 20;
 const SCALE_SAMPLES = QUICK ? 10 : 50;
 const CHURN_EVENTS = QUICK ? 20 : 100;
@@ -230,9 +233,9 @@ async function populate(env: Env, from: number, to: number): Promise<{ errors: s
     // Every client talks to one of the three proxies: the fleet shares the work through Consul KV.
     const api = env.proxies[c % env.proxies.length]?.api ?? env.api;
     for (let i = queue.shift(); i !== undefined; i = queue.shift()) {
-      const params: Record<string, string> = { serviceName: svc(i), servicePath: `/${svc(i)}/` };
-      if (i >= CHECKED_SERVICES) params.skipCheck = 'true';
-      const res = await fetch(`${api}/reconfigure?${new URLSearchParams(params)}`);
+      const url = `${api}/reconfigure?${new URLSearchParams({ serviceName: svc(i), servicePath: `/${svc(i)}/` })}`;
+      // A reconfigure is idempotent: sent again once if a kept-alive connection was closed under it.
+      const res = await fetch(url).catch(() => fetch(url));
       if (res.status !== 200) errors.push(`${res.status} ${(await res.text()).slice(0, 200)}`);
       else await res.arrayBuffer();
     }
@@ -374,20 +377,20 @@ async function main(): Promise<void> {
   try {
     note(`# Benchmarks\n\nRun ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC on ${machine('Consul 1.8.7 dev agent')}.`);
     note(
-      `${QUICK ? '**Quick run (BENCH_QUICK=1): smaller sizes, fewer samples.** ' : ''}Produced by \`npm run bench\` (bench/run.ts). What users run: three proxies of one fleet with their **default settings** (no tuning variable; only addresses, ports and state directories) on **one Consul dev agent with Consul's default limits** (200 connections per client address). Each service has ${INSTANCES} instances, ${NODES > 1 ? `spread over ${NODES} Consul nodes (one per Docker host, as with Registrator; registered through the catalog API)` : 'all on the dev agent\'s own node'}; ${CLIENTS} concurrent API clients route them, spread over the three proxies.${Number.isFinite(CHECKED_SERVICES) && SIZES.some((n) => n > CHECKED_SERVICES) ? ` **Services past the first ${CHECKED_SERVICES.toLocaleString('en')} are routed with \`skipCheck=true\`:** HAProxy reserves one file descriptor per health-checked server slot, and this machine's hard open-files limit (${FD_LIMIT?.toLocaleString('en')}) cannot be raised here; 10,000 services with checks need ~50,000 (Docker's default limit is 1,048,576). Fewer health checks make HAProxy's share of the CPU smaller at that size.` : ''} wrk, HAProxy, the proxies, Consul and the Node backends share the same cores, so compare numbers within this run only.\n`,
+      `${QUICK ? '**Quick run (BENCH_QUICK=1): smaller sizes, fewer samples.** ' : ''}Produced by \`npm run bench\` (bench/run.ts). What users run: three proxies of one fleet with their **default settings** (no tuning variable; only addresses, ports and state directories) on **one Consul dev agent with Consul's default limits** (200 connections per client address). Each service has ${INSTANCES} instances, ${NODES > 1 ? `spread over ${NODES} Consul nodes (one per Docker host, as with Registrator; registered through the catalog API)` : 'all on the dev agent\'s own node'}; ${CLIENTS} concurrent API clients route them, spread over the three proxies.${SKIPPED.length > 0 ? ` **Not run here: ${SKIPPED.map((n) => `${n.toLocaleString('en')} services (HAProxy would need ~${fdNeedAt(n).toLocaleString('en')} file descriptors)`).join(', ')}:** HAProxy reserves one per health-checked server slot, spare backends included, and this machine's hard open-files limit is ${FD_LIMIT?.toLocaleString('en')}, which cannot be raised here (Docker's default is 1,048,576). Past the limit the proxy refuses the change and names it (operations.md, "File descriptors").` : ''} wrk, HAProxy, the proxies, Consul and the Node backends share the same cores, so compare numbers within this run only.\n`,
     );
     note('## New service live: API call until the first 200 on its route\n\nAim: <= 50 ms p50 at 2,000 services, <= 100 ms p50 and <= 250 ms p99 at 10,000.\n');
     note('| services already routed | p50 | p99 | how it was applied |\n|---|---|---|---|');
     let populated = 0;
-    for (const size of SIZES) {
+    for (const size of RUN_SIZES) {
       const { errors, seconds } = await populate(env, populated, size);
       populated = size;
       loads.push(`| ${size.toLocaleString('en')} | ${seconds.toFixed(0)} s | ${errors.length}${errors.length ? ` (first: ${errors[0]})` : ''} |`);
       console.log(`(populated ${size} services in ${seconds.toFixed(1)} s, ${errors.length} errors)`);
       await newServiceLive(env, size);
-      if (size === SIZES[0]) {
+      if (size === RUN_SIZES[0]) {
         note(
-          `\n## Scale event: instance registered in Consul until it gets traffic\n\nAim: <= 20 ms p50, 0 reloads. Timed from the registration call (the dev agent's own API, as Registrator registers on its host's agent: that node holds only the instances registered this way, the ${NODES} other nodes hold the services' instances; with the default CONSUL_WATCH_CONNECTIONS a proxy follows 3 nodes with queries of their own and re-reads the others when the catalog changes) until a request through HAProxy is answered by the new instance; ${INSTANCES + 1} keep-alive pollers keep requests in flight, as traffic would (one poller behind round-robin would add a poll round trip per instance).\n`,
+          `\n## Scale event: instance registered in Consul until it gets traffic\n\nAim: <= 20 ms p50, 0 reloads. Timed from the registration call (the dev agent's own API, as Registrator registers on its host's agent: that node holds only the instances registered this way, the ${NODES} other nodes hold the services' instances; with the default CONSUL_WATCH_CONNECTIONS a proxy follows 4 nodes with queries of their own, the biggest, and re-reads the others when the catalog changes) until a request through HAProxy is answered by the new instance; ${INSTANCES + 1} keep-alive pollers keep requests in flight, as traffic would (one poller behind round-robin would add a poll round trip per instance).\n`,
         );
         note('| what | p50 | p99 | reloads |\n|---|---|---|---|');
         await scaleEvents(env);
@@ -406,7 +409,7 @@ async function main(): Promise<void> {
     }
     note('\n## Scale event at the largest size\n\n| what | p50 | p99 | reloads |\n|---|---|---|---|');
     await scaleEvents(env);
-    note(`\n## Routing ${SIZES.map((n) => n.toLocaleString('en')).join(' / ')} services with ${CLIENTS} concurrent API clients\n\nAim: no Consul error.\n`);
+    note(`\n## Routing ${RUN_SIZES.map((n) => n.toLocaleString('en')).join(' / ')} services with ${CLIENTS} concurrent API clients\n\nAim: no Consul error.\n`);
     note('| services | time to route them | failed reconfigures |\n|---|---|---|');
     for (const l of loads) note(l);
     note(`\n## Consul load and memory at ${populated.toLocaleString('en')} services x ${INSTANCES} instances\n\nAim: at most 10 connections per proxy to Consul, no request while nothing changes apart from blocking-query renewals (and the replica report's session renewal, one per 5 s per proxy), control-plane RSS <= 150 MB.\n`);

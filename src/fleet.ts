@@ -9,7 +9,7 @@ import type { ChangeLogRead, ConsulSpecStore, StoredSpecs } from './consul/spec-
 import { type InstanceFollower, type InstanceSource, NO_FOLLOWER } from './discovery/types.js';
 import { specToJson } from './spec/from-json.js';
 import { consulServiceName, type ServiceSpec } from './spec/types.js';
-import { type DesiredState, withoutService, withService } from './state/desired-state.js';
+import { type DesiredState, withoutServices, withServices } from './state/desired-state.js';
 import type { Logger } from './util/log.js';
 
 /** Hash of a set of specs, independent of order and of anything host-specific. */
@@ -47,6 +47,11 @@ export class Fleet {
   fullReadEveryMs = 5 * 60 * 1000;
   /** More services changed at once than this, and the whole prefix is read (tests lower it). */
   incrementalLimit = INCREMENTAL_LIMIT;
+  /**
+   * Shared specs HAProxy refused here (fleet applySpecs), as the parsed objects the store hands
+   * back while a spec is unchanged: not tried again on every later change until they change.
+   */
+  private refusedSpecs = new WeakSet<ServiceSpec>();
   /** Reads of the shared specs since start: whole (the prefix) and from the change log (only what it names). */
   readonly reads = { full: 0, logged: 0, specsFetched: 0 };
   restored = false;
@@ -303,12 +308,16 @@ export class Fleet {
   ): Promise<{ instances: number }> {
     const specs = this.local.size === 0 ? shared : new Map([...this.local, ...shared]);
     const current = this.reconciler.snapshot();
+    const removedNames = [...current.services.keys()].filter((name) => !specs.has(name));
+    // A removal may free the room a refused spec lacked: every refused one is tried again then.
+    if (removedNames.length > 0) this.refusedSpecs = new WeakSet();
     const changed = [...specs.values()].filter((s) => {
+      if (this.refusedSpecs.has(s)) return false;
       const have = current.services.get(s.serviceName);
       // The store hands back the same object for an entry it has parsed before: no serialising.
       return have === undefined || (have !== s && jsonOf(have) !== jsonOf(s));
     });
-    const removed = [...current.services.keys()].filter((name) => !specs.has(name));
+    const removed = removedNames;
     if (changed.length === 0 && removed.length === 0 && !replaceAll) return { instances: 0 };
     // Instances for new or changed specs; a failed read starts the service empty (503) and the
     // instance watch fills it in, rather than blocking every other service.
@@ -326,16 +335,14 @@ export class Fleet {
     const label = `${trigger}: ${changed.length} changed, ${removed.length} removed`;
     // A failed read keeps the instances already known (never "no instances"); the watch, kicked
     // below, reads again.
-    const upsert = (state: DesiredState, spec: ServiceSpec) => {
-      try {
-        return withService(state, spec, fresh.get(spec.serviceName) ?? state.instances.get(consulServiceName(spec)) ?? []);
-      } catch (err) {
-        this.log.error(`shared spec ${spec.serviceName} cannot be applied here: ${(err as Error).message}`);
-        return state;
-      }
-    };
+    const upsert = (state: DesiredState, specs: readonly ServiceSpec[]) =>
+      withServices(
+        state,
+        specs.map((spec) => ({ spec, instances: fresh.get(spec.serviceName) })),
+        (spec, err) => this.log.error(`shared spec ${spec.serviceName} cannot be applied here: ${err.message}`),
+      );
     try {
-      await this.reconciler.submit(label, (state: DesiredState) => changed.reduce(upsert, removed.reduce(withoutService, state)), seen);
+      await this.reconciler.submit(label, (state: DesiredState) => upsert(withoutServices(state, removed), changed), seen);
       // Instances read one by one may be older than what the watch reported meanwhile (adopt
       // reads again then), and a failed read left the service as it was (read again). Those taken
       // from the watch's own model need neither.
@@ -355,47 +362,53 @@ export class Fleet {
       if (!(err instanceof ConfigRejectedError) && !(err instanceof ReloadFailedError)) throw err;
       // One bad spec must not hold back the others. One by one would cost a validation per spec
       // (at 10,000 services ~1 s each, hours in all); instead the longest run that HAProxy accepts
-      // is found by halving, the spec after it is tried alone and the rest goes on the same way: a
-      // few validations per refused spec. A spec refused for file descriptors (a limit, not a bad
-      // spec) ends it: every later one would need more.
+      // is found by halving, the spec after it is known refused (the last halving tried it on top
+      // of that run) and the rest goes on the same way: a few validations per refused spec. Specs
+      // already live here (edits) go first. A refusal for file descriptors is a limit, not a bad
+      // spec: every later spec with health checks would need more, so only those without go on.
+      // Refused specs are remembered (the same parsed objects) and not tried again until they
+      // change or a removal frees room.
       this.log.error(`HAProxy refused the shared specs as a whole (${err.message}); applying them in parts`);
-      await this.reconciler.submit(`${label} (removals)`, (state) => removed.reduce(withoutService, state), seen);
+      await this.reconciler.submit(`${label} (removals)`, (state) => withoutServices(state, removed), seen);
       const refused: string[] = [];
       const attempt = async (part: readonly ServiceSpec[]): Promise<Error | undefined> => {
         const what = part.length === 1 ? `${trigger}: ${part[0]?.serviceName}` : `${trigger}: ${part.length} of the ${changed.length} changed`;
         try {
-          await this.reconciler.submit(what, (state) => part.reduce(upsert, state), seen);
+          await this.reconciler.submit(what, (state) => upsert(state, part), seen);
           return undefined;
         } catch (e) {
           if (!(e instanceof ConfigRejectedError) && !(e instanceof ReloadFailedError)) throw e;
           return e;
         }
       };
-      let rest: readonly ServiceSpec[] = changed;
-      while (rest.length > 0) {
-        if (rest !== changed && (await attempt(rest)) === undefined) break;
-        // rest[0, ok) is applied, rest[0, bad) is not accepted as a whole.
+      const live = this.reconciler.snapshot().services;
+      let rest: readonly ServiceSpec[] = [...changed.filter((s) => live.has(s.serviceName)), ...changed.filter((s) => !live.has(s.serviceName))];
+      // The error of applying rest[0, rest.length): known for the whole (err) only while rest is it.
+      let whole: Error | undefined = removed.length === 0 ? err : await attempt(rest);
+      while (rest.length > 0 && whole !== undefined) {
+        // rest[0, ok) is applied; rest[0, bad) on top of it was refused with `why`.
         let ok = 0;
         let bad = rest.length;
+        let why: Error = whole;
         while (bad - ok > 1) {
           const mid = Math.floor((ok + bad) / 2);
-          if ((await attempt(rest.slice(0, mid))) === undefined) ok = mid;
-          else bad = mid;
+          const e = await attempt(rest.slice(0, mid));
+          if (e === undefined) ok = mid;
+          else [bad, why] = [mid, e];
         }
         const spec = rest[ok] as ServiceSpec;
-        // A single spec left of the whole that failed needs no second try.
-        const why = rest.length === 1 && rest === changed ? err : await attempt([spec]);
-        if (why === undefined) {
-          rest = rest.slice(ok + 1);
-          continue;
-        }
         refused.push(spec.serviceName);
+        this.refusedSpecs.add(spec);
         this.log.error(`shared spec ${spec.serviceName} refused by HAProxy: ${why.message}`);
-        if (why instanceof FdLimitError) {
-          refused.push(...rest.slice(ok + 1).map((s) => s.serviceName));
-          break;
-        }
         rest = rest.slice(ok + 1);
+        if (why instanceof FdLimitError) {
+          for (const s of rest.filter((s) => !s.skipCheck)) {
+            refused.push(s.serviceName);
+            this.refusedSpecs.add(s);
+          }
+          rest = rest.filter((s) => s.skipCheck);
+        }
+        whole = rest.length > 0 ? await attempt(rest) : undefined;
       }
       if (refused.length > 0) this.log.error(`${refused.length} of ${changed.length} shared specs are not applied here: ${refused.slice(0, 20).join(', ')}${refused.length > 20 ? ', …' : ''}`);
     }

@@ -33,7 +33,7 @@ import type { InstanceSource } from './discovery/types.js';
 import { HaproxyProcess } from './haproxy/process.js';
 import { MAP_FILES, MAP_NAMES, type RenderSettings } from './render/haproxy-config.js';
 import { consulServiceName, dnsTarget, type ServiceSpec } from './spec/types.js';
-import { type DesiredState, EMPTY_STATE, serviceStates, withInstances, withoutService, withService } from './state/desired-state.js';
+import { type DesiredState, EMPTY_STATE, serviceStates, withInstances, withoutService, withService, withServices } from './state/desired-state.js';
 import { unifiedDiff } from './util/diff.js';
 import { killQuietly } from './util/process.js';
 import type { Logger } from './util/log.js';
@@ -716,7 +716,14 @@ export class FlowProxy implements ProxyCore {
     const fresh = await Promise.all(specs.map(async (spec) => [spec, await this.instances.instances(consulServiceName(spec))] as const));
     await this.reconciler.submit(
       'reload recreate',
-      (s) => fresh.reduce((acc, [spec, list]) => (acc.services.get(spec.serviceName) === spec ? withService(acc, spec, list) : acc), s),
+      (s) =>
+        withServices(
+          s,
+          fresh.filter(([spec]) => s.services.get(spec.serviceName) === spec).map(([spec, instances]) => ({ spec, instances })),
+          (_spec, err) => {
+            throw err;
+          },
+        ),
       { force: true },
     );
   }

@@ -52,7 +52,7 @@ export class NodeAnswerParser {
     const services = parsed.Services ?? [];
     if (!Array.isArray(services)) throw new Error('Services is not an array');
     this.node = parsed.Node ?? null;
-    this.entries = services as NodeServiceEntry[];
+    this.entries = services.map(slimEntry);
     this.text = body;
     this.lastParse = 'full';
     // Where the entries are, for the next answer; an odd layout just means full parses.
@@ -89,7 +89,7 @@ export class NodeAnswerParser {
     if (!region) return false;
     let added: NodeServiceEntry[];
     try {
-      added = region.starts.map((s, k) => JSON.parse(b.slice(s, region.ends[k])) as NodeServiceEntry);
+      added = region.starts.map((s, k) => slimEntry(JSON.parse(b.slice(s, region.ends[k])) as unknown));
     } catch {
       return false;
     }
@@ -103,6 +103,18 @@ export class NodeAnswerParser {
     this.lastParse = 'partial';
     return true;
   }
+}
+
+/**
+ * The fields the catalog model reads (catalog.ts): a Consul entry carries a dozen more (tags,
+ * meta, weights, proxy and connect objects), several hundred bytes of heap each, held for every
+ * instance of every node (30,000 at 10,000 services x 3). Anything not an object is kept as it
+ * is, for the caller to refuse.
+ */
+export function slimEntry(e: unknown): NodeServiceEntry {
+  if (typeof e !== 'object' || e === null || Array.isArray(e)) return e as NodeServiceEntry;
+  const o = e as Record<string, unknown>;
+  return { ID: o.ID, Service: o.Service, Address: o.Address, Port: o.Port, ModifyIndex: o.ModifyIndex } as NodeServiceEntry;
 }
 
 /** Index of the first element of the ascending `xs` greater than `v` (xs.length if none). */

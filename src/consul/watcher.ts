@@ -427,7 +427,12 @@ export class ConsulWatcher {
       done: () => !this.known.has(node) || this.demoting.has(node),
       onExit: () => {
         this.watchedNodes.delete(node);
-        if (this.demoting.delete(node) && this.known.has(node) && !this.stopped) this.polled.add(node);
+        if (this.demoting.delete(node) && this.known.has(node) && !this.stopped) {
+          this.polled.add(node);
+          // Read once now: a change after its last answer may have woken the catalog query before
+          // the node was polled, and would wait for the next change anywhere.
+          void this.pollNodes([node]);
+        }
         this.promote();
       },
     });
@@ -538,7 +543,10 @@ export class ConsulWatcher {
       } catch (err) {
         throw new Error(`unreadable answer for node ${node}: ${(err as Error).message}`);
       }
-      this.changed(parsed.node ? this.model.setNode(node, parsed.node.Address ?? '', parsed.services) : this.model.removeNode(node), res.arrivedAt);
+      // A node that left: dropped now, not at the next read of the node list (which, while the
+      // catalog query follows registrations, a node leaving with no service would not bring).
+      if (parsed.node) this.changed(this.model.setNode(node, parsed.node.Address ?? '', parsed.services), res.arrivedAt);
+      else this.dropNode(node, res.arrivedAt);
     }
     st.read = true;
     if (first) this.checkReady();

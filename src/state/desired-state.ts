@@ -18,6 +18,72 @@ export const EMPTY_STATE: DesiredState = { services: new Map(), instances: new M
 
 /** Adds or replaces a service. Refuses names that would collide with another service's backends. */
 export function withService(state: DesiredState, spec: ServiceSpec, instances: readonly Instance[]): DesiredState {
+  return withServices(state, [{ spec, instances }], (_spec, err) => {
+    throw err;
+  });
+}
+
+/** A spec for withServices; no `instances`: keep the list known for its Consul service (none: empty). */
+export interface ServiceEntry {
+  readonly spec: ServiceSpec;
+  readonly instances?: readonly Instance[] | undefined;
+}
+
+/**
+ * Adds or replaces many services at once: the maps are copied once for the batch, not once per
+ * service (a restore of 10,000 services one withService at a time copied ~2 x 10^8 map entries).
+ * Each spec is checked against the others as withService checks it, in order; one refused is
+ * handed to `refused` and left out (the ones before and after it stay).
+ */
+export function withServices(state: DesiredState, entries: readonly ServiceEntry[], refused: (spec: ServiceSpec, err: InvalidParamError) => void): DesiredState {
+  if (entries.length === 0) return state;
+  const index = copyIndex(indexOf(state.services));
+  const services = new Map(state.services);
+  const byConsul = new Map(state.instances);
+  // How many services use each Consul service, counted once the batch first needs it: only a
+  // replaced spec that used another Consul service can leave an instance list unused, which goes
+  // at once (a later spec of the batch must not find it), as it would one withService at a time.
+  let uses: Map<string, number> | undefined;
+  const countUses = (): Map<string, number> => {
+    if (uses === undefined) {
+      uses = new Map();
+      for (const s of services.values()) uses.set(consulServiceName(s), (uses.get(consulServiceName(s)) ?? 0) + 1);
+    }
+    return uses;
+  };
+  for (const { spec, instances } of entries) {
+    try {
+      checkNames(index, spec);
+    } catch (err) {
+      if (!(err instanceof InvalidParamError)) throw err;
+      refused(spec, err);
+      continue;
+    }
+    const consulName = consulServiceName(spec);
+    const replaced = services.get(spec.serviceName);
+    const moved = replaced !== undefined && consulServiceName(replaced) !== consulName;
+    if (moved) {
+      const count = countUses();
+      const old = consulServiceName(replaced);
+      const left = (count.get(old) ?? 1) - 1;
+      if (left > 0) count.set(old, left);
+      else {
+        count.delete(old);
+        byConsul.delete(old);
+      }
+    }
+    if (uses !== undefined && (replaced === undefined || moved)) uses.set(consulName, (uses.get(consulName) ?? 0) + 1);
+    if (replaced !== undefined) removeIndexed(index, replaced);
+    addIndexed(index, spec);
+    services.set(spec.serviceName, spec);
+    byConsul.set(consulName, instances ?? byConsul.get(consulName) ?? []);
+  }
+  indexes.set(services, index);
+  return { services, instances: byConsul };
+}
+
+/** Throws when `spec`'s names or ports collide with another service's in `index`. */
+function checkNames(index: NameIndex, spec: ServiceSpec): void {
   const mineByPort = new Map<number, Destination[]>();
   for (const d of spec.destinations) {
     if (d.reqMode === 'http' || d.srcPort === undefined) continue;
@@ -25,7 +91,6 @@ export function withService(state: DesiredState, spec: ServiceSpec, instances: r
     mineByPort.set(d.srcPort, [...(mineByPort.get(d.srcPort) ?? []), d]);
   }
   // Looked up in the index of the others' names and ports: a change costs the same at 10 services and at 10,000.
-  const index = indexOf(state.services);
   const owner = index.byAcl.get(spec.aclName);
   if (owner !== undefined && owner !== spec.serviceName) {
     throw new InvalidParamError('aclName', `aclName ${spec.aclName} is already used by service ${owner}`);
@@ -43,15 +108,6 @@ export function withService(state: DesiredState, spec: ServiceSpec, instances: r
       throw new InvalidParamError('aclName', `backend ${name} already belongs to service ${taken}; choose another aclName`);
     }
   }
-  const services = new Map(state.services);
-  const replaced = services.get(spec.serviceName);
-  services.set(spec.serviceName, spec);
-  indexes.set(services, withIndexed(replaced === undefined ? index : withoutIndexed(index, replaced), spec));
-  const byConsul = new Map(state.instances);
-  byConsul.set(consulServiceName(spec), instances);
-  // Only a replaced spec that used another Consul service can leave an instance list unused.
-  const next = { services, instances: byConsul };
-  return replaced !== undefined && consulServiceName(replaced) !== consulServiceName(spec) ? prune(next) : next;
 }
 
 /** What withService checks a new spec against: who holds each aclName, TCP-level port and backend name. */
@@ -68,7 +124,7 @@ function indexOf(services: ReadonlyMap<string, ServiceSpec>): NameIndex {
   let index = indexes.get(services);
   if (index === undefined) {
     index = { byAcl: new Map(), tcpPorts: new Map(), backends: new Map() };
-    for (const spec of services.values()) index = withIndexed(index, spec, true);
+    for (const spec of services.values()) addIndexed(index, spec);
     indexes.set(services, index);
   }
   return index;
@@ -78,33 +134,34 @@ function backendNames(spec: ServiceSpec): string[] {
   return routedSpec(spec).destinations.map((d) => backendName(spec, d));
 }
 
-/** The index with a spec's names added; `inPlace` while building a fresh index nobody else holds. */
-function withIndexed(index: NameIndex, spec: ServiceSpec, inPlace = false): NameIndex {
-  const byAcl = (inPlace ? index.byAcl : new Map(index.byAcl)) as Map<string, string>;
-  const tcpPorts = (inPlace ? index.tcpPorts : new Map(index.tcpPorts)) as Map<number, { serviceName: string; dest: Destination }[]>;
-  const backends = (inPlace ? index.backends : new Map(index.backends)) as Map<string, string>;
-  byAcl.set(spec.aclName, spec.serviceName);
+/** Puts a spec's names into an index nobody else holds (fresh, or a copy), in place. */
+function addIndexed(index: NameIndex, spec: ServiceSpec): void {
+  (index.byAcl as Map<string, string>).set(spec.aclName, spec.serviceName);
+  const tcpPorts = index.tcpPorts as Map<number, { serviceName: string; dest: Destination }[]>;
   for (const dest of spec.destinations) {
     if (dest.reqMode === 'http' || dest.srcPort === undefined) continue;
     tcpPorts.set(dest.srcPort, [...(tcpPorts.get(dest.srcPort) ?? []), { serviceName: spec.serviceName, dest }]);
   }
-  for (const name of backendNames(spec)) backends.set(name, spec.serviceName);
-  return { byAcl, tcpPorts, backends };
+  for (const name of backendNames(spec)) (index.backends as Map<string, string>).set(name, spec.serviceName);
 }
 
-function withoutIndexed(index: NameIndex, spec: ServiceSpec): NameIndex {
-  const byAcl = new Map(index.byAcl);
+function copyIndex(index: NameIndex): NameIndex {
+  return { byAcl: new Map(index.byAcl), tcpPorts: new Map(index.tcpPorts), backends: new Map(index.backends) };
+}
+
+/** Takes a spec's names out of an index nobody else holds (a copy), in place. */
+function removeIndexed(index: NameIndex, spec: ServiceSpec): void {
+  const byAcl = index.byAcl as Map<string, string>;
   if (byAcl.get(spec.aclName) === spec.serviceName) byAcl.delete(spec.aclName);
-  const tcpPorts = new Map(index.tcpPorts);
+  const tcpPorts = index.tcpPorts as Map<number, { serviceName: string; dest: Destination }[]>;
   for (const dest of spec.destinations) {
     if (dest.reqMode === 'http' || dest.srcPort === undefined) continue;
     const left = (tcpPorts.get(dest.srcPort) ?? []).filter((t) => t.serviceName !== spec.serviceName);
     if (left.length === 0) tcpPorts.delete(dest.srcPort);
     else tcpPorts.set(dest.srcPort, left);
   }
-  const backends = new Map(index.backends);
+  const backends = index.backends as Map<string, string>;
   for (const name of backendNames(spec)) if (backends.get(name) === spec.serviceName) backends.delete(name);
-  return { byAcl, tcpPorts, backends };
 }
 
 /**
@@ -120,12 +177,22 @@ function checkPortShare(mine: Destination, theirs: Destination, owner: string): 
 }
 
 export function withoutService(state: DesiredState, serviceName: string): DesiredState {
-  if (!state.services.has(serviceName)) return state;
+  return withoutServices(state, [serviceName]);
+}
+
+/** Removes many services, copying the maps once for the batch. */
+export function withoutServices(state: DesiredState, serviceNames: readonly string[]): DesiredState {
+  const gone = serviceNames.filter((name) => state.services.has(name));
+  if (gone.length === 0) return state;
+  const known = indexes.get(state.services);
+  const index = known === undefined ? undefined : copyIndex(known);
   const services = new Map(state.services);
-  const removed = services.get(serviceName);
-  services.delete(serviceName);
-  const index = indexes.get(state.services);
-  if (index !== undefined && removed !== undefined) indexes.set(services, withoutIndexed(index, removed));
+  for (const name of gone) {
+    const removed = services.get(name);
+    services.delete(name);
+    if (index !== undefined && removed !== undefined) removeIndexed(index, removed);
+  }
+  if (index !== undefined) indexes.set(services, index);
   return prune({ services, instances: state.instances });
 }
 

@@ -61,9 +61,6 @@ describe('file descriptors: a change that would need more than ulimit -Hn is ref
         // The longest run that fits, in order (the spare backends' share varies with the allocation).
         assert.ok(live.length >= fits && live.length < 60, `${live.length} applied`);
         assert.deepEqual(live, names.slice(0, live.length));
-        const next = await callApi(p, 'reconfigure', { serviceName: names[live.length] ?? '', servicePath: '/next' });
-        assert.equal(next.status, 500, 'the next one does not fit');
-        assert.match(String(next.body.Message), /file descriptors/);
         // The whole, about log2(60) halvings, the first spec past the limit: not one apply per spec.
         const applies = Object.values(status.ApplyCounts).reduce((a, b) => a + b, 0);
         assert.ok(applies <= 12, `${applies} applies`);

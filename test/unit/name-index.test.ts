@@ -3,7 +3,7 @@ import { describe, it } from 'node:test';
 import { DfpError } from '../../src/errors.js';
 import { spec } from '../../src/spec/defaults.js';
 import { backendName, routedSpec, type ServiceSpec } from '../../src/spec/types.js';
-import { type DesiredState, EMPTY_STATE, withoutService, withService } from '../../src/state/desired-state.js';
+import { type DesiredState, EMPTY_STATE, withoutService, withoutServices, withService, withServices } from '../../src/state/desired-state.js';
 
 /**
  * withService checks a spec against an index of the others' aclNames, TCP ports and backend names
@@ -79,5 +79,40 @@ describe('withService against the name index', () => {
       }
     }
     assert.ok(refused > 300 && accepted > 300, `${refused} refused, ${accepted} accepted`);
+  });
+
+  it('withServices and withoutServices (one copy per batch) end where one withService or withoutService at a time ends', () => {
+    const rand = random(11);
+    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)] as T;
+    const names = ['a', 'b', 'c', 'd', 'web', 'https-web', 'db', 'e', 'f'];
+    const make = (name: string): ServiceSpec => {
+      const acl = rand() < 0.3 ? pick(['a', 'web', 'https-web', 'x']) : name;
+      return rand() < 0.6
+        ? spec({ serviceName: name, aclName: acl, destinations: [{ servicePath: ['/p'], ...(rand() < 0.3 ? { httpsPort: 443 } : {}) }], ...(rand() < 0.2 ? { serviceColor: 'blue' } : {}) })
+        : spec({ serviceName: name, aclName: acl, destinations: [{ reqMode: 'tcp' as const, servicePath: [], srcPort: pick([5432, 6379]), port: 5432 }] });
+    };
+    let batched: DesiredState = EMPTY_STATE;
+    let single: DesiredState = EMPTY_STATE;
+    let refusals = 0;
+    for (let round = 0; round < 400; round++) {
+      const gone = names.filter(() => rand() < 0.15);
+      const entries = Array.from({ length: 1 + Math.floor(rand() * 5) }, () => ({ spec: make(pick(names)), instances: rand() < 0.5 ? [{ id: `i${round}`, address: '10.0.0.1', port: 80 }] : undefined }));
+      const refusedBatch: string[] = [];
+      batched = withServices(withoutServices(batched, gone), entries, (sp) => refusedBatch.push(sp.serviceName));
+      const refusedSingle: string[] = [];
+      single = entries.reduce((state, { spec: sp, instances }) => {
+        try {
+          return withService(state, sp, instances ?? state.instances.get(sp.serviceColor ? `${sp.serviceName}-${sp.serviceColor}` : sp.serviceName) ?? []);
+        } catch {
+          refusedSingle.push(sp.serviceName);
+          return state;
+        }
+      }, gone.reduce(withoutService, single));
+      refusals += refusedSingle.length;
+      assert.deepEqual(refusedBatch, refusedSingle, `round ${round}: refused`);
+      assert.deepEqual([...batched.services].sort(), [...single.services].sort(), `round ${round}: services`);
+      assert.deepEqual([...batched.instances].sort(), [...single.instances].sort(), `round ${round}: instances`);
+    }
+    assert.ok(refusals > 50, `${refusals} refusals`);
   });
 });
