@@ -42,7 +42,8 @@ const NODES_PATH = '/v1/catalog/nodes';
 /**
  * Answers on every registration and deregistration anywhere in the catalog (its index is the
  * services table's), not on KV, check or node-only writes: the change detector for nodes past the
- * budget. Its answer lists every service name with its tags: small, and not parsed. (A query for a
+ * budget. Its answer lists every service name with its tags (tens of kilobytes at thousands of
+ * services; not parsed), and only while nodes are past the budget. (A query for a
  * service no one registers looked cheaper, but Consul 1.8 answers it with the index of the last
  * time a service went extinct: once one has, registrations no longer wake it. Measured on 1.8.7.)
  */
