@@ -11,13 +11,21 @@ function command(...parts: string[]): string {
   return parts.join(' ');
 }
 
-async function expect(haproxy: HaproxyProcess, cmd: string, ok: RegExp): Promise<string> {
-  const reply = (await haproxy.adminCommand(cmd)).trim();
-  if (!ok.test(reply)) throw new ReloadFailedError(`runtime API: "${cmd}" answered ${JSON.stringify(reply.slice(0, 200))}`);
-  return reply;
-}
+/** The one line `set server … addr … port …` answers when it worked (HAProxy 2.6). */
+const ADDR_CHANGED = /^(IP changed from '|no need to change the addr)/;
 
-const EMPTY = /^$/;
+/**
+ * Commands per line: HAProxy runs `;`-separated commands of one line in order and answers each in
+ * turn, so a plan goes out over one connection instead of one per command. The line stays well
+ * under HAProxy's request buffer (tune.bufsize, 16 KB by default).
+ */
+const LINE_LIMIT = 8000;
+
+interface Command {
+  readonly text: string;
+  /** It answers one line (`set server addr`); every other command here answers nothing when it works. */
+  readonly answers: boolean;
+}
 
 /** The first command of an op, as a dry run shows it. */
 export function describeOp(op: RuntimeOp, mapFiles: Readonly<Record<MapName, string>>): string {
@@ -39,25 +47,57 @@ export function describeOp(op: RuntimeOp, mapFiles: Readonly<Record<MapName, str
  * validated reload, which is always correct.
  */
 export async function runRuntimeOps(haproxy: HaproxyProcess, ops: readonly RuntimeOp[], mapFiles: Readonly<Record<MapName, string>>): Promise<void> {
+  const commands: Command[] = [];
   for (const op of ops) {
     switch (op.kind) {
       case 'fill-slot': {
         const id = `${op.backend}/${op.slot}`;
-        await expect(haproxy, command('set', 'server', id, 'addr', op.address, 'port', String(op.port)), /changed|no need/i);
+        commands.push({ text: command('set', 'server', id, 'addr', op.address, 'port', String(op.port)), answers: true });
         // Leaving maintenance with checks on, HAProxy counts the server up and checks it at once.
-        await expect(haproxy, command('set', 'server', id, 'state', 'ready'), EMPTY);
+        commands.push({ text: command('set', 'server', id, 'state', 'ready'), answers: false });
         break;
       }
       case 'free-slot':
         // maint stops new requests at once; requests in flight finish.
-        await expect(haproxy, command('set', 'server', `${op.backend}/${op.slot}`, 'state', 'maint'), EMPTY);
+        commands.push({ text: command('set', 'server', `${op.backend}/${op.slot}`, 'state', 'maint'), answers: false });
         break;
       case 'set-map':
-        await expect(haproxy, command(op.isNew ? 'add' : 'set', 'map', mapFiles[op.map], op.key, op.value), EMPTY);
+        commands.push({ text: command(op.isNew ? 'add' : 'set', 'map', mapFiles[op.map], op.key, op.value), answers: false });
         break;
       case 'del-map':
-        await expect(haproxy, command('del', 'map', mapFiles[op.map], op.key), EMPTY);
+        commands.push({ text: command('del', 'map', mapFiles[op.map], op.key), answers: false });
         break;
     }
+  }
+  let line: Command[] = [];
+  let length = 0;
+  for (const c of commands) {
+    if (line.length > 0 && length + c.text.length + 1 > LINE_LIMIT) {
+      await send(haproxy, line);
+      line = [];
+      length = 0;
+    }
+    line.push(c);
+    length += c.text.length + 1;
+  }
+  if (line.length > 0) await send(haproxy, line);
+}
+
+/**
+ * One line of commands. Their answers come concatenated (blank lines between): exactly one
+ * ADDR_CHANGED line per `set server addr` and nothing else, or it failed (an error is a line of
+ * its own, e.g. "No such server."). The commands after a failed one still ran; the caller then
+ * reloads, which is always correct.
+ */
+async function send(haproxy: HaproxyProcess, line: readonly Command[]): Promise<void> {
+  const text = line.map((c) => c.text).join(';');
+  const reply = await haproxy.adminCommand(text);
+  const answered = reply
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l !== '');
+  const expected = line.filter((c) => c.answers).length;
+  if (answered.length !== expected || !answered.every((l) => ADDR_CHANGED.test(l))) {
+    throw new ReloadFailedError(`runtime API: ${line.length} command${line.length === 1 ? '' : 's'} from "${line[0]?.text}" answered ${JSON.stringify(reply.trim().slice(0, 200))}`);
   }
 }
