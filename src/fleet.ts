@@ -49,9 +49,10 @@ export class Fleet {
   incrementalLimit = INCREMENTAL_LIMIT;
   /**
    * Shared specs HAProxy refused here (fleet applySpecs), as the parsed objects the store hands
-   * back while a spec is unchanged: not tried again on every later change until they change.
+   * back while a spec is unchanged: not tried again on every later change, only once they change,
+   * a service is removed, or at the next full read (at least every fullReadEveryMs).
    */
-  private refusedSpecs = new WeakSet<ServiceSpec>();
+  private refusedSpecs = new Set<ServiceSpec>();
   /** Reads of the shared specs since start: whole (the prefix) and from the change log (only what it names). */
   readonly reads = { full: 0, logged: 0, specsFetched: 0 };
   restored = false;
@@ -249,6 +250,11 @@ export class Fleet {
     at.full = false;
     if (full !== undefined) {
       at.lastFull = Date.now();
+      // What HAProxy refused here may fit now (a port freed on the host, a limit raised): tried again.
+      if (this.refusedSpecs.size > 0) {
+        this.refusedSpecs.clear();
+        at.hash = '';
+      }
       this.forgetIdleRings(changes.log);
     }
     at.held = Math.max(at.held, index);
@@ -310,7 +316,7 @@ export class Fleet {
     const current = this.reconciler.snapshot();
     const removedNames = [...current.services.keys()].filter((name) => !specs.has(name));
     // A removal may free the room a refused spec lacked: every refused one is tried again then.
-    if (removedNames.length > 0) this.refusedSpecs = new WeakSet();
+    if (removedNames.length > 0) this.refusedSpecs.clear();
     const changed = [...specs.values()].filter((s) => {
       if (this.refusedSpecs.has(s)) return false;
       const have = current.services.get(s.serviceName);
@@ -367,7 +373,7 @@ export class Fleet {
       // already live here (edits) go first. A refusal for file descriptors is a limit, not a bad
       // spec: every later spec with health checks would need more, so only those without go on.
       // Refused specs are remembered (the same parsed objects) and not tried again until they
-      // change or a removal frees room.
+      // change, a removal frees room, or the next full read of the specs.
       this.log.error(`HAProxy refused the shared specs as a whole (${err.message}); applying them in parts`);
       await this.reconciler.submit(`${label} (removals)`, (state) => withoutServices(state, removed), seen);
       const refused: string[] = [];

@@ -5,13 +5,20 @@ import { ConsulSpecStore } from '../../src/consul/spec-store.js';
 import { fdHardLimit } from '../../src/haproxy/fd-budget.js';
 import { spec } from '../../src/spec/defaults.js';
 import { createLogger } from '../../src/util/log.js';
-import { callApi, haproxyGeneration, liveConfig, registerLikeRegistrator, startBackend, startConsul, startProxy, stopConsul, through } from '../helpers/harness.js';
+import path from 'node:path';
+import { MAP_FILES } from '../../src/render/routes.js';
+import { callApi, eventually, haproxyGeneration, liveConfig, registerLikeRegistrator, startBackend, startConsul, startProxy, stopConsul, type TestProxy, through } from '../helpers/harness.js';
 
 /**
  * HAProxy reserves a file descriptor per health-checked server slot and two per connection of
  * MAXCONN; past the process's hard limit a new worker does not start, which `haproxy -c` does not
  * catch. The proxy must refuse such a change itself, name the limit, and keep serving.
  */
+/** The prefix routes HAProxy serves now, from the runtime API. */
+async function liveMap(p: TestProxy): Promise<string> {
+  return p.proxy.haproxy.adminCommand(`show map ${path.join(p.stateDir, MAP_FILES.prefix)}`);
+}
+
 describe('file descriptors: a change that would need more than ulimit -Hn is refused before it goes live', () => {
   const limit = fdHardLimit();
   it('a service scaled to 40 instances (64 slots) crosses the limit: 500 naming it, the old config keeps serving', { skip: limit === undefined || limit > 1_000_000 ? 'no finite open-files limit here' : false }, async () => {
@@ -67,6 +74,14 @@ describe('file descriptors: a change that would need more than ulimit -Hn is ref
         assert.ok(status.ConfigChecks <= 12, `${status.ConfigChecks} config checks`);
         assert.ok(Date.now() - started < 60_000, 'ready within a minute');
         assert.equal((await through(p, `/${names[0]}`)).status, 503, 'routed (no instance yet)');
+        // Another replica edits a live service: applied alone, without trying the refused ones again.
+        const checks = status.ConfigChecks;
+        assert.doesNotMatch(await liveMap(p), /\/edited/);
+        await (await store.put(spec({ serviceName: names[0] ?? '', destinations: [{ servicePath: ['/edited'] }] })))();
+        await eventually('the edit is live', () => liveMap(p), (m) => /\/edited/.test(m));
+        const after = (await callApi(p, 'status')).body as { ConfigChecks: number; Services: unknown[] };
+        assert.ok(after.ConfigChecks - checks <= 1, `${after.ConfigChecks - checks} more config checks`);
+        assert.equal(after.Services.length, live.length);
       } finally {
         await p.stop();
       }
