@@ -9,7 +9,13 @@ import { deregister, register } from '../src/consul/registrator.js';
 import { freePort } from '../src/util/ports.js';
 import { waitForExit } from '../src/util/process.js';
 import { PROJECT_ROOT, proxyArgs } from '../src/util/project.js';
-import { fdHardLimit } from '../src/haproxy/fd-budget.js';
+import { canonicalAllocation } from '../src/apply/plan.js';
+import { loadSettings } from '../src/config/settings.js';
+import { fdHardLimit, fdNeed } from '../src/haproxy/fd-budget.js';
+import { renderSettings } from '../src/proxy.js';
+import { renderConfig } from '../src/render/haproxy-config.js';
+import { spec } from '../src/spec/defaults.js';
+import type { ServiceState } from '../src/state/service-state.js';
 import { ensureInstalled, keptNotes, machine, pct, untilOk, type WrkResult, wrk, notebook } from './common.js';
 
 /**
@@ -37,8 +43,18 @@ const NODES = Number(process.env.BENCH_NODES ?? 4);
  * says so, rather than run with settings users would not have.
  */
 const FD_LIMIT = fdHardLimit();
-const fdNeedAt = (services: number) => 2 * 4000 + 128 + 4 * (services + Math.max(16, Math.ceil(services / 4))) + 2 * 4 * INSTANCES;
-const SKIPPED = SIZES.filter((n) => FD_LIMIT !== undefined && fdNeedAt(n) > FD_LIMIT);
+/** What the proxy's own check (haproxy/fd-budget.ts) counts for `n` services as this bench routes them, defaults throughout. */
+function fdNeedAt(n: number): number {
+  const settings = loadSettings({ CONSUL_ADDRESS: 'http://127.0.0.1:8500' });
+  const services: ServiceState[] = Array.from({ length: n }, (_, i) => ({
+    spec: spec({ serviceName: `s${i}`, destinations: [{ servicePath: [`/s${i}/`] }] }),
+    instances: Array.from({ length: INSTANCES }, (_, k) => ({ id: `s${i}.${k}`, address: '127.0.0.1', port: 10_000 + k })),
+  }));
+  const rendered = renderConfig({ ...renderSettings(settings, '/dev/null'), mapDir: '/dev/null' }, services, canonicalAllocation(services, settings.spareBackends, settings.serverSlots));
+  return fdNeed(rendered, settings.maxconn).need;
+}
+const FD_NEED = new Map(SIZES.map((n) => [n, FD_LIMIT === undefined ? 0 : fdNeedAt(n)]));
+const SKIPPED = SIZES.filter((n) => FD_LIMIT !== undefined && (FD_NEED.get(n) ?? 0) > FD_LIMIT);
 const RUN_SIZES = SIZES.filter((n) => !SKIPPED.includes(n));
 const LIVE_SAMPLES = QUICK ? 5 : 20;
 const SCALE_SAMPLES = QUICK ? 10 : 50;
@@ -377,7 +393,7 @@ async function main(): Promise<void> {
   try {
     note(`# Benchmarks\n\nRun ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC on ${machine('Consul 1.8.7 dev agent')}.`);
     note(
-      `${QUICK ? '**Quick run (BENCH_QUICK=1): smaller sizes, fewer samples.** ' : ''}Produced by \`npm run bench\` (bench/run.ts). What users run: three proxies of one fleet with their **default settings** (no tuning variable; only addresses, ports and state directories) on **one Consul dev agent with Consul's default limits** (200 connections per client address). Each service has ${INSTANCES} instances, ${NODES > 1 ? `spread over ${NODES} Consul nodes (one per Docker host, as with Registrator; registered through the catalog API)` : 'all on the dev agent\'s own node'}; ${CLIENTS} concurrent API clients route them, spread over the three proxies.${SKIPPED.length > 0 ? ` **Not run here: ${SKIPPED.map((n) => `${n.toLocaleString('en')} services (HAProxy would need ~${fdNeedAt(n).toLocaleString('en')} file descriptors)`).join(', ')}:** HAProxy reserves one per health-checked server slot, spare backends included, and this machine's hard open-files limit is ${FD_LIMIT?.toLocaleString('en')}, which cannot be raised here (Docker's default is 1,048,576). Past the limit the proxy refuses the change and names it (operations.md, "File descriptors").` : ''} wrk, HAProxy, the proxies, Consul and the Node backends share the same cores, so compare numbers within this run only.\n`,
+      `${QUICK ? '**Quick run (BENCH_QUICK=1): smaller sizes, fewer samples.** ' : ''}Produced by \`npm run bench\` (bench/run.ts). What users run: three proxies of one fleet with their **default settings** (no tuning variable; only addresses, ports and state directories) on **one Consul dev agent with Consul's default limits** (200 connections per client address). Each service has ${INSTANCES} instances, ${NODES > 1 ? `spread over ${NODES} Consul nodes (one per Docker host, as with Registrator; registered through the catalog API)` : 'all on the dev agent\'s own node'}; ${CLIENTS} concurrent API clients route them, spread over the three proxies.${SKIPPED.length > 0 ? ` **Not run here: ${SKIPPED.map((n) => `${n.toLocaleString('en')} services (HAProxy would need ~${(FD_NEED.get(n) ?? 0).toLocaleString('en')} file descriptors)`).join(', ')}:** HAProxy reserves one per health-checked server slot, spare backends included, and this machine's hard open-files limit is ${FD_LIMIT?.toLocaleString('en')}, which cannot be raised here (Docker's default is 1,048,576). Past the limit the proxy refuses the change and names it (operations.md, "File descriptors").` : ''} wrk, HAProxy, the proxies, Consul and the Node backends share the same cores, so compare numbers within this run only.\n`,
     );
     note('## New service live: API call until the first 200 on its route\n\nAim: <= 50 ms p50 at 2,000 services, <= 100 ms p50 and <= 250 ms p99 at 10,000.\n');
     note('| services already routed | p50 | p99 | how it was applied |\n|---|---|---|---|');

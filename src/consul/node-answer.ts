@@ -107,8 +107,9 @@ export class NodeAnswerParser {
 
 /**
  * The fields the catalog model reads (catalog.ts): a Consul entry carries a dozen more (tags,
- * meta, weights, proxy and connect objects), several hundred bytes of heap each, held for every
- * instance of every node (30,000 at 10,000 services x 3). Anything not an object is kept as it
+ * meta, tagged addresses, weights, proxy and connect objects), held for every instance of every
+ * node (30,000 at 10,000 services x 3). Measured on Node 20 for entries as Consul 1.8.7 writes a
+ * catalog registration: ~600 bytes of heap each as parsed, ~140 slimmed. Anything not an object is kept as it
  * is, for the caller to refuse.
  */
 export function slimEntry(e: unknown): NodeServiceEntry {
