@@ -195,6 +195,13 @@ export async function registerLikeRegistrator(consul: string, port: ContainerPor
 
 export { deregister };
 
+/** An echo backend `<service>.<n>` registered as Registrator would (container port 8080); the caller closes it. */
+export async function startInstance(consul: string, service: string, n = 0): Promise<Backend> {
+  const b = await startBackend(`${service}.${n}`);
+  await registerLikeRegistrator(consul, { name: service, container: `${service}.${n}`, exposedPort: 8080, hostPort: b.port });
+  return b;
+}
+
 export interface ApiAnswer {
   readonly status: number;
   readonly body: Record<string, unknown>;

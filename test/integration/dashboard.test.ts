@@ -6,7 +6,7 @@ import { type Browser, chromium, type Page } from 'playwright-core';
 import type { ConsulAgent } from '../../src/consul/agent.js';
 import type { DashboardData } from '../../src/dashboard/model.js';
 import { PROJECT_ROOT } from '../../src/util/project.js';
-import { type Backend, callApi, eventually, registerLikeRegistrator, startBackend, startConsul, startProxy, stopConsul, type TestProxy, through } from '../helpers/harness.js';
+import { type Backend, callApi, eventually, startBackend, startConsul, startInstance, startProxy, stopConsul, type TestProxy, through } from '../helpers/harness.js';
 
 /**
  * The dashboard in a real browser: Debian's Chromium (scripts/setup.sh installs it), driven by
@@ -47,9 +47,8 @@ describe('dashboard (/ui/) in headless Chromium', () => {
   });
 
   async function instance(service: string, n: number): Promise<Backend> {
-    const b = await startBackend(`${service}.${n}`);
+    const b = await startInstance(consul.address, service, n);
     backends.push(b);
-    await registerLikeRegistrator(consul.address, { name: service, container: `${service}.${n}`, exposedPort: 8080, hostPort: b.port });
     return b;
   }
 

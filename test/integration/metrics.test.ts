@@ -3,7 +3,7 @@ import { after, before, describe, it } from 'node:test';
 import type { ConsulAgent } from '../../src/consul/agent.js';
 import { CHANGE_SOURCES } from '../../src/metrics/metrics.js';
 import { freePort } from '../../src/util/ports.js';
-import { type Backend, callApi, eventually, registerLikeRegistrator, startBackend, startConsul, startProxy, stopConsul, type TestProxy, through } from '../helpers/harness.js';
+import { type Backend, callApi, eventually, startConsul, startInstance, startProxy, stopConsul, type TestProxy, through } from '../helpers/harness.js';
 import { type Family, parsePrometheusText, total } from '../helpers/prom-text.js';
 
 async function scrape(url: string): Promise<Map<string, Family>> {
@@ -43,9 +43,8 @@ describe('metrics', () => {
   });
 
   async function instance(service: string, n: number): Promise<Backend> {
-    const b = await startBackend(`${service}.${n}`);
+    const b = await startInstance(consul.address, service, n);
     backends.push(b);
-    await registerLikeRegistrator(consul.address, { name: service, container: `${service}.${n}`, exposedPort: 8080, hostPort: b.port });
     return b;
   }
 
