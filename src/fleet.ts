@@ -4,6 +4,7 @@ import { repeatWithBackoff, retryUntilDone } from './consul/kv.js';
 import type { Reconciler, SubmitOptions } from './apply/reconciler.js';
 import { ConfigRejectedError, FdLimitError, ReloadFailedError, ReplicasLaggingError, ReplicasUnknownError } from './errors.js';
 import { listReplicas, noReportsReason, type ReplicaReport } from './consul/replicas.js';
+import { applyInParts } from './apply/in-parts.js';
 import { changesSince, idleRings, INCREMENTAL_LIMIT } from './consul/change-log.js';
 import type { ChangeLogRead, ConsulSpecStore, StoredSpecs } from './consul/spec-store.js';
 import { type InstanceFollower, type InstanceSource, NO_FOLLOWER } from './discovery/types.js';
@@ -366,14 +367,11 @@ export class Fleet {
       // A refused config, or one HAProxy could not load (a TCP port taken on this host): one bad
       // spec must not hold back the others, nor every later change.
       if (!(err instanceof ConfigRejectedError) && !(err instanceof ReloadFailedError)) throw err;
-      // One bad spec must not hold back the others. One by one would cost a validation per spec
-      // (at 10,000 services ~1 s each, hours in all); instead the longest run that HAProxy accepts
-      // is found by halving, the spec after it is known refused (the last halving tried it on top
-      // of that run) and the rest goes on the same way: a few validations per refused spec. Specs
-      // already live here (edits) go first. A refusal for file descriptors is a limit, not a bad
-      // spec: every later spec with health checks would need more, so only those without go on.
-      // Refused specs are remembered (the same parsed objects) and not tried again until they
-      // change, a removal frees room, or the next full read of the specs.
+      // One bad spec must not hold back the others: applied in parts (apply/in-parts.ts), edits
+      // to live specs first. A refusal for file descriptors is a limit, not a bad spec: only the
+      // specs without health checks (which need none) go on after it. Refused specs are
+      // remembered (the same parsed objects) and not tried again until they change, a removal
+      // frees room, or the next full read of the specs.
       this.log.error(`HAProxy refused the shared specs as a whole (${err.message}); applying them in parts`);
       await this.reconciler.submit(`${label} (removals)`, (state) => withoutServices(state, removed), seen);
       const refused: string[] = [];
@@ -388,33 +386,18 @@ export class Fleet {
         }
       };
       const live = this.reconciler.snapshot().services;
-      let rest: readonly ServiceSpec[] = [...changed.filter((s) => live.has(s.serviceName)), ...changed.filter((s) => !live.has(s.serviceName))];
-      // The error of applying rest[0, rest.length): known for the whole (err) only while rest is it.
-      let whole: Error | undefined = removed.length === 0 ? err : await attempt(rest);
-      while (rest.length > 0 && whole !== undefined) {
-        // rest[0, ok) is applied; rest[0, bad) on top of it was refused with `why`.
-        let ok = 0;
-        let bad = rest.length;
-        let why: Error = whole;
-        while (bad - ok > 1) {
-          const mid = Math.floor((ok + bad) / 2);
-          const e = await attempt(rest.slice(0, mid));
-          if (e === undefined) ok = mid;
-          else [bad, why] = [mid, e];
-        }
-        const spec = rest[ok] as ServiceSpec;
+      const ordered = [...changed.filter((s) => live.has(s.serviceName)), ...changed.filter((s) => !live.has(s.serviceName))];
+      // The whole failed with `err` together with the removals; without them it needs a try of its own.
+      const whole = removed.length === 0 ? err : await attempt(ordered);
+      const out = whole === undefined ? [] : await applyInParts(ordered, whole, attempt, { ends: (e) => e instanceof FdLimitError, spares: (s) => s.skipCheck === true });
+      // One line per refusal; the specs refused with it (past a descriptor limit) are named below.
+      const logged = new Set<Error>();
+      for (const { item: spec, error } of out) {
         refused.push(spec.serviceName);
         this.refusedSpecs.add(spec);
-        this.log.error(`shared spec ${spec.serviceName} refused by HAProxy: ${why.message}`);
-        rest = rest.slice(ok + 1);
-        if (why instanceof FdLimitError) {
-          for (const s of rest.filter((s) => !s.skipCheck)) {
-            refused.push(s.serviceName);
-            this.refusedSpecs.add(s);
-          }
-          rest = rest.filter((s) => s.skipCheck);
-        }
-        whole = rest.length > 0 ? await attempt(rest) : undefined;
+        if (logged.has(error)) continue;
+        logged.add(error);
+        this.log.error(`shared spec ${spec.serviceName} refused by HAProxy: ${error.message}`);
       }
       if (refused.length > 0) this.log.error(`${refused.length} of ${changed.length} shared specs are not applied here: ${refused.slice(0, 20).join(', ')}${refused.length > 20 ? ', …' : ''}`);
     }
