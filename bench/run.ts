@@ -11,6 +11,8 @@ import { waitForExit } from '../src/util/process.js';
 import { PROJECT_ROOT, proxyArgs } from '../src/util/project.js';
 import { canonicalAllocation } from '../src/apply/plan.js';
 import { loadSettings } from '../src/config/settings.js';
+import { DEFAULT_CONSUL_BUDGET } from '../src/consul/client.js';
+import { OTHER_BLOCKING_QUERIES } from '../src/consul/watcher.js';
 import { fdHardLimit, fdNeed } from '../src/haproxy/fd-budget.js';
 import { renderSettings } from '../src/proxy.js';
 import { renderConfig } from '../src/render/haproxy-config.js';
@@ -20,7 +22,7 @@ import { ensureInstalled, keptNotes, machine, pct, untilOk, type WrkResult, wrk,
 
 /**
  * `npm run bench`: the speed claims of docs/benchmarks.md, measured side by side in one run on this
- * machine. Real HAProxy, real Consul (dev agent), the proxy as its own process, wrk for load; all
+ * machine. Real HAProxy, real Consul (a single-server agent), the proxy as its own process, wrk for load; all
  * traffic on 127.0.0.1 and every phase bounded in time. BENCH_QUICK=1 shrinks it for a smoke run.
  */
 
@@ -32,9 +34,15 @@ const INSTANCES = 3;
 const CLIENTS = 8;
 /**
  * Consul nodes the instances are spread over: with Registrator there is one agent per Docker host,
- * so `n` hosts. 1: every instance on the dev agent's own node (one agent for everything).
+ * so `n` hosts. 1: every instance on the agent's own node (one agent for everything).
  */
 const NODES = Number(process.env.BENCH_NODES ?? 4);
+/**
+ * `server` (default): a single-server agent with raft on disk, what `npm start` runs and closest to a
+ * user's agent. `dev` (BENCH_CONSUL=dev): in-memory, and it pretty-prints every answer (Consul's
+ * dev mode does), which doubles the bytes of node answers; earlier runs used it.
+ */
+const CONSUL_MODE: 'server' | 'dev' = process.env.BENCH_CONSUL === 'dev' ? 'dev' : 'server';
 /**
  * HAProxy reserves a file descriptor per health-checked server slot (haproxy/fd-budget.ts): each
  * service's 4 slots and those of the spare backends (a quarter of the services, checks on), plus
@@ -43,19 +51,32 @@ const NODES = Number(process.env.BENCH_NODES ?? 4);
  * says so, rather than run with settings users would not have.
  */
 const FD_LIMIT = fdHardLimit();
-/** What the proxy's own check (haproxy/fd-budget.ts) counts for `n` services as this bench routes them, defaults throughout. */
-function fdNeedAt(n: number): number {
+/**
+ * What the proxy's own check (haproxy/fd-budget.ts) counts for `n` services as this bench routes
+ * them, defaults throughout, or with `skipCheck=true` on every service (no HAProxy checks, so no
+ * descriptor per slot; the spare backends keep theirs).
+ */
+function fdNeedAt(n: number, skipCheck = false): number {
   const settings = loadSettings({ CONSUL_ADDRESS: 'http://127.0.0.1:8500' });
   const services: ServiceState[] = Array.from({ length: n }, (_, i) => ({
-    spec: spec({ serviceName: `s${i}`, destinations: [{ servicePath: [`/s${i}/`] }] }),
+    spec: spec({ serviceName: `s${i}`, skipCheck, destinations: [{ servicePath: [`/s${i}/`] }] }),
     instances: Array.from({ length: INSTANCES }, (_, k) => ({ id: `s${i}.${k}`, address: '127.0.0.1', port: 10_000 + k })),
   }));
   const rendered = renderConfig({ ...renderSettings(settings, '/dev/null'), mapDir: '/dev/null' }, services, canonicalAllocation(services, settings.spareBackends, settings.serverSlots));
   return fdNeed(rendered, settings.maxconn).need;
 }
+const fits = (need: number) => FD_LIMIT === undefined || need <= FD_LIMIT;
 const FD_NEED = new Map(SIZES.map((n) => [n, FD_LIMIT === undefined ? 0 : fdNeedAt(n)]));
-const SKIPPED = SIZES.filter((n) => FD_LIMIT !== undefined && (FD_NEED.get(n) ?? 0) > FD_LIMIT);
-const RUN_SIZES = SIZES.filter((n) => !SKIPPED.includes(n));
+const RUN_SIZES = SIZES.filter((n) => fits(FD_NEED.get(n) ?? 0));
+/**
+ * Sizes past the limit with the defaults that fit with `skipCheck=true` on every service: run on
+ * their own (a fresh Consul and fleet), so the numbers at that size exist, and labelled as such.
+ */
+const SKIPCHECK_NEED = new Map(SIZES.filter((n) => !RUN_SIZES.includes(n)).map((n) => [n, fdNeedAt(n, true)]));
+const SKIPCHECK_SIZES = [...SKIPCHECK_NEED].filter(([, need]) => fits(need)).map(([n]) => n);
+const SKIPPED = SIZES.filter((n) => !RUN_SIZES.includes(n) && !SKIPCHECK_SIZES.includes(n));
+/** Nodes a proxy follows by a query of their own with the defaults: the watch budget less the others and the catalog and checks queries. */
+const WATCHED_NODES = DEFAULT_CONSUL_BUDGET.watchConnections - OTHER_BLOCKING_QUERIES - 2;
 const LIVE_SAMPLES = QUICK ? 5 : 20;
 const SCALE_SAMPLES = QUICK ? 10 : 50;
 const CHURN_EVENTS = QUICK ? 20 : 100;
@@ -96,13 +117,13 @@ async function startProxy(consulAddress: string, stateDir: string): Promise<Prox
   return { proc, api: `http://127.0.0.1:${apiPort}/v1/docker-flow-proxy`, http: `http://127.0.0.1:${httpPort}`, stateDir };
 }
 
-async function startAll(backends: ChildProcess): Promise<Env> {
+async function startAll(backendPorts: number[]): Promise<Env> {
   const stateDir = mkdtempSync(path.join(os.tmpdir(), 'dfp-test-bench-'));
   // Consul's default limits (200 connections per client address): what users run.
   // Telemetry kept for Prometheus so the bench can count Consul's requests; no limit is raised.
   const consul = await ConsulAgent.start({
     bin: path.join(PROJECT_ROOT, '.tools/bin/consul'),
-    mode: 'dev',
+    mode: CONSUL_MODE,
     dataDir: path.join(stateDir, 'consul'),
     hcl: ['telemetry { prometheus_retention_time = "10m" }'],
   });
@@ -110,11 +131,8 @@ async function startAll(backends: ChildProcess): Promise<Env> {
   const proxies: Proxy[] = [];
   for (let i = 0; i < 3; i++) proxies.push(await startProxy(consul.address, path.join(stateDir, `proxy${i}`)));
   for (const p of proxies) await untilOk(`${p.api}/successfulinitreload`);
-  const ports = await new Promise<number[]>((resolve) => {
-    createInterface({ input: backends.stdout as NodeJS.ReadableStream }).once('line', (l) => resolve((JSON.parse(l) as { ports: number[] }).ports));
-  });
   const first = proxies[0] as Proxy;
-  return { consul, api: first.api, http: first.http, proxy: first.proc, proxies, stateDir, backendPorts: ports };
+  return { consul, api: first.api, http: first.http, proxy: first.proc, proxies, stateDir, backendPorts };
 }
 
 /** Established TCP connections from a process to a local port, from `ss` (captured, then matched). */
@@ -227,10 +245,12 @@ async function firstOk(url: string, want?: string, timeoutMs = 30_000, pollers =
   await Promise.all(Array.from({ length: pollers }, poll));
 }
 
+const checks = (skipCheck: boolean): Record<string, string> => (skipCheck ? { skipCheck: 'true' } : {});
+
 const svc = (i: number) => `svc${String(i).padStart(5, '0')}`;
 
 /** Registers services [from, to) with INSTANCES instances each, then routes them with CLIENTS concurrent API clients. */
-async function populate(env: Env, from: number, to: number): Promise<{ errors: string[]; seconds: number }> {
+async function populate(env: Env, from: number, to: number, skipCheck: boolean): Promise<{ errors: string[]; seconds: number }> {
   const ids = Array.from({ length: (to - from) * INSTANCES }, (_, k) => k);
   const worker = async () => {
     for (let k = ids.shift(); k !== undefined; k = ids.shift()) {
@@ -249,7 +269,7 @@ async function populate(env: Env, from: number, to: number): Promise<{ errors: s
     // Every client talks to one of the three proxies: the fleet shares the work through Consul KV.
     const api = env.proxies[c % env.proxies.length]?.api ?? env.api;
     for (let i = queue.shift(); i !== undefined; i = queue.shift()) {
-      const url = `${api}/reconfigure?${new URLSearchParams({ serviceName: svc(i), servicePath: `/${svc(i)}/` })}`;
+      const url = `${api}/reconfigure?${new URLSearchParams({ serviceName: svc(i), servicePath: `/${svc(i)}/`, ...checks(skipCheck) })}`;
       // A reconfigure is idempotent: sent again once if a kept-alive connection was closed under it.
       const res = await fetch(url).catch(() => fetch(url));
       if (res.status !== 200) errors.push(`${res.status} ${(await res.text()).slice(0, 200)}`);
@@ -298,7 +318,7 @@ async function coldRestart(env: Env, size: number): Promise<void> {
   }
 }
 
-async function newServiceLive(env: Env, size: number): Promise<void> {
+async function newServiceLive(env: Env, size: number, skipCheck: boolean): Promise<void> {
   const samples: number[] = [];
   const kinds = new Map<string, number>();
   for (let k = 0; k < LIVE_SAMPLES; k++) {
@@ -306,7 +326,7 @@ async function newServiceLive(env: Env, size: number): Promise<void> {
     await register(env.consul.address, { name, container: `${name}.0`, exposedPort: 80, hostPort: env.backendPorts[0] ?? 0 });
     await new Promise((r) => setTimeout(r, 200)); // let watches settle: only the API call is timed
     const t0 = performance.now();
-    await reconfigure(env, { serviceName: name, servicePath: `/${name}/` });
+    await reconfigure(env, { serviceName: name, servicePath: `/${name}/`, ...checks(skipCheck) });
     await firstOk(`${env.http}/${name}/x`);
     samples.push(performance.now() - t0);
     const last = (await status(env)).Applies.filter((a) => a.trigger === `reconfigure ${name}`).at(-1);
@@ -384,66 +404,99 @@ async function routeCost(env: Env, size: number): Promise<void> {
 }
 
 
+/** The sections measured at the largest size an environment reached. */
+async function atLargest(env: Env, populated: number, loads: string[]): Promise<void> {
+  note('\n## Scale event at the largest size\n\n| what | p50 | p99 | reloads |\n|---|---|---|---|');
+  await scaleEvents(env);
+  note(`\n## Routing ${loads.length > 1 ? 'them' : `${populated.toLocaleString('en')} services`} with ${CLIENTS} concurrent API clients\n\nAim: no Consul error.\n`);
+  note('| services | time to route them | failed reconfigures |\n|---|---|---|');
+  for (const l of loads) note(l);
+  note(`\n## Consul load and memory at ${populated.toLocaleString('en')} services x ${INSTANCES} instances\n\nAim: at most 10 connections per proxy to Consul, no request while nothing changes apart from blocking-query renewals (and the replica report's session renewal, one per 5 s per proxy), control-plane RSS <= 150 MB.\n`);
+  note('| services | connections to Consul (per proxy) | Consul requests while quiet (all proxies) | RSS (per proxy) |\n|---|---|---|---|');
+  await consulLoad(env, populated);
+  note('\n## Cold restart: a new proxy with a fresh STATE_DIR, every service in KV\n\nAim: ready and every route live within 5 s of the API coming up.\n');
+  note('| services | API up until ready | API up until the first and last service route |\n|---|---|---|');
+  await coldRestart(env, populated);
+  note(`\n## Route cost: the 1st vs the ${populated.toLocaleString('en')}th route\n\nAim: ratio >= 0.9. wrk -t2 -c50, ${ROUTE_SECONDS} s per run, runs alternated (first, last, first, last).\n`);
+  note('| services | 1st route req/s (runs) | last route req/s (runs) | last / first | errors |\n|---|---|---|---|---|');
+  await routeCost(env, populated);
+}
+
+async function populateTo(env: Env, from: number, size: number, skipCheck: boolean, loads: string[]): Promise<void> {
+  const { errors, seconds } = await populate(env, from, size, skipCheck);
+  loads.push(`| ${size.toLocaleString('en')} | ${seconds.toFixed(0)} s | ${errors.length}${errors.length ? ` (first: ${errors[0]})` : ''} |`);
+  const port = Number(new URL(env.consul.address).port);
+  console.log(`(populated ${size} services in ${seconds.toFixed(1)} s, ${errors.length} errors; connections to Consul: ${env.proxies.map((p) => connectionsTo(p.proc.pid ?? 0, port)).join(', ')})`);
+}
+
+async function stopAll(env: Env): Promise<void> {
+  for (const p of env.proxies) p.proc.kill('SIGTERM');
+  for (const p of env.proxies) await waitForExit(p.proc.pid ?? 0, 45_000);
+  await env.consul.stop('SIGKILL');
+  rmSync(env.stateDir, { recursive: true, force: true });
+}
+
+const fds = (n: number | undefined) => `~${(n ?? 0).toLocaleString('en')} file descriptors`;
+
 async function main(): Promise<void> {
   ensureInstalled('wrk', 'wrk');
   const started = new Date();
   const backends = spawn(process.execPath, [path.join(PROJECT_ROOT, 'dist/bench/backends.js'), '6'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const env = await startAll(backends);
-  const loads: string[] = [];
+  const ports = new Promise<number[]>((resolve) => {
+    createInterface({ input: backends.stdout as NodeJS.ReadableStream }).once('line', (l) => resolve((JSON.parse(l) as { ports: number[] }).ports));
+  });
+  let env: Env | undefined;
   try {
-    note(`# Benchmarks\n\nRun ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC on ${machine('Consul 1.8.7 dev agent')}.`);
+    env = await startAll(await ports);
+    const limitNote =
+      SKIPCHECK_SIZES.length + SKIPPED.length === 0
+        ? ''
+        : ` **This machine's hard open-files limit is ${FD_LIMIT?.toLocaleString('en')}** and cannot be raised here (Docker's default is 1,048,576). HAProxy reserves a descriptor per health-checked server slot, spare backends included, and past the limit the proxy refuses the change and names it (operations.md, "File descriptors"). ${SKIPCHECK_SIZES.map((n) => `${n.toLocaleString('en')} services need ${fds(FD_NEED.get(n))} with the defaults, ${fds(SKIPCHECK_NEED.get(n))} with \`skipCheck=true\`: that size runs separately, on a fresh Consul and fleet, with \`skipCheck=true\` on every service (its own sections below say so; everything else at its default).`).join(' ')}${SKIPPED.map((n) => ` Not run: ${n.toLocaleString('en')} services (${fds(FD_NEED.get(n))}, ${fds(SKIPCHECK_NEED.get(n))} even with \`skipCheck=true\`).`).join('')}`;
+    note(`# Benchmarks\n\nRun ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC on ${machine(`Consul 1.8.7 ${CONSUL_MODE === 'dev' ? 'dev agent' : 'single-server agent'}`)}.`);
     note(
-      `${QUICK ? '**Quick run (BENCH_QUICK=1): smaller sizes, fewer samples.** ' : ''}Produced by \`npm run bench\` (bench/run.ts). What users run: three proxies of one fleet with their **default settings** (no tuning variable; only addresses, ports and state directories) on **one Consul dev agent with Consul's default limits** (200 connections per client address). Each service has ${INSTANCES} instances, ${NODES > 1 ? `spread over ${NODES} Consul nodes (one per Docker host, as with Registrator; registered through the catalog API)` : 'all on the dev agent\'s own node'}; ${CLIENTS} concurrent API clients route them, spread over the three proxies.${SKIPPED.length > 0 ? ` **Not run here: ${SKIPPED.map((n) => `${n.toLocaleString('en')} services (HAProxy would need ~${(FD_NEED.get(n) ?? 0).toLocaleString('en')} file descriptors)`).join(', ')}:** HAProxy reserves one per health-checked server slot, spare backends included, and this machine's hard open-files limit is ${FD_LIMIT?.toLocaleString('en')}, which cannot be raised here (Docker's default is 1,048,576). Past the limit the proxy refuses the change and names it (operations.md, "File descriptors").` : ''} wrk, HAProxy, the proxies, Consul and the Node backends share the same cores, so compare numbers within this run only.\n`,
+      `${QUICK ? '**Quick run (BENCH_QUICK=1): smaller sizes, fewer samples.** ' : ''}Produced by \`npm run bench\` (bench/run.ts). What users run: three proxies of one fleet with their **default settings** (no tuning variable; only addresses, ports and state directories) on **${CONSUL_MODE === 'dev' ? 'one Consul dev agent (BENCH_CONSUL=dev: in-memory, and it pretty-prints every JSON answer, about twice the bytes of a normal agent\'s)' : 'one Consul server agent, as `npm start` brings up without CONSUL_ADDRESS (raft on disk; compact JSON answers, as every non-dev agent sends)'} with Consul's default limits** (200 connections per client address). Each service has ${INSTANCES} instances, ${NODES > 1 ? `spread over ${NODES} Consul nodes (one per Docker host, as with Registrator; registered through the catalog API)` : 'all on the agent\'s own node'}; ${CLIENTS} concurrent API clients route them, spread over the three proxies.${limitNote} wrk, HAProxy, the proxies, Consul and the Node backends share the same cores, so compare numbers within this run only.\n`,
     );
     note('## New service live: API call until the first 200 on its route\n\nAim: <= 50 ms p50 at 2,000 services, <= 100 ms p50 and <= 250 ms p99 at 10,000.\n');
     note('| services already routed | p50 | p99 | how it was applied |\n|---|---|---|---|');
     let populated = 0;
+    const loads: string[] = [];
     for (const size of RUN_SIZES) {
-      const { errors, seconds } = await populate(env, populated, size);
+      await populateTo(env, populated, size, false, loads);
       populated = size;
-      loads.push(`| ${size.toLocaleString('en')} | ${seconds.toFixed(0)} s | ${errors.length}${errors.length ? ` (first: ${errors[0]})` : ''} |`);
-      console.log(`(populated ${size} services in ${seconds.toFixed(1)} s, ${errors.length} errors)`);
-      await newServiceLive(env, size);
-      if (size === RUN_SIZES[0]) {
-        note(
-          `\n## Scale event: instance registered in Consul until it gets traffic\n\nAim: <= 20 ms p50, 0 reloads. Timed from the registration call (the dev agent's own API, as Registrator registers on its host's agent: that node holds only the instances registered this way, the ${NODES} other nodes hold the services' instances; with the default CONSUL_WATCH_CONNECTIONS a proxy follows 4 nodes with queries of their own, the biggest, and re-reads the others when the catalog changes) until a request through HAProxy is answered by the new instance; ${INSTANCES + 1} keep-alive pollers keep requests in flight, as traffic would (one poller behind round-robin would add a poll round trip per instance).\n`,
-        );
-        note('| what | p50 | p99 | reloads |\n|---|---|---|---|');
-        await scaleEvents(env);
-        note('\n## Failed requests during churn under load\n\nAim: 0 failed of at least 500,000. Each run: wrk -t2 -c20 on one route while the other services are reconfigured (one in five needs a reload) and the loaded service scales up and down through Consul.\n');
-        note('| clients | duration | requests | reconfigures + scale events | socket errors | non-2xx | req/s | reloads |\n|---|---|---|---|---|---|---|---|');
-        await churnUnderLoad(env, false);
-        await churnUnderLoad(env, true);
-        note('\n## Fleet: a change on one of three proxies until it is live on all three\n\nAim: p99 <= 150 ms, for new services and for changes to existing ones.\n');
-        note('| what | p50 | p99 |\n|---|---|---|');
-        await fleetBench(env);
-        note('\n## New service live, continued\n\n| services already routed | p50 | p99 | how it was applied |\n|---|---|---|---|');
-      } else {
-        const port = Number(new URL(env.consul.address).port);
-        console.log(`(connections to Consul: ${env.proxies.map((p) => connectionsTo(p.proc.pid ?? 0, port)).join(', ')})`);
-      }
+      await newServiceLive(env, size, false);
+      if (size !== RUN_SIZES[0]) continue;
+      note(
+        `\n## Scale event: instance registered in Consul until it gets traffic\n\nAim: <= 20 ms p50, 0 reloads. Timed from the registration call (the agent's own API, as Registrator registers on its host's agent: that node holds only the instances registered this way, the ${NODES} other nodes hold the services' instances; with the default CONSUL_WATCH_CONNECTIONS a proxy follows ${WATCHED_NODES} nodes with queries of their own, the biggest, and re-reads the others when the catalog changes) until a request through HAProxy is answered by the new instance; ${INSTANCES + 1} keep-alive pollers keep requests in flight, as traffic would (one poller behind round-robin would add a poll round trip per instance).\n`,
+      );
+      note('| what | p50 | p99 | reloads |\n|---|---|---|---|');
+      await scaleEvents(env);
+      note('\n## Failed requests during churn under load\n\nAim: 0 failed of at least 500,000. Each run: wrk -t2 -c20 on one route while the other services are reconfigured (one in five needs a reload) and the loaded service scales up and down through Consul.\n');
+      note('| clients | duration | requests | reconfigures + scale events | socket errors | non-2xx | req/s | reloads |\n|---|---|---|---|---|---|---|---|');
+      await churnUnderLoad(env, false);
+      await churnUnderLoad(env, true);
+      note('\n## Fleet: a change on one of three proxies until it is live on all three\n\nAim: p99 <= 150 ms, for new services and for changes to existing ones.\n');
+      note('| what | p50 | p99 |\n|---|---|---|');
+      await fleetBench(env);
+      note('\n## New service live, continued\n\n| services already routed | p50 | p99 | how it was applied |\n|---|---|---|---|');
     }
-    note('\n## Scale event at the largest size\n\n| what | p50 | p99 | reloads |\n|---|---|---|---|');
-    await scaleEvents(env);
-    note(`\n## Routing ${RUN_SIZES.map((n) => n.toLocaleString('en')).join(' / ')} services with ${CLIENTS} concurrent API clients\n\nAim: no Consul error.\n`);
-    note('| services | time to route them | failed reconfigures |\n|---|---|---|');
-    for (const l of loads) note(l);
-    note(`\n## Consul load and memory at ${populated.toLocaleString('en')} services x ${INSTANCES} instances\n\nAim: at most 10 connections per proxy to Consul, no request while nothing changes apart from blocking-query renewals (and the replica report's session renewal, one per 5 s per proxy), control-plane RSS <= 150 MB.\n`);
-    note('| services | connections to Consul (per proxy) | Consul requests while quiet (all proxies) | RSS (per proxy) |\n|---|---|---|---|');
-    await consulLoad(env, populated);
-    note('\n## Cold restart: a new proxy with a fresh STATE_DIR, every service in KV\n\nAim: ready and every route live within 5 s of the API coming up.\n');
-    note('| services | API up until ready | API up until the first and last service route |\n|---|---|---|');
-    await coldRestart(env, populated);
-    note(`\n## Route cost: the 1st vs the ${populated.toLocaleString('en')}th route\n\nAim: ratio >= 0.9. wrk -t2 -c50, ${ROUTE_SECONDS} s per run, runs alternated (first, last, first, last).\n`);
-    note('| services | 1st route req/s (runs) | last route req/s (runs) | last / first | errors |\n|---|---|---|---|---|');
-    await routeCost(env, populated);
+    await atLargest(env, populated, loads);
+    for (const size of SKIPCHECK_SIZES) {
+      await stopAll(env);
+      env = undefined;
+      env = await startAll(await ports);
+      note(
+        `\n# ${size.toLocaleString('en')} services, \`skipCheck=true\` on every service\n\nThis machine's open-files limit (above) does not fit ${size.toLocaleString('en')} services with HAProxy's checks on. A fresh Consul agent and a fresh fleet of three proxies, default settings; every service routed with \`skipCheck=true\` (no HAProxy health checks on its slots; Consul's checks still take failing instances out). The spare backends keep their checks.\n`,
+      );
+      const loadsAt: string[] = [];
+      await populateTo(env, 0, size, true, loadsAt);
+      note('## New service live\n\n| services already routed | p50 | p99 | how it was applied |\n|---|---|---|---|');
+      await newServiceLive(env, size, true);
+      await atLargest(env, size, loadsAt);
+    }
   } finally {
     pollAgent.destroy();
-    for (const p of env.proxies) p.proc.kill('SIGTERM');
-    for (const p of env.proxies) await waitForExit(p.proc.pid ?? 0, 45_000);
-    await env.consul.stop('SIGKILL');
+    if (env) await stopAll(env);
     backends.kill('SIGKILL');
-    rmSync(env.stateDir, { recursive: true, force: true });
   }
   const file = path.join(PROJECT_ROOT, QUICK ? 'bench-results/benchmarks-quick.md' : 'docs/benchmarks.md');
   if (QUICK) execFileSync('mkdir', ['-p', path.dirname(file)]);
