@@ -114,8 +114,8 @@ describe(`${SERVICES} services on an agent with Consul's default limits`, () => 
     const readTwice = names.filter((n) => (reads.get(n) ?? 0) > 1);
     console.log(`# direct reads: ${[...reads.values()].reduce((a, b) => a + b, 0)} for ${SERVICES} reconfigures; read more than once: ${readTwice.length}`);
     assert.ok(names.every((n) => reads.has(n)), 'every reconfigure read its service');
-    // The certificates' watch (no certificate stored) is not woken by the specs and replica reports
-    // written meanwhile: its prefix has a folder key (consul/kv.ts). Without it: one wake-up per write.
+    // The certificates' prefix is not read on the specs' changes: the change log names none, and
+    // nothing blocks on that prefix (the certificates follow the log, certs/manager.ts).
     const certWatch = requests.filter((r) => r.path.startsWith('/v1/kv/docker-flow/_dfp/certs/'));
     assert.ok(certWatch.length <= 4, `${certWatch.length} reads of the certificates' prefix`);
     assert.ok(readTwice.length <= SERVICES / 20, `read more than once: ${readTwice.slice(0, 10).join(', ')}`);
