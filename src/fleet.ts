@@ -5,7 +5,7 @@ import type { Reconciler, SubmitOptions } from './apply/reconciler.js';
 import { ConfigRejectedError, FdLimitError, ReloadFailedError, ReplicasLaggingError, ReplicasUnknownError } from './errors.js';
 import { listReplicas, noReportsReason, type ReplicaReport } from './consul/replicas.js';
 import { applyInParts } from './apply/in-parts.js';
-import { changesSince, idleRings, INCREMENTAL_LIMIT } from './consul/change-log.js';
+import { changesSince, idleRings, INCREMENTAL_LIMIT, type LogReader } from './consul/change-log.js';
 import type { ChangeLogRead, ConsulSpecStore, StoredSpecs } from './consul/spec-store.js';
 import { type InstanceFollower, type InstanceSource, NO_FOLLOWER } from './discovery/types.js';
 import { specToJson } from './spec/from-json.js';
@@ -54,6 +54,12 @@ export class Fleet {
    * a service is removed, or at the next full read (at least every fullReadEveryMs).
    */
   private refusedSpecs = new Set<ServiceSpec>();
+  /**
+   * Other readers of the change log (the certificates' manager), woken by this follower's blocking
+   * query instead of holding one each: every read of the log is handed on, with the reason when
+   * everything is to be read whatever the log says.
+   */
+  readonly logReaders: LogReader[] = [];
   /** Reads of the shared specs since start: whole (the prefix) and from the change log (only what it names). */
   readonly reads = { full: 0, logged: 0, specsFetched: 0 };
   restored = false;
@@ -107,6 +113,8 @@ export class Fleet {
         const counts = await this.applySpecs(specs, 'start-up restore', true, source, { source: 'restore', seenAt });
         this.kvIndex = Math.max(stored.index, changes.index);
         this.logIndex = changes.index;
+        // The certificates were restored before this read of the log: what changed since is in it.
+        for (const r of this.logReaders) r.logged({ index: changes.index, log: changes.log });
         this.invalid = stored.invalid;
         this.restored = true;
         this.log.info(`restored ${specs.size} service${specs.size === 1 ? '' : 's'} from Consul KV`, {
@@ -205,16 +213,17 @@ export class Fleet {
     const changes = await this.store.changes(blocking ? at.index : 0, this.waitSeconds, this.ctrl.signal);
     if (changes.index < at.highest) return this.lostState(at, changes.index);
     const verdict = changesSince(changes.log, at.held, this.incrementalLimit);
-    const full =
-      at.full
-        ? 'a read of everything is due'
-        : blocking && changes.index === at.index
-          ? 'no change within the wait'
-          : Date.now() - at.lastFull >= this.fullReadEveryMs
-            ? `no full read for ${Math.round(this.fullReadEveryMs / 1000)} s`
-            : 'full' in verdict
-              ? verdict.full
-              : undefined;
+    // Reasons that hold for every reader of the log; the log's own doubts each reader judges
+    // against what it holds.
+    const forAll = at.full
+      ? 'a read of everything is due'
+      : blocking && changes.index === at.index
+        ? 'no change within the wait'
+        : Date.now() - at.lastFull >= this.fullReadEveryMs
+          ? `no full read for ${Math.round(this.fullReadEveryMs / 1000)} s`
+          : undefined;
+    for (const r of this.logReaders) r.logged(forAll !== undefined ? { index: changes.index, full: forAll } : { index: changes.index, log: changes.log });
+    const full = forAll ?? ('full' in verdict ? verdict.full : undefined);
     let stored: StoredSpecs & { hash?: string };
     let index = changes.index;
     if (full !== undefined) {
@@ -278,6 +287,7 @@ export class Fleet {
 
   /** The change log's index went backwards: see watch. */
   private async lostState(at: Following, index: number): Promise<void> {
+    for (const r of this.logReaders) r.logged({ index, full: 'Consul lost its state', lost: true });
     const stored = await this.store.list();
     this.reads.full++;
     const current = [...this.reconciler.snapshot().services.values()];

@@ -215,6 +215,8 @@ export class FlowProxy implements ProxyCore {
       );
       applier.onReloadFailure = (stage) => metrics.reloadFailed(stage);
       applier.onRuntimeFallback = () => metrics.runtimeFallback();
+      // One ring of the change log for both stores: specs and certificates take its slots in turn.
+      const store = new ConsulSpecStore(consul, settings.proxyInstanceName, log.child('kv'), settings.separator);
       // Certificates from CERTS_DIR and the secrets directory: in HAProxy's first config already.
       let reconciler: Reconciler | undefined;
       const certs = new CertManager({
@@ -223,13 +225,12 @@ export class FlowProxy implements ProxyCore {
         preferred: settings.http.preferredCertificates,
         applier,
         haproxy,
-        store: new ConsulCertStore(consul, settings.proxyInstanceName, log.child('certs')),
+        store: new ConsulCertStore(consul, settings.proxyInstanceName, log.child('certs'), store.logWriter),
         reload: async (trigger) => {
           if (!reconciler) throw new DfpError('DFP_ERR_NOT_READY', 'the proxy is still starting');
           await reconciler.submit(trigger, (s) => s, { force: true });
         },
         log: log.child('certs'),
-        waitSeconds: settings.consulWatchWait,
         fleet: {
           prefix: replicaPrefixOf(settings),
           list: () => listReplicas(consul, replicaPrefixOf(settings)),
@@ -278,7 +279,6 @@ export class FlowProxy implements ProxyCore {
           ?.submit('re-apply after HAProxy restarted from the last good config', (s) => s, { force: true })
           .catch((err: unknown) => log.error(`re-applying after recovery failed: ${(err as Error).message}`));
       };
-      const store = new ConsulSpecStore(consul, settings.proxyInstanceName, log.child('kv'), settings.separator);
       proxy = new FlowProxy(settings, log, haproxy, applier, reconciler, source, watcher, consul, store, localConsul, undefined, metrics);
       proxy.startedAt = startedAt;
       metrics.bind(proxy.metricsSources());
@@ -338,6 +338,7 @@ export class FlowProxy implements ProxyCore {
       this.watcher,
       new Map([...this.fromEnv].map(([name, e]) => [name, e.spec])),
     );
+    if (this.certs) fleet.logReaders.push(this.certs);
     this.fleet = fleet;
     this.publisher = new ReplicaPublisher(this.consul, replicaPrefix, this.replicaId, () => this.report(), this.log.child('replica'));
     this.readyPromise = (async () => {

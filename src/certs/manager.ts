@@ -2,6 +2,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, w
 import path from 'node:path';
 import type { ReplicaReport } from '../consul/replicas.js';
 import { ConfigRejectedError, ConsulUnavailableError, DfpError, InvalidParamError } from '../errors.js';
+import { changesSince, INCREMENTAL_LIMIT, type LogReader, type LogWake } from '../consul/change-log.js';
 import { repeatWithBackoff, retryUntilDone } from '../consul/kv.js';
 import { unifiedDiff } from '../util/diff.js';
 import type { Logger } from '../util/log.js';
@@ -53,7 +54,6 @@ export interface CertManagerOptions {
   readonly reload: (trigger: string) => Promise<void>;
   readonly store: ConsulCertStore;
   readonly log: Logger;
-  readonly waitSeconds: number;
   /** The fleet's replica reports, for `distribute=true` / `wait=all` on `cert`. */
   readonly fleet?: {
     readonly prefix: string;
@@ -127,7 +127,7 @@ const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/;
  * and the default certificate stays; otherwise through a validated reload (the first certificate
  * makes the TLS bind appear, the last one's removal makes it go).
  */
-export class CertManager {
+export class CertManager implements LogReader {
   private certs = new Map<string, Cert>();
   /** Certificates from CERTS_DIR and the secrets directory: served again when a stored one of the same name is deleted. */
   private readonly local = new Map<string, Cert>();
@@ -137,9 +137,18 @@ export class CertManager {
   private chain: Promise<unknown> = Promise.resolve();
   private readonly ctrl = new AbortController();
   private watching: Promise<void> | undefined;
-  /** The index the next blocking read waits on (0: read at once). */
-  private readIndex = 0;
+  /** The newest read of the change log not handled yet; a newer one replaces it (each holds every ring). */
+  private wake: LogWake | undefined;
+  /** Why the next step reads every stored certificate (a wake asked for it, or a step failed). */
+  private fullDue: string | undefined;
+  /** A wake said Consul lost its data: the next step starts a new index space. */
+  private lostDue = false;
+  /** Resolves the wait of the follower for its next wake. */
+  private woken: (() => void) | undefined;
+  /** Hash of the last full read applied ('' after changes read by name). */
   private kvHash = '';
+  /** Reads of the shared certificates since start: whole (the prefix) and by name (those the change log names). */
+  readonly reads = { full: 0, logged: 0, certsFetched: 0 };
   /** The KV index of this replica's newest write: a snapshot read before it must not undo it. */
   private ownWrite = 0;
   /** Consul came back without its data: write the stored certificates this replica serves back. */
@@ -252,7 +261,6 @@ export class CertManager {
       this.ctrl.signal,
       async () => {
         const stored = await this.o.store.list();
-        this.readIndex = stored.index;
         this.kvHash = stored.hash;
         const changed = this.fromStore(stored.certs).filter((c) => this.certs.get(c.name)?.pem !== c.pem);
         const reload = await this.serialised(async () => {
@@ -376,57 +384,143 @@ export class CertManager {
     await this.watching;
   }
 
-  /** Follows `<instance>/_dfp/certs/`: certificates stored or deleted by any replica follow here too. */
+  /**
+   * The change log's follower (fleet.ts) hands on each read of the log here; this manager holds no
+   * blocking query of its own. Wakes that arrive while a step runs are folded into one.
+   */
+  logged(wake: LogWake): void {
+    if ('full' in wake) {
+      this.fullDue ??= wake.full;
+      if (wake.lost) this.lostDue = true;
+    }
+    this.wake = wake;
+    this.woken?.();
+  }
+
+  /**
+   * Follows the shared certificates: each read of the change log names the certificates stored or
+   * deleted since the index applied here, and only those are read (one GET each). The whole
+   * `<instance>/_dfp/certs/` prefix is read instead when the follower says so (start-up, its
+   * periodic full read, a wait that ended with no change, Consul lost its data), when the log
+   * cannot tell (a wrapped ring, an entry this version does not write), for many certificates at
+   * once, and after a failed step.
+   */
   private async watch(): Promise<void> {
     await repeatWithBackoff(
       this.ctrl.signal,
-      () =>
-        this.followStep().catch((err: unknown) => {
-          this.readIndex = 0;
+      async () => {
+        const wake = await this.nextWake();
+        if (wake === undefined) return;
+        await this.followStep(wake).catch((err: unknown) => {
+          // Tried again after the backoff, without waiting for the log to change, reading everything.
+          this.fullDue ??= 'the last step failed';
+          this.wake ??= wake;
           throw err;
-        }),
+        });
+      },
       (err, retryInMs) => this.o.log.warn(`following shared certificates: ${err.message}; retrying in about ${retryInMs} ms`),
     );
   }
 
-  private async followStep(): Promise<void> {
-    const stored = await this.o.store.list(this.readIndex, this.o.waitSeconds, this.ctrl.signal);
-    if (stored.index < this.readIndex) {
+  /** The next wake; undefined once stopped. */
+  private nextWake(): Promise<LogWake | undefined> {
+    return new Promise((resolve) => {
+      const take = () => {
+        this.woken = undefined;
+        this.ctrl.signal.removeEventListener('abort', take);
+        const wake = this.wake;
+        this.wake = undefined;
+        resolve(this.ctrl.signal.aborted ? undefined : wake);
+      };
+      if (this.wake !== undefined || this.ctrl.signal.aborted) return take();
+      this.woken = take;
+      this.ctrl.signal.addEventListener('abort', take, { once: true });
+    });
+  }
+
+  private async followStep(wake: LogWake): Promise<void> {
+    if (this.lostDue) {
       // Consul lost its data (a rebuilt cluster, a dev agent): its next answer must not remove
-      // every certificate this replica serves; they are written back instead.
-      this.readIndex = 0;
+      // every certificate this replica serves; they are written back instead. Indexes of writes
+      // to the lost index space mean nothing in the new one.
+      this.lostDue = false;
       this.ownWrite = 0;
+      this.applied = 0;
       this.writeBack = true;
+    }
+    let full = this.fullDue;
+    this.fullDue = undefined;
+    let names: ReadonlySet<string> = new Set();
+    if (full === undefined && 'log' in wake) {
+      const verdict = changesSince(wake.log, this.applied, INCREMENTAL_LIMIT, 'certs');
+      if ('full' in verdict) full = verdict.full;
+      else names = verdict.certs;
+    }
+    if (full !== undefined) return this.readAll(wake.index, full);
+    if (names.size === 0) {
+      // The log named no certificate: every certificate change up to its index is live here.
+      if (wake.index >= this.ownWrite) this.applied = Math.max(this.applied, wake.index);
       return;
     }
+    const read = await this.o.store.get(names);
+    this.reads.logged++;
+    this.reads.certsFetched += names.size;
+    const done = await this.serialised(async () => {
+      // Read before this replica's own newest write: the next wake (due at once, the log moved) has it.
+      if (wake.index < this.ownWrite) return false;
+      const gone = [...read.gone].filter((name) => this.certs.get(name)?.source === 'kv');
+      for (const name of read.gone) this.refused.delete(name);
+      await this.follow(this.fromStore(read.certs), gone);
+      return true;
+    });
+    if (!done) return;
+    this.kvHash = '';
+    this.settle(wake.index, true);
+  }
+
+  /** Reads every stored certificate and applies them (see watch); `index`: the log's, read before. */
+  private async readAll(logIndex: number, why: string): Promise<void> {
+    const stored = await this.o.store.list();
+    this.reads.full++;
+    this.o.log.debug(`read every shared certificate: ${why}`);
+    // Read after the log: it holds every change the log names up to its index, and maybe more.
+    const index = Math.max(logIndex, stored.index);
     const unchanged = stored.hash === this.kvHash;
-    let done = unchanged;
-    if (!done) {
-      done = await this.serialised(async () => {
-        // Read before this replica's own newest write: the next read (due at once) has it.
-        if (stored.index < this.ownWrite) return false;
-        const gone = [...this.certs.values()].filter((c) => c.source === 'kv' && !stored.names.has(c.name));
-        if (this.writeBack && gone.length > 0) {
-          this.o.log.warn(`Consul lost its state; writing back ${gone.length} certificate(s) this replica serves`);
-          for (const c of gone) this.ownWrite = Math.max(this.ownWrite, await this.o.store.put(c.name, c.pem));
-          return false;
-        }
-        for (const name of this.refused.keys()) if (!stored.names.has(name)) this.refused.delete(name);
-        await this.follow(this.fromStore(stored.certs), gone.map((c) => c.name));
-        return true;
-      });
-      if (done) this.kvHash = stored.hash;
-    }
+    const done = await this.serialised(async () => {
+      // Read before this replica's own newest write: the next wake (due at once, the log moved) has it.
+      if (index < this.ownWrite) return false;
+      const gone = [...this.certs.values()].filter((c) => c.source === 'kv' && !stored.names.has(c.name));
+      if (this.writeBack && gone.length > 0) {
+        this.o.log.warn(`Consul lost its state; writing back ${gone.length} certificate(s) this replica serves`);
+        for (const c of gone) this.ownWrite = Math.max(this.ownWrite, await this.o.store.put(c.name, c.pem));
+        return false;
+      }
+      if (unchanged) return true;
+      for (const name of this.refused.keys()) if (!stored.names.has(name)) this.refused.delete(name);
+      await this.follow(this.fromStore(stored.certs), gone.map((c) => c.name));
+      return true;
+    });
     this.writeBack = false;
-    this.readIndex = stored.index;
-    if (done && stored.index !== this.applied) {
-      this.applied = stored.index;
-      // Published only when the certificates changed. The index moves on every KV write (an
-      // empty prefix answers at the KV-wide index), the replica report included: publishing on
-      // each move would wake every replica's follower again, in a loop. Waiters compare with the
-      // index of a certificate write, which always changes the content.
-      if (!unchanged) this.onApplied();
+    if (!done) {
+      // Still due: the wake that comes with this replica's own write (logged) reads everything.
+      this.fullDue ??= why;
+      return;
     }
+    this.kvHash = stored.hash;
+    this.settle(index, !unchanged);
+  }
+
+  /**
+   * Every shared certificate change up to `index` is live here. Published only when the
+   * certificates changed: the index also moves with every logged spec change, and waiters compare
+   * with the index of a certificate write, which always comes with a change read here.
+   */
+  private settle(index: number, changed: boolean): void {
+    // Never backwards (a full read may have seen a hand edit past a later log read's index); a new
+    // index space after Consul lost its data starts from 0 (followStep).
+    if (index <= this.applied) return;
+    this.applied = index;
+    if (changed) this.onApplied();
   }
 
   /** Applies a snapshot of the shared certificates: one change, or one by one if HAProxy refuses it. */

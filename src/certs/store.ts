@@ -1,5 +1,6 @@
 import { type ConsulClient, consulAnswer, retryTransient } from '../consul/client.js';
 import { readKvPrefix } from '../consul/kv.js';
+import { base64, ChangeLogWriter, type TxnOp } from '../consul/log-writer.js';
 import { ConsulUnavailableError } from '../errors.js';
 import type { Logger } from '../util/log.js';
 
@@ -8,10 +9,24 @@ export interface StoredCert {
   readonly pem: string;
 }
 
+/** GETs in flight at once when reading the certificates the change log names. */
+const GET_CONCURRENCY = 4;
+
+/** What a read of some certificates by name found. */
+export interface NamedCerts {
+  readonly certs: StoredCert[];
+  /** Names whose key exists, valid or not: a damaged document is not a deleted certificate. */
+  readonly names: Set<string>;
+  /** Names whose key is gone. */
+  readonly gone: Set<string>;
+}
+
 /**
  * Certificates shared by every proxy with the same PROXY_INSTANCE_NAME: one versioned JSON document
  * per certificate at `<instance>/_dfp/certs/<name>`, so a restarted proxy and every replica serve
  * them. (Anyone with KV read access on that prefix can read the keys: protect it with Consul ACLs.)
+ * Every write and delete also puts the certificate's name into this replica's ring of the change
+ * log (consul/change-log.ts), in the same transaction: that is how the other replicas learn of it.
  */
 export class ConsulCertStore {
   readonly prefix: string;
@@ -20,6 +35,8 @@ export class ConsulCertStore {
     private readonly consul: ConsulClient,
     instanceName: string,
     private readonly log: Logger,
+    /** The replica's ring of the change log, shared with the specs' store (ConsulSpecStore.logWriter). */
+    private readonly logWriter = new ChangeLogWriter(consul, instanceName),
   ) {
     this.prefix = `${instanceName}/_dfp/certs/`;
   }
@@ -30,18 +47,25 @@ export class ConsulCertStore {
    * this write's own: `distribute` waits for every replica to have applied it.
    */
   async put(name: string, pem: string): Promise<number> {
-    const value = Buffer.from(JSON.stringify({ v: 1, pem })).toString('base64');
+    const value = base64(JSON.stringify({ v: 1, pem }));
     return retryTransient(
-      async () => {
-        const res = await this.consul.request('/v1/txn', { method: 'PUT', body: JSON.stringify([{ KV: { Verb: 'set', Key: `${this.prefix}${name}`, Value: value } }]) });
-        const index = res.status === 200 ? (JSON.parse(res.body) as { Results?: { KV: { ModifyIndex: number } }[] }).Results?.[0]?.KV.ModifyIndex : undefined;
-        // Never Consul's answer text here: a refused transaction may echo the value (the key).
-        if (index === undefined) throw new ConsulUnavailableError(`Consul refused to store certificate ${name}: ${consulAnswer(res.status, res.body, false)}`, undefined, res.status >= 500);
-        return index;
-      },
+      () => this.loggedUntilDone({ Verb: 'set', Key: `${this.prefix}${name}`, Value: value }, name, `the write of certificate ${name}`),
       10_000,
       (err) => this.log.warn(`storing certificate ${name}: ${err.message}; retrying`),
     );
+  }
+
+  /**
+   * `op` on a certificate with its change log entry, retried while only the log's slot was stale
+   * (its own operation has no check); the index the transaction landed at. Never Consul's answer
+   * text in an error: a refused transaction may echo the value (the key).
+   */
+  private async loggedUntilDone(op: TxnOp, name: string, what: string): Promise<number> {
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const out = await this.logWriter.logged(op, { cert: name }, what, true);
+      if ('written' in out) return Math.max(...out.written.values());
+    }
+    throw new ConsulUnavailableError(`${what}: the change log's slot kept changing`);
   }
 
   /** Whether a certificate document exists under this name (valid or not). */
@@ -52,36 +76,61 @@ export class ConsulCertStore {
     return (JSON.parse(res.body) as string[]).includes(`${this.prefix}${name}`);
   }
 
-  /** Deletes a certificate; returns a KV index at or after the delete (the prefix's, which includes it). */
+  /** Deletes a certificate; returns the KV index of the delete (its log entry's: one transaction, one index). */
   async delete(name: string): Promise<number> {
-    return retryTransient(async () => {
-      const res = await this.consul.request(`/v1/kv/${this.prefix}${name}`, { method: 'DELETE' });
-      if (res.status !== 200) throw new ConsulUnavailableError(`Consul refused to delete certificate ${name}: ${consulAnswer(res.status, res.body, false)}`, undefined, res.status >= 500);
-      // A KV DELETE answers without X-Consul-Index; the prefix's index includes the delete.
-      const after = await this.consul.request(`/v1/kv/${this.prefix}?keys`);
-      return after.index ?? 0;
-    });
+    return retryTransient(() => this.loggedUntilDone({ Verb: 'delete', Key: `${this.prefix}${name}` }, name, `the removal of certificate ${name}`));
+  }
+
+  /** Reads these certificates again, one GET each (a few at a time). */
+  async get(names: Iterable<string>): Promise<NamedCerts> {
+    const queue = [...names];
+    const out: NamedCerts = { certs: [], names: new Set(), gone: new Set() };
+    await Promise.all(
+      Array.from({ length: Math.min(GET_CONCURRENCY, queue.length) }, async () => {
+        for (let name = queue.shift(); name !== undefined; name = queue.shift()) {
+          const key = `${this.prefix}${name}`;
+          const res = await this.consul.request(`/v1/kv/${key}`);
+          if (res.status === 404) {
+            out.gone.add(name);
+            continue;
+          }
+          if (res.status !== 200) throw new ConsulUnavailableError(`Consul answered ${consulAnswer(res.status, res.body, false)} reading ${key}`, undefined, res.status >= 500);
+          const e = (JSON.parse(res.body) as { Value: string | null }[])[0];
+          out.names.add(name);
+          const cert = this.parse(key, name, Buffer.from(e?.Value ?? '', 'base64').toString('utf8'));
+          if (cert) out.certs.push(cert);
+        }
+      }),
+    );
+    return out;
+  }
+
+  private parse(key: string, name: string, value: string): StoredCert | undefined {
+    try {
+      const doc = JSON.parse(value) as { v?: number; pem?: unknown };
+      if (typeof doc.pem !== 'string' || name === '' || name.includes('/')) throw new Error('not a certificate document');
+      return { name, pem: doc.pem };
+    } catch {
+      this.log.error(`ignoring ${key}: not a stored certificate`);
+      return undefined;
+    }
   }
 
   /**
-   * Every stored certificate (a blocking read when `index` is given). Bad values are skipped, but
-   * their names are in `names`: a damaged document is not a deleted certificate.
+   * Every stored certificate. Bad values are skipped, but their names are in `names`: a damaged
+   * document is not a deleted certificate. (Nothing blocks on this prefix: the change log wakes
+   * its readers, certs/manager.ts.)
    */
-  async list(index = 0, waitSeconds = 300, signal?: AbortSignal): Promise<{ certs: StoredCert[]; names: Set<string>; index: number; hash: string }> {
-    const read = await readKvPrefix(this.consul, this.prefix, index, waitSeconds, signal);
-    if (read.folderError) this.log.warn(`${read.folderError}; the watch on the shared certificates answers on every KV write near it until the key exists`);
+  async list(): Promise<{ certs: StoredCert[]; names: Set<string>; index: number; hash: string }> {
+    const read = await readKvPrefix(this.consul, this.prefix);
+    if (read.folderError) this.log.debug(read.folderError);
     const certs: StoredCert[] = [];
     const names = new Set<string>();
     for (const e of read.entries) {
       const name = e.key.slice(this.prefix.length);
       names.add(name);
-      try {
-        const doc = JSON.parse(e.value) as { v?: number; pem?: unknown };
-        if (typeof doc.pem !== 'string' || name === '' || name.includes('/')) throw new Error('not a certificate document');
-        certs.push({ name, pem: doc.pem });
-      } catch {
-        this.log.error(`ignoring ${e.key}: not a stored certificate`);
-      }
+      const cert = this.parse(e.key, name, e.value);
+      if (cert) certs.push(cert);
     }
     return { certs, names, index: read.index, hash: read.hash };
   }

@@ -415,7 +415,8 @@ export function loadSettings(env: Env = process.env): Settings {
     consulWatchWait: int(env, 'CONSUL_WATCH_WAIT', 300, 1, 600),
     consulMaxWatches: lookup(env, 'CONSUL_MAX_WATCHES'),
     consolidateAfter: lookup(env, 'CONSOLIDATE_AFTER'),
-    // Two KV watches (specs, certificates), the node list, the checks and the detector's reserved slot: 5 at least.
+    // The change log's KV watch (specs and certificates), the node list or the change detector, the
+    // checks and a node query need 4; 5 at least leaves discovery a second node query.
     consulWatchConnections: int(env, 'CONSUL_WATCH_CONNECTIONS', 8, 5, 1000),
     consulRequestConnections: int(env, 'CONSUL_REQUEST_CONNECTIONS', 2, 1, 1000),
     spareBackends: int(env, 'SPARE_BACKENDS', 16, 0, 100_000),

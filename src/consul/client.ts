@@ -42,8 +42,9 @@ export interface ConsulRequest {
 export interface ConsulBudget {
   /**
    * Blocking queries held at once (`CONSUL_WATCH_CONNECTIONS`): each pending one holds a
-   * connection. Requests past it wait in line for one to answer, so the holders (the KV watches
-   * of fleet.ts and certs/store.ts, the instance watcher) must stay within it together.
+   * connection. Requests past it wait in line for one to answer, so the holders (the KV watch
+   * of the change log in fleet.ts, which also wakes certs/manager.ts, and the instance watcher)
+   * must stay within it together.
    */
   readonly watchConnections: number;
   /** Every other request (`CONSUL_REQUEST_CONNECTIONS`); past it they wait in line, briefly. */

@@ -1,4 +1,3 @@
-import os from 'node:os';
 import { ConsulUnavailableError, type DfpError } from '../errors.js';
 import { specFromJson, specToJson } from '../spec/from-json.js';
 import { legacyParams } from '../spec/fields.js';
@@ -6,9 +5,10 @@ import { Params } from '../spec/params.js';
 import { parseReconfigure } from '../spec/parse.js';
 import type { ServiceSpec } from '../spec/types.js';
 import type { Logger } from '../util/log.js';
-import { aclRefusal, type ConsulClient, consulAnswer, retryTransient } from './client.js';
-import { changesPrefix, entryValue, type LogEntry, parseLog, RING_SLOTS, writerSegment } from './change-log.js';
+import { type ConsulClient, consulAnswer, retryTransient } from './client.js';
+import { type LogEntry, parseLog } from './change-log.js';
 import { readKvPrefix } from './kv.js';
+import { base64, ChangeLogWriter, type TxnOp, type TxnOutcome } from './log-writer.js';
 
 /** GETs in flight at once when reading the specs the change log names. */
 const REFRESH_CONCURRENCY = 8;
@@ -31,41 +31,6 @@ interface KvEntry {
   Value: string | null;
   ModifyIndex: number;
 }
-
-/** An operation of a Consul transaction (`Value` base64, as the txn API wants it). */
-interface TxnOp {
-  readonly Verb: 'cas' | 'delete-cas' | 'delete';
-  readonly Key: string;
-  readonly Value?: string;
-  readonly Index?: number;
-}
-
-interface TxnAnswer {
-  Results: { KV: KvEntry }[] | null;
-  Errors: { OpIndex: number; What: string }[] | null;
-}
-
-function base64(text: string): string {
-  return Buffer.from(text, 'utf8').toString('base64');
-}
-
-/** The errors of a rolled-back transaction. */
-function txnErrors(body: string): { OpIndex: number; What: string }[] {
-  try {
-    return (JSON.parse(body) as TxnAnswer).Errors ?? [];
-  } catch {
-    return [];
-  }
-}
-
-/** This writer's ring of the change log (change-log.ts): the ModifyIndex each slot holds, as last known. */
-interface Ring {
-  next: number;
-  readonly slots: number[];
-}
-
-/** A transaction's outcome: the ModifyIndex of each key written, or which operations failed their check. */
-type TxnOutcome = { readonly written: ReadonlyMap<string, number> } | { readonly stale: ReadonlySet<number> };
 
 /** The read of the change log (changes prefix). */
 export interface ChangeLogRead {
@@ -93,9 +58,11 @@ export class ConsulSpecStore {
   readonly prefix: string;
   /** The change log's prefix (change-log.ts). */
   readonly changesPrefix: string;
-  /** This store's ring in the change log; the proxy names it after its replica id (setWriter). */
-  writer = writerSegment(`${os.hostname()}-${process.pid}`);
-  private ring: Promise<Ring> | undefined;
+  /**
+   * This replica's ring of the change log, which the certificates' store (certs/store.ts) shares:
+   * both kinds of writes take slots of one ring.
+   */
+  readonly logWriter: ChangeLogWriter;
 
   constructor(
     private readonly consul: ConsulClient,
@@ -104,23 +71,22 @@ export class ConsulSpecStore {
     private readonly separator = ',',
   ) {
     this.prefix = `${instanceName}/_dfp/services/`;
-    this.changesPrefix = changesPrefix(instanceName);
+    this.logWriter = new ChangeLogWriter(consul, instanceName);
+    this.changesPrefix = this.logWriter.changesPrefix;
   }
 
-  /** Logs this store's writes under the ring of `replicaId` from now on. */
+  /** This store's ring in the change log. */
+  get writer(): string {
+    return this.logWriter.writer;
+  }
+
+  /** Logs this store's writes (and the certificates', sharing the writer) under the ring of `replicaId` from now on. */
   setWriter(replicaId: string): void {
-    const writer = writerSegment(replicaId);
-    if (writer === this.writer) return;
-    this.writer = writer;
-    this.ring = undefined;
+    this.logWriter.setWriter(replicaId);
   }
 
   private key(serviceName: string): string {
     return `${this.prefix}${serviceName}`;
-  }
-
-  private slotKey(slot: number): string {
-    return `${this.changesPrefix}${this.writer}/${slot}`;
   }
 
   /**
@@ -180,69 +146,9 @@ export class ConsulSpecStore {
     throw new ConsulUnavailableError(`${what}: the change log's slot kept changing`);
   }
 
-  /**
-   * `op` on a spec and the entry naming its service in this writer's next slot of the change log,
-   * in one transaction: a reader that sees the entry sees the spec as written (or newer). The slot
-   * is taken before the transaction, so concurrent writes take different slots; a slot found
-   * stale (this id's ring written by another process, or deleted as idle) is read again and tried
-   * next time.
-   */
-  private async logged(op: TxnOp, serviceName: string, what: string): Promise<TxnOutcome> {
-    const ring = await this.ownRing();
-    const slot = ring.next;
-    ring.next = (slot + 1) % RING_SLOTS;
-    const prev = ring.slots[slot] ?? 0;
-    const logKey = this.slotKey(slot);
-    const out = await this.txn([op, { Verb: 'cas', Key: logKey, Value: base64(entryValue(serviceName, prev)), Index: prev }], what);
-    if ('written' in out) {
-      ring.slots[slot] = Math.max(ring.slots[slot] ?? 0, out.written.get(logKey) ?? 0);
-    } else if (out.stale.has(1)) {
-      // The whole ring is read again, not just this slot: when Consul lost its data (or another
-      // process writes under this id) every slot is stale, and one failed try per slot would use up
-      // a write's tries. Readers rely on `prev`, not on the order of slots: a skipped slot is no hole.
-      this.ring = undefined;
-    }
-    return out;
-  }
-
-  /**
-   * This writer's ring as Consul holds it, read once: the next write goes after the newest entry,
-   * so a restart does not overwrite entries readers may not have seen yet.
-   */
-  private ownRing(): Promise<Ring> {
-    this.ring ??= (async () => {
-      const res = await this.consul.request(`/v1/kv/${this.changesPrefix}${this.writer}/?recurse`);
-      if (res.status !== 200 && res.status !== 404) throw new ConsulUnavailableError(`Consul answered ${consulAnswer(res.status, res.body)} reading the change log of ${this.writer}`);
-      const slots = new Array<number>(RING_SLOTS).fill(0);
-      let newest = -1;
-      for (const e of res.status === 404 ? [] : (JSON.parse(res.body) as KvEntry[])) {
-        const slot = Number(e.Key.slice(`${this.changesPrefix}${this.writer}/`.length));
-        if (!Number.isInteger(slot) || slot < 0 || slot >= RING_SLOTS) continue;
-        slots[slot] = e.ModifyIndex;
-        if (newest < 0 || e.ModifyIndex > (slots[newest] ?? 0)) newest = slot;
-      }
-      return { next: (newest + 1) % RING_SLOTS, slots };
-    })().catch((err: unknown) => {
-      this.ring = undefined;
-      throw err;
-    });
-    return this.ring;
-  }
-
-  /**
-   * One transaction. Unlike a KV PUT (which answers only `true`), a transaction answers with the
-   * entries as written, so a ModifyIndex is this write's own; reading the key afterwards could
-   * already see another replica's. A failed check rolls the transaction back with 409, as does a
-   * refusal (an ACL's "Permission denied"); only the error text tells them apart ("failed to set
-   * key ..., index is stale").
-   */
-  private async txn(ops: TxnOp[], what: string): Promise<TxnOutcome> {
-    const res = await this.consul.request('/v1/txn', { method: 'PUT', body: JSON.stringify(ops.map((KV) => ({ KV }))) });
-    if (res.status === 200) return { written: new Map(((JSON.parse(res.body) as TxnAnswer).Results ?? []).map((r) => [r.KV.Key, r.KV.ModifyIndex])) };
-    const errors = res.status === 409 ? txnErrors(res.body) : [];
-    if (errors.length > 0 && errors.every((e) => /index is stale/.test(e.What))) return { stale: new Set(errors.map((e) => e.OpIndex)) };
-    const text = errors.map((e) => e.What).join('; ');
-    throw new ConsulUnavailableError(`Consul refused ${what}: ${aclRefusal(res.status, res.body) === undefined ? `${res.status} ${text || res.body.slice(0, 200)}` : consulAnswer(res.status, res.body)}`, undefined, res.status >= 500);
+  /** `op` on a spec and the entry naming its service in the change log, in one transaction (log-writer.ts). */
+  private logged(op: TxnOp, serviceName: string, what: string): Promise<TxnOutcome> {
+    return this.logWriter.logged(op, { service: serviceName }, what);
   }
 
   /** Create-only (`cas=0`): false when the key exists already. */
@@ -317,7 +223,7 @@ export class ConsulSpecStore {
     // Consul 1.8 takes at most 64 operations per transaction.
     for (let i = 0; i < entries.length; i += 64) {
       const ops: TxnOp[] = entries.slice(i, i + 64).map((e) => ({ Verb: 'delete-cas', Key: e.key, Index: e.modifyIndex }));
-      const out = await this.txn(ops, `deleting the idle change log of ${entries[0]?.writer}`);
+      const out = await this.logWriter.txn(ops, `deleting the idle change log of ${entries[0]?.writer}`);
       if ('stale' in out) all = false;
     }
     return all;

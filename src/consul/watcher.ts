@@ -33,8 +33,11 @@ export interface WatcherStats {
   readonly blockingQueries: number;
 }
 
-/** Blocking queries the rest of the proxy holds: the KV watches of the specs (fleet.ts) and of the certificates (certs/store.ts). */
-export const OTHER_BLOCKING_QUERIES = 2;
+/**
+ * Blocking queries the rest of the proxy holds: the KV watch of the change log (fleet.ts), which
+ * wakes the specs' and the certificates' followers alike.
+ */
+export const OTHER_BLOCKING_QUERIES = 1;
 
 /** Every check that is not passing: `?passing` semantics with a small answer while all is well. */
 const HEALTH_PATH = `/v1/health/state/any?filter=${encodeURIComponent('Status != "passing"')}`;

@@ -183,13 +183,16 @@ describe('CONSUL_PASSING_ONLY=false routes to every registered instance, as the 
 describe('nodes past the node-watch budget follow Consul through the change detector', () => {
   it('scaling a service on a node with no blocking query of its own still reaches HAProxy (CONSUL_MAX_WATCHES is ignored)', async () => {
     const consul = await startConsul();
-    // A node with more instances than the dev agent's own: it takes the one node query left.
-    for (let i = 0; i < 3; i++) {
-      const res = await fetch(`${consul.address}/v1/catalog/register`, { method: 'PUT', body: JSON.stringify({ Node: 'big-host', Address: '127.0.0.9', Service: { ID: `other.${i}`, Service: 'other', Address: '127.0.0.9', Port: 1000 + i } }) });
-      assert.equal(res.status, 200);
+    // Two nodes with more instances than the dev agent's own: they take the two node queries left.
+    for (const node of ['big-host', 'big-host-2']) {
+      for (let i = 0; i < 3; i++) {
+        const res = await fetch(`${consul.address}/v1/catalog/register`, { method: 'PUT', body: JSON.stringify({ Node: node, Address: '127.0.0.9', Service: { ID: `other.${i}`, Service: 'other', Address: '127.0.0.9', Port: 1000 + i } }) });
+        assert.equal(res.status, 200);
+      }
     }
-    // 5 watch connections: 2 for the KV watches, the catalog's change detector, the checks, and one
-    // node query, which goes to big-host: the dev agent's node (where the instances are) is polled.
+    // 5 watch connections: 1 for the KV watch of the change log, the catalog's change detector, the
+    // checks, and two node queries, which go to the big hosts: the dev agent's node (where the
+    // instances are) is polled.
     const proxy = await startProxy(consul.address, { CONSUL_WATCH_WAIT: '30', CONSUL_WATCH_CONNECTIONS: '5', CONSUL_MAX_WATCHES: '1' });
     const backends: Backend[] = [];
     try {
@@ -199,7 +202,7 @@ describe('nodes past the node-watch budget follow Consul through the change dete
         await registerLikeRegistrator(consul.address, { name, container: `${name}.0`, exposedPort: 80, hostPort: b.port });
         assert.equal((await callApi(proxy, 'reconfigure', { serviceName: name, servicePath: `/${name}` })).status, 200);
       }
-      assert.deepEqual((await callApi(proxy, 'status')).body.Watches, { services: 2, nodes: 2, nodeWatches: 1, polledNodes: 1, blockingQueries: 3 });
+      assert.deepEqual((await callApi(proxy, 'status')).body.Watches, { services: 2, nodes: 3, nodeWatches: 2, polledNodes: 1, blockingQueries: 4 });
       const b1 = await startBackend('b.1');
       backends.push(b1);
       await registerLikeRegistrator(consul.address, { name: 'b', container: 'b.1', exposedPort: 80, hostPort: b1.port });

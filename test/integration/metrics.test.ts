@@ -93,7 +93,7 @@ describe('metrics', () => {
     assert.equal(total(after, 'dfp_services'), 21);
     assert.equal(total(after, 'dfp_ready'), 1);
     assert.equal(total(after, 'dfp_haproxy_up'), 1);
-    assert.ok(total(after, 'dfp_consul_open_watches') >= 3, 'node list, checks, a node and the KV watches');
+    assert.ok(total(after, 'dfp_consul_open_watches') >= 3, 'node list, checks, a node and the change log');
     assert.deepEqual([total(after, 'dfp_fleet_known'), total(after, 'dfp_fleet_replicas'), total(after, 'dfp_fleet_in_agreement')], [1, 1, 1]);
     assert.equal(total(after, 'dfp_reload_failures_total'), 0);
     assert.equal(after.get('dfp_applies_total')?.type, 'counter');

@@ -1,11 +1,15 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { changesSince, entryValue, idleRings, type LogEntry, parseLog, writerSegment } from '../../src/consul/change-log.js';
+import { certEntryValue, changesSince, entryValue, idleRings, type LogEntry, parseLog, writerSegment } from '../../src/consul/change-log.js';
 
 const prefix = 'p/_dfp/changes/';
 
 function entry(writer: string, slot: number, modifyIndex: number, service: string, prev: number, at = Date.now()): LogEntry {
-  return { key: `${prefix}${writer}/${slot}`, writer, slot, modifyIndex, service, prev, at };
+  return { key: `${prefix}${writer}/${slot}`, writer, slot, modifyIndex, service, cert: undefined, prev, at };
+}
+
+function certEntry(writer: string, slot: number, modifyIndex: number, cert: string, prev: number): LogEntry {
+  return { key: `${prefix}${writer}/${slot}`, writer, slot, modifyIndex, service: undefined, cert, prev, at: Date.now() };
 }
 
 describe('change log', () => {
@@ -23,6 +27,47 @@ describe('change log', () => {
         ['a:1', 1, undefined, 0, 0],
       ],
     );
+  });
+
+  it('reads certificate entries apart from service entries; one naming both, or neither, is invalid', () => {
+    const log = parseLog(prefix, [
+      { key: `${prefix}a/0`, value: certEntryValue('a.com', 3, 7), modifyIndex: 10 },
+      { key: `${prefix}a/1`, value: JSON.stringify({ v: 1, service: 'web', cert: 'a.com', prev: 0 }), modifyIndex: 11 },
+      { key: `${prefix}a/2`, value: JSON.stringify({ v: 1, cert: '', prev: 0 }), modifyIndex: 12 },
+      { key: `${prefix}a/3`, value: JSON.stringify({ v: 1, cert: 'b.com' }), modifyIndex: 13 },
+    ]);
+    assert.deepEqual(
+      log.map((e) => [e.slot, e.service, e.cert, e.prev, e.at]),
+      [
+        [0, undefined, 'a.com', 3, 7],
+        [1, undefined, undefined, 0, 0],
+        [2, undefined, undefined, 0, 0],
+        [3, undefined, undefined, 0, 0],
+      ],
+    );
+  });
+
+  it('a reader of this version before certificates were logged (it knows only `service`) reads everything for a certificate entry', () => {
+    // What that version's parseLog made of any entry without a `service`: service undefined, and so
+    // a full read of the specs. Mixed versions stay correct, only slower (change-log.ts).
+    const old = parseLog(prefix, [{ key: `${prefix}a/0`, value: certEntryValue('a.com', 0), modifyIndex: 10 }]).map((e) => ({ ...e, cert: undefined }));
+    const verdict = changesSince(old, 5);
+    assert.ok('full' in verdict && /not one this version writes/.test(verdict.full), JSON.stringify(verdict));
+  });
+
+  it('names the certificates changed apart from the services; each reader applies the limit to its own kind', () => {
+    const log = [entry('a', 0, 11, 'web', 0), certEntry('a', 1, 12, 'a.com', 0), certEntry('b', 0, 13, 'b.com', 0), certEntry('b', 1, 14, 'a.com', 0), certEntry('b', 2, 9, 'old.com', 0)];
+    const verdict = changesSince(log, 10);
+    assert.ok('services' in verdict);
+    assert.deepEqual([...verdict.services], ['web']);
+    assert.deepEqual([...verdict.certs].sort(), ['a.com', 'b.com']);
+    // Two certificates are over a limit of 1 for the certificates' reader, not for the specs'.
+    assert.ok('services' in changesSince(log, 10, 1, 'services'));
+    const many = changesSince(log, 10, 1, 'certs');
+    assert.ok('full' in many && /2 certificates changed at once/.test(many.full), JSON.stringify(many));
+    // A wrapped ring is a doubt for every reader, whatever kind the overwritten entry named.
+    assert.ok('full' in changesSince([entry('a', 0, 15, 'web', 11)], 10, 32, 'certs'));
+    assert.ok('full' in changesSince([certEntry('a', 0, 15, 'a.com', 11)], 10, 32, 'services'));
   });
 
   it('names the services changed since the index held, each once', () => {
@@ -43,6 +88,7 @@ describe('change log', () => {
   it('reads everything for an entry it does not know, and for more changes than the limit', () => {
     const unknown = changesSince([{ ...entry('a', 0, 15, 'web', 0), service: undefined }], 10);
     assert.ok('full' in unknown);
+    assert.ok('full' in changesSince([{ ...entry('a', 0, 15, 'web', 0), service: undefined }], 10, 32, 'certs'));
     const many = Array.from({ length: 5 }, (_, i) => entry('a', i, 20 + i, `s${i}`, 0));
     assert.ok('full' in changesSince(many, 10, 4));
     assert.ok('services' in changesSince(many, 10, 5));
