@@ -459,7 +459,7 @@ export class ConfigApplier {
     if (this.applied === undefined || this.allocation === undefined || this.live === undefined || this.tables === undefined) return undefined;
     const settings = { ...this.settings, mapDir: this.paths.stateDir, crtList: this.crtList ?? this.settings.crtList };
     return deltaOps(this.applied, services, this.allocation, this.settings.serverSlots, {
-      add: (spec, nameOf, slotsOf) => runtimeAddition(settings, spec, nameOf, slotsOf),
+      add: (spec, nameOf, slotsOf) => runtimeAddition(settings, spec, nameOf, slotsOf, this.allocation?.spareChecks ?? true),
       tables: this.tables,
       lookups: new Set(this.live.lookups),
     });
@@ -792,7 +792,7 @@ function byName(services: readonly ServiceState[]): Map<string, ServiceState> {
 
 /** The candidate's files with the directory they were checked in left out (prechecks use their own). */
 function verdictKey(files: Files, dir: string): string {
-  return computeHash({ ...files, config: files.config.replaceAll(dir, '\0dir\0') });
+  return computeHash({ config: files.config.replaceAll(dir, '\0dir\0'), maps: files.maps, secrets: files.secrets });
 }
 
 /** Parsing time grows with config size (~1.2 s at 2 MB on 2 cores); allow generously more. */

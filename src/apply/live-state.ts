@@ -136,7 +136,7 @@ function readOr(file: string): string {
   }
 }
 
-type AllocationJson = { names: [string, string][]; spares: string[]; retired: string[]; slots: [string, (string | null)[]][]; lookups?: string[] };
+type AllocationJson = { names: [string, string][]; spares: string[]; retired: string[]; slots: [string, (string | null)[]][]; lookups?: string[]; spareChecks?: boolean };
 
 function allocationToJson(a: BackendAllocation): AllocationJson {
   return {
@@ -145,6 +145,7 @@ function allocationToJson(a: BackendAllocation): AllocationJson {
     retired: [...a.retired],
     slots: [...a.slots].map(([name, table]) => [name, table.map((id) => id ?? null)]),
     ...(a.lookups ? { lookups: [...a.lookups] } : {}),
+    ...(a.spareChecks === undefined ? {} : { spareChecks: a.spareChecks }),
   };
 }
 
@@ -171,5 +172,6 @@ function allocationFromJson(raw: unknown): BackendAllocation {
     retired: strings(j.retired),
     slots: new Map(pairs(j.slots, table)),
     ...(j.lookups !== undefined ? { lookups: strings(j.lookups) } : {}),
+    ...(typeof j.spareChecks === 'boolean' ? { spareChecks: j.spareChecks } : {}),
   };
 }

@@ -37,7 +37,25 @@ export function canonicalAllocation(services: readonly ServiceState[], minSpares
   }
   const spares = Array.from({ length: count }, (_, i) => `${SPARE_PREFIX}${i + 1}`);
   for (const name of spares) slots.set(name, Array.from({ length: minSlots }, () => undefined));
-  return { names: new Map([...keys.keys()].map((k) => [k, k])), spares, retired: [], slots };
+  return { names: new Map([...keys.keys()].map((k) => [k, k])), spares, retired: [], slots, spareChecks: spareChecks(services) };
+}
+
+/**
+ * Whether spares carry `check`: as most services' HTTP backends do (ties and no service: checks).
+ * A service whose backend differs from a spare in that needs a reload to go live, so the spares
+ * follow the majority; decided at reloads only, so adding services at run time never flips it.
+ */
+export function spareChecks(services: readonly ServiceState[]): boolean {
+  let checked = 0;
+  let unchecked = 0;
+  for (const { spec } of services) {
+    for (const d of spec.destinations) {
+      if (d.reqMode !== 'http' || dnsTarget(spec, d) !== undefined) continue;
+      if (spec.skipCheck) unchecked++;
+      else checked++;
+    }
+  }
+  return checked >= unchecked;
 }
 
 /**
@@ -70,7 +88,7 @@ export function runtimeAllocation(previous: BackendAllocation, services: readonl
     // Emptied; an already empty table is kept as is, so its rendered section is reused.
     if (was) slots.set(name, was.every((id) => id === undefined) ? was : was.map(() => undefined));
   }
-  return { names, spares, retired, slots };
+  return { names, spares, retired, slots, ...(previous.spareChecks === undefined ? {} : { spareChecks: previous.spareChecks }) };
 }
 
 export type RuntimeOp =
@@ -81,12 +99,22 @@ export type RuntimeOp =
   | { readonly kind: 'set-map'; readonly map: MapName; readonly key: string; readonly value: string; readonly isNew: boolean }
   | { readonly kind: 'del-map'; readonly map: MapName; readonly key: string };
 
+/** Equal skeletons, part by part: memoised sections are the very same strings, so this is mostly pointer compares. */
+function sameSkeleton(a: Pick<RenderedConfig, 'skeletonParts'>, b: Pick<RenderedConfig, 'skeletonParts'>): boolean {
+  const x = a.skeletonParts;
+  const y = b.skeletonParts;
+  if (x === y) return true;
+  if (x.length !== y.length) return false;
+  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
+  return true;
+}
+
 /**
  * The runtime API commands that turn `before` into `after`, or undefined when something other
  * than slot addresses and map entries differs (then only a reload is correct; reloadReasons says why).
  */
 export function runtimeOps(before: RenderedConfig, after: RenderedConfig): RuntimeOp[] | undefined {
-  if (before.skeleton !== after.skeleton || before.secrets !== after.secrets) return undefined;
+  if (!sameSkeleton(before, after) || before.secrets !== after.secrets) return undefined;
   const fills: RuntimeOp[] = [];
   const frees: RuntimeOp[] = [];
   for (const [backend, b] of after.backends) {
@@ -151,7 +179,7 @@ export function reloadReasons(before: RenderedConfig, after: RenderedConfig, key
     return key === undefined || key === name ? `backend ${name} (${what})` : `backend ${key} (${what}; live as ${name})`;
   };
   const reasons: string[] = [];
-  if (before.skeleton !== after.skeleton) {
+  if (!sameSkeleton(before, after)) {
     const was = skeletonSections(before.skeleton);
     const now = skeletonSections(after.skeleton);
     const describe = (header: string, what: string) => {

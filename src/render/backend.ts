@@ -101,11 +101,12 @@ function headerRule(rule: string, item: string): string {
 }
 
 /** A spare backend, ready for a service added at run time: it looks like a plain service's backend. */
-export function spareBackend(name: string, slots: number): Backend {
-  const key = `${name} ${slots}`;
+export function spareBackend(name: string, slots: number, checks = true): Backend {
+  const key = `${name} ${slots} ${checks}`;
   let spare = spares.get(key);
   if (spare === undefined) {
-    spare = { name, lines: ['mode http'], slots: Array.from({ length: slots }, (_, i) => ({ name: slotName(i) })), serverOptions: () => ' check' };
+    const options = checks ? ' check' : '';
+    spare = { name, lines: ['mode http'], slots: Array.from({ length: slots }, (_, i) => ({ name: slotName(i) })), serverOptions: () => options };
     // Thousands of spares at 10,000 services: the same object each render, so plans skip them.
     if (spares.size > 100_000) spares.clear();
     spares.set(key, spare);
