@@ -590,7 +590,13 @@ export class FlowProxy implements ProxyCore {
       spec = { ...spec, discoveryType: 'dns' };
       warnings.push(`Consul does not know ${consulServiceName(spec)}: routed to the DNS name ${dnsTarget(spec, {})} (DISCOVERY=dns)`);
     }
-    const change: Change = (s) => withService(s, spec, instances);
+    // Asked of the same state up to three times (the check below, the precheck, the apply), and
+    // each answer copies the state's maps (~20 ms at 10,000 services): the last answer is kept.
+    let last: { readonly from: DesiredState; readonly to: DesiredState } | undefined;
+    const change: Change = (s) => {
+      if (last?.from !== s) last = { from: s, to: withService(s, spec, instances) };
+      return last.to;
+    };
     const env = this.fromEnv.get(spec.serviceName);
     if (env) warnings.push(`${spec.serviceName} is also defined by ${env.prefix}* in this proxy's environment; this one wins until it is removed`);
     if (instances.length === 0 && spec.destinations.some((d) => dnsTarget(spec, d) === undefined)) warnings.push(`Consul has no healthy instance of ${consulServiceName(spec)} yet; the route answers 503 until one passes`);

@@ -212,9 +212,20 @@ function prune(state: DesiredState): DesiredState {
   return { services: state.services, instances };
 }
 
-export function serviceStates(state: DesiredState): ServiceState[] {
-  return [...state.services.values()].map((spec) => ({ spec, instances: state.instances.get(consulServiceName(spec)) ?? [] }));
+/**
+ * The services with their instances. The same array for the same (immutable) state: a change is
+ * planned from it more than once (precheck, apply), and plans are memoised by reference.
+ */
+export function serviceStates(state: DesiredState): readonly ServiceState[] {
+  let out = statesOf.get(state);
+  if (out === undefined) {
+    out = [...state.services.values()].map((spec) => ({ spec, instances: state.instances.get(consulServiceName(spec)) ?? [] }));
+    statesOf.set(state, out);
+  }
+  return out;
 }
+
+const statesOf = new WeakMap<DesiredState, readonly ServiceState[]>();
 
 function sameInstances(a: readonly Instance[], b: readonly Instance[]): boolean {
   return a.length === b.length && a.every((x, i) => x.id === b[i]?.id && x.address === b[i]?.address && x.port === b[i]?.port);
