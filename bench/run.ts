@@ -54,7 +54,7 @@ const FD_LIMIT = fdHardLimit();
 /**
  * What the proxy's own check (haproxy/fd-budget.ts) counts for `n` services as this bench routes
  * them, defaults throughout, or with `skipCheck=true` on every service (no HAProxy checks, so no
- * descriptor per slot; the spare backends keep theirs).
+ * descriptor per slot, and the spare backends follow the services: none either).
  */
 function fdNeedAt(n: number, skipCheck = false): number {
   const settings = loadSettings({ CONSUL_ADDRESS: 'http://127.0.0.1:8500' });

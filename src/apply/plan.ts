@@ -49,7 +49,8 @@ export function spareChecks(services: readonly ServiceState[]): boolean {
   let checked = 0;
   let unchecked = 0;
   for (const { spec } of services) {
-    for (const d of spec.destinations) {
+    // The backends a spare could stand for, as backendIds counts them (httpsPort: two).
+    for (const d of routedSpec(spec).destinations) {
       if (d.reqMode !== 'http' || dnsTarget(spec, d) !== undefined) continue;
       if (spec.skipCheck) unchecked++;
       else checked++;

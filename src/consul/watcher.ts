@@ -803,9 +803,9 @@ export class ConsulWatcher {
   }
 }
 
-/** Order-blind: the same instances in another order are no change. */
 /**
- * What a list of instances is, for "did it change": a digest of its JSON, not the JSON, since one is
+ * What a list of instances is, for "did it change" (order-blind: the same instances in another
+ * order are no change): a digest of its JSON, not the JSON, since one is
  * kept per followed service (the JSON took 4.4 MB at 10,000 services x 3 instances, measured in a
  * heap snapshot; the digests take under 1 MB).
  */

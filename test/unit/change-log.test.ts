@@ -47,9 +47,9 @@ describe('change log', () => {
     );
   });
 
-  it('a reader of this version before certificates were logged (it knows only `service`) reads everything for a certificate entry', () => {
-    // What that version's parseLog made of any entry without a `service`: service undefined, and so
-    // a full read of the specs. Mixed versions stay correct, only slower (change-log.ts).
+  it('an entry that names neither a service nor a certificate asks for a full read (as the version before certificate entries took them)', () => {
+    // Not the old code itself: what its parseLog made of an entry without a `service` (service
+    // undefined), fed to this changesSince. Mixed versions stay correct, only slower (change-log.ts).
     const old = parseLog(prefix, [{ key: `${prefix}a/0`, value: certEntryValue('a.com', 0), modifyIndex: 10 }]).map((e) => ({ ...e, cert: undefined }));
     const verdict = changesSince(old, 5);
     assert.ok('full' in verdict && /not one this version writes/.test(verdict.full), JSON.stringify(verdict));

@@ -42,6 +42,20 @@ describe('the record of what HAProxy serves', () => {
     assert.equal(statSync(path.join(d, 'haproxy-live.json')).mode & 0o777, 0o600);
   });
 
+  it('keeps whether the spares carry checks; a record from before the field reads as checks (what that version rendered)', () => {
+    const d = dir();
+    const skipping = (name: string): ServiceState => ({ ...service(name, [`${name}1`]), spec: { ...service(name, []).spec, skipCheck: true } });
+    const allocation = canonicalAllocation([skipping('a'), skipping('b')], 2, 4);
+    assert.equal(allocation.spareChecks, false);
+    stateOf(d).markServed('h1', 's1', allocation);
+    assert.deepEqual(stateOf(d).readRecord()?.allocation, allocation);
+    const file = path.join(d, 'haproxy-live.json');
+    const raw = JSON.parse(readFileSync(file, 'utf8')) as { allocation: Record<string, unknown> };
+    delete raw.allocation.spareChecks;
+    writeFileSync(file, JSON.stringify(raw));
+    assert.equal(stateOf(d).readRecord()?.allocation.spareChecks ?? true, true);
+  });
+
   it('marks runtime commands ahead of the files until the files are served again; an unreadable record is none', () => {
     const d = dir();
     const live = stateOf(d);
