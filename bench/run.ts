@@ -192,7 +192,7 @@ async function reconfigure(env: Env, params: Record<string, string>): Promise<vo
 }
 
 interface Status {
-  Applies: { kind: string; trigger: string; durationMs: number }[];
+  Applies: { kind: string; trigger: string; durationMs: number; at: string }[];
   ApplyCounts: { reload: number; runtime: number; none: number };
 }
 
@@ -328,17 +328,22 @@ async function newServiceLive(env: Env, size: number, skipCheck: boolean): Promi
     await register(env.consul.address, { name, container: `${name}.0`, exposedPort: 80, hostPort: env.backendPorts[0] ?? 0 });
     await new Promise((r) => setTimeout(r, 200)); // let watches settle: only the API call is timed
     const t0 = performance.now();
+    const wall0 = Date.now();
     await reconfigure(env, { serviceName: name, servicePath: `/${name}/`, ...checks(skipCheck) });
     const call = performance.now() - t0;
+    const wall1 = Date.now();
     await firstOk(`${env.http}/${name}/x`);
     const total = performance.now() - t0;
     samples.push(total);
     calls.push(call);
-    const last = (await status(env)).Applies.filter((a) => a.trigger === `reconfigure ${name}`).at(-1);
+    const applies = (await status(env)).Applies;
+    const last = applies.filter((a) => a.trigger === `reconfigure ${name}`).at(-1);
+    // Applies that ended during the call (what it may have waited behind), for the slowest sample.
+    const during = applies.filter((a) => Date.parse(a.at) >= wall0 && Date.parse(a.at) <= wall1 && a !== last).map((a) => `${a.kind} ${ms(a.durationMs)} (${a.trigger})`);
     const kind = last?.kind ?? 'batched';
     kinds.set(kind, (kinds.get(kind) ?? 0) + 1);
     // Where the slowest sample's time went, on the console (an outlier's cause, not a table row).
-    if (total > slowest.ms) slowest = { ms: total, what: `API call ${ms(call)}, apply ${last ? ms(last.durationMs) : 'batched'} (${kind})` };
+    if (total > slowest.ms) slowest = { ms: total, what: `sample ${k + 1} of ${LIVE_SAMPLES}: API call ${ms(call)}, apply ${last ? ms(last.durationMs) : 'batched'} (${kind}); other applies ended during the call: ${during.join('; ') || 'none'}` };
   }
   console.log(`(new service at ${size}: slowest ${ms(slowest.ms)}: ${slowest.what})`);
   note(`| ${size.toLocaleString('en')} | ${ms(pct(samples, 50))} | ${ms(pct(samples, 99))} | ${ms(pct(calls, 50))} | ${[...kinds].map(([k, n]) => `${n}× ${k}`).join(', ')} |`);
