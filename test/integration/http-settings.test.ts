@@ -545,6 +545,26 @@ describe('HTTP settings on a real HAProxy', { concurrency: true }, () => {
       assert.equal((await send(p.httpPort, '/other', { host: 's.com' })).status, 503, 'only routed requests redirect');
     });
   });
+
+  describe('a fleet of skipCheck services', { concurrency: 1 }, () => {
+    it('the spares follow the services: a new skipCheck service goes live without a reload, a checked one needs one (spare-flavour regression)', async () => {
+      const p = await proxy('settings-skipcheck');
+      for (const name of ['sk1', 'sk2']) await service(p, { serviceName: name, servicePath: `/${name}`, skipCheck: 'true' });
+      // A reload decides the spares: most services skip checks, so the spares' slots carry none.
+      const config = await canonicalConfig(p);
+      const spare = section(config, 'backend dfp-spare-1');
+      assert.ok(spare.length > 1 && spare.filter((l) => l.startsWith('server ')).every((l) => !/ check\b/.test(l)), spare.join(' | '));
+      await service(p, { serviceName: 'sk3', servicePath: '/sk3', skipCheck: 'true' });
+      const added = (await applies(p)).filter((a) => a.trigger === 'reconfigure sk3').at(-1);
+      assert.equal(added?.kind, 'runtime', JSON.stringify(added));
+      assert.equal(await who(p.httpPort, '/sk3'), 'sk3.0');
+      // One unlike the spares (checks on) cannot take one as it is.
+      await service(p, { serviceName: 'checked', servicePath: '/checked' });
+      const checked = (await applies(p)).filter((a) => a.trigger === 'reconfigure checked').at(-1);
+      assert.equal(checked?.kind, 'reload', JSON.stringify(checked));
+      assert.equal(await who(p.httpPort, '/checked'), 'checked.0');
+    });
+  });
 });
 
 describe('invalid environment settings stop start-up naming the variable (AC-21)', () => {
