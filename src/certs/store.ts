@@ -56,16 +56,14 @@ export class ConsulCertStore {
   }
 
   /**
-   * `op` on a certificate with its change log entry, retried while only the log's slot was stale
-   * (its own operation has no check); the index the transaction landed at. Never Consul's answer
-   * text in an error: a refused transaction may echo the value (the key).
+   * `op` on a certificate with its change log entry (log-writer.ts). The op has no check of its own,
+   * so it always lands. Never Consul's answer text in an error: a refused transaction may echo the
+   * value (the key).
    */
   private async loggedUntilDone(op: TxnOp, name: string, what: string): Promise<number> {
-    for (let attempt = 0; attempt < 20; attempt++) {
-      const out = await this.logWriter.logged(op, { cert: name }, what, true);
-      if ('written' in out) return Math.max(...out.written.values());
-    }
-    throw new ConsulUnavailableError(`${what}: the change log's slot kept changing`);
+    const index = await this.logWriter.untilLogged(op, { cert: name }, what, true);
+    if (index === undefined) throw new ConsulUnavailableError(`${what}: Consul refused it as stale`);
+    return index;
   }
 
   /** Whether a certificate document exists under this name (valid or not). */

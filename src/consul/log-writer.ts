@@ -95,6 +95,20 @@ export class ChangeLogWriter {
   }
 
   /**
+   * `logged`, tried again while only the log's slot was stale (another process wrote it, or the
+   * ring was deleted as idle): the index the transaction landed at (a delete's is its log entry's:
+   * one transaction, one index), or undefined when `op`'s own check failed.
+   */
+  async untilLogged(op: TxnOp, subject: LogSubject, what: string, redact = false): Promise<number | undefined> {
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const out = await this.logged(op, subject, what, redact);
+      if ('written' in out) return Math.max(...out.written.values());
+      if (out.stale.has(0)) return undefined;
+    }
+    throw new ConsulUnavailableError(`${what}: the change log's slot kept changing`);
+  }
+
+  /**
    * This writer's ring as Consul holds it, read once: the next write goes after the newest entry,
    * so a restart does not overwrite entries readers may not have seen yet.
    */

@@ -121,7 +121,7 @@ export class ConsulSpecStore {
   async undo(serviceName: string, landedIndex: number, previous: ServiceSpec | undefined): Promise<number | undefined> {
     const key = this.key(serviceName);
     const op: TxnOp = previous ? { Verb: 'cas', Key: key, Value: base64(storedDocument(previous)), Index: landedIndex } : { Verb: 'delete-cas', Key: key, Index: landedIndex };
-    return this.retrying(`rolling back ${serviceName}`, () => this.loggedUntilSpecAnswers(op, serviceName, `the rollback of ${serviceName}`));
+    return this.retrying(`rolling back ${serviceName}`, () => this.logWriter.untilLogged(op, { service: serviceName }, `the rollback of ${serviceName}`));
   }
 
   /** The key's ModifyIndex, 0 when it does not exist (what `cas` expects for "create"). */
@@ -132,20 +132,6 @@ export class ConsulSpecStore {
     return (JSON.parse(res.body) as KvEntry[])[0]?.ModifyIndex ?? 0;
   }
 
-  /**
-   * `op` on a spec, retried while only the change log's slot was stale (another process wrote it);
-   * the index it landed at (a delete's is its log entry's: one transaction, one index), or
-   * undefined when the spec's own check failed.
-   */
-  private async loggedUntilSpecAnswers(op: TxnOp, serviceName: string, what: string): Promise<number | undefined> {
-    for (let attempt = 0; attempt < 20; attempt++) {
-      const out = await this.logged(op, serviceName, what);
-      if ('written' in out) return Math.max(...out.written.values());
-      if (out.stale.has(0)) return undefined;
-    }
-    throw new ConsulUnavailableError(`${what}: the change log's slot kept changing`);
-  }
-
   /** `op` on a spec and the entry naming its service in the change log, in one transaction (log-writer.ts). */
   private logged(op: TxnOp, serviceName: string, what: string): Promise<TxnOutcome> {
     return this.logWriter.logged(op, { service: serviceName }, what);
@@ -154,13 +140,13 @@ export class ConsulSpecStore {
   /** Create-only (`cas=0`): false when the key exists already. */
   async create(spec: ServiceSpec): Promise<boolean> {
     const op: TxnOp = { Verb: 'cas', Key: this.key(spec.serviceName), Value: base64(storedDocument(spec)), Index: 0 };
-    return (await this.loggedUntilSpecAnswers(op, spec.serviceName, `the write-back of ${spec.serviceName}`)) !== undefined;
+    return (await this.logWriter.untilLogged(op, { service: spec.serviceName }, `the write-back of ${spec.serviceName}`)) !== undefined;
   }
 
   /** Deletes a spec, and the original's per-key layout of the same service. Returns the KV index. */
   async delete(serviceName: string): Promise<number> {
     return this.retrying(`removing ${serviceName}`, async () => {
-      const index = await this.loggedUntilSpecAnswers({ Verb: 'delete', Key: this.key(serviceName) }, serviceName, `the removal of ${serviceName}`);
+      const index = await this.logWriter.untilLogged({ Verb: 'delete', Key: this.key(serviceName) }, { service: serviceName }, `the removal of ${serviceName}`);
       // The trailing '/' matters: without it the prefix would match `foo-v2/…` when removing `foo`.
       await this.consul.request(`/v1/kv/${this.instanceName}/${serviceName}/?recurse`, { method: 'DELETE' });
       return index ?? 0;
