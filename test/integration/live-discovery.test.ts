@@ -229,6 +229,8 @@ describe('server slots (regression: servers added at run time were not pooled, h
       assert.equal((await callApi(proxy, 'reconfigure', { serviceName: 'slot', servicePath: '/slot' })).status, 200);
       assert.match(await liveConfig(proxy), /^ {4}server s1 127\.0\.0\.1:\d+ check {2}# host1:slot\.0:80\n {4}server s2 0\.0\.0\.0:0 disabled check$/m);
       const gen = await haproxyGeneration(proxy);
+      // The slot's first health check may still be under way on a loaded machine.
+      await eventually('slot.0 serves', () => through(proxy, '/slot'), (r) => r.instance === 'slot.0');
       // HAProxy now holds an idle server-side connection to slot.0, which must not serve slot.1 later.
       for (let i = 0; i < 5; i++) assert.equal((await through(proxy, '/slot')).instance, 'slot.0');
       const inFlight = keepAliveGet(agent, `${proxy.http}/slot/slow`);
