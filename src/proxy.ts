@@ -311,7 +311,7 @@ export class FlowProxy implements ProxyCore {
       return proxy;
     } catch (err) {
       // A master taken over serves on for the next attempt; one started here goes with this one.
-      if (haproxy?.status().takenOver) haproxy.detach();
+      if (haproxy?.status().takenOver) await haproxy.detach();
       else await haproxy?.stop();
       await localConsul?.stop();
       throw err;
