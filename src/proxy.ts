@@ -801,6 +801,8 @@ export class FlowProxy implements ProxyCore {
       // `haproxy -c` runs since start: prechecks of API changes (one per burst) and reloads, minus
       // reloads of files their precheck had just passed.
       ConfigChecks: this.applier.validations,
+      // Files written after runtime changes: only the touched backends rendered, or every service.
+      FileWrites: this.applier.fileWrites,
       // The control plane's own memory, in MB (process.memoryUsage): RSS and the JS heap.
       Memory: memoryMb(),
       Watches: this.watcher.stats(),

@@ -217,6 +217,8 @@ export interface DeltaPlan {
   readonly byName: ReadonlyMap<string, ServiceState>;
   /** The map entries the added services brought (the caller's route tables gain them). */
   readonly entries: readonly MapEntry[];
+  /** The services changed or added, by name: only their backends differ (render/haproxy-config.ts patchConfig). */
+  readonly touched: readonly string[];
 }
 
 /** How the caller derives an added service's map entries (render/haproxy-config.ts runtimeAddition). */
@@ -340,6 +342,7 @@ export function deltaOps(
     allocation: changedAllocation ? { ...allocation, ...(names ? { names, spares } : {}), ...(slots ? { slots } : {}) } : allocation,
     byName,
     entries,
+    touched: [...changed.map(([, now]) => now.spec.serviceName), ...added.map((s) => s.spec.serviceName)],
   };
 }
 

@@ -119,6 +119,9 @@ export interface RenderedConfig {
   readonly skeletonParts: readonly string[];
   /** The route table's entries, by map (what `maps` holds as text). */
   readonly tables: Readonly<Record<MapName, ReadonlyMap<string, string>>>;
+  /** Backend section names in config order, and their texts: what patchConfig splices. */
+  readonly sectionNames: readonly string[];
+  readonly sectionTexts: readonly string[];
 }
 
 const V = {
@@ -256,14 +259,7 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
   const backends = new Map<string, Backend>();
   const texts = new Map<string, Section>();
   for (const { spec, instances } of ordered) {
-    const ids = instanceIds(instances);
-    for (const dest of spec.destinations) {
-      const name = nameOf(spec, dest);
-      // A DNS target's servers come from HAProxy's resolver, not from Consul.
-      const dns = dnsTarget(spec, dest) !== undefined;
-      const given = allocation.slots.get(name);
-      const table = given ?? assignSlots(undefined, dns ? [] : ids, settings.serverSlots, true) ?? [];
-      const section = backendSection(spec, dest, name, userlistOf(spec), table, dns ? NO_INSTANCES : instances, dns ? [] : ids, settings.serverSlots);
+    for (const [name, section] of serviceSections(settings, spec, instances, nameOf, allocation, userlistOf(spec))) {
       texts.set(name, section);
       backends.set(name, section.backend);
     }
@@ -274,27 +270,124 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
     backends.set(name, b);
   }
   const head = lines.join('\n');
-  const sorted = [...texts].sort((a, b) => (a[0] < b[0] ? -1 : 1)).map(([, t]) => t);
-  const skeletonParts = [head, ...sorted.map((t) => t.skeleton)];
+  const sorted = [...texts].sort((a, b) => (a[0] < b[0] ? -1 : 1));
+  const sectionTexts = sorted.map(([, t]) => t.text);
+  const skeletonParts = [head, ...sorted.map(([, t]) => t.skeleton)];
   const maps = Object.fromEntries(MAP_NAMES.map((m) => [m, mapText(routes.maps[m])])) as Record<MapName, string>;
-  // The skeleton is joined when asked (only to say why a reload is needed), not kept: the sections'
-  // skeletons are memoised per spec, and a kept join is a second copy (2.5 MB per rendered config
-  // at 10,000 services, measured in a heap snapshot). The config is joined once: it is hashed,
-  // compared and written on every apply, and joining it each time cost ~30 ms per change there.
-  const config = `${head}${sorted.map((t) => `\n${t.text}`).join('')}\n`;
-  return {
-    config,
-    get skeleton() {
-      return `${skeletonParts.join('\n')}\n`;
-    },
-    skeletonParts,
+  return assemble(head, sectionTexts, skeletonParts, {
     lookups: [...lookups].sort(),
     maps,
     secrets: secrets.join('\n'),
     conflicts: routes.conflicts,
     backends,
     tables: routes.maps,
+    sectionNames: sorted.map(([name]) => name),
+  });
+}
+
+/**
+ * The config text and the skeleton around the other parts of a render. The skeleton is joined
+ * when asked (only to say why a reload is needed), not kept: the sections' skeletons are memoised
+ * per spec, and a kept join is a second copy (2.5 MB per rendered config at 10,000 services,
+ * measured in a heap snapshot). The config is joined once: it is hashed, compared and written on
+ * every apply, and joining it each time cost ~30 ms per change there.
+ */
+function assemble(
+  head: string,
+  sectionTexts: readonly string[],
+  skeletonParts: readonly string[],
+  rest: Omit<RenderedConfig, 'config' | 'skeleton' | 'skeletonParts' | 'sectionTexts'>,
+): RenderedConfig {
+  return {
+    config: `${head}${sectionTexts.map((t) => `\n${t}`).join('')}\n`,
+    get skeleton() {
+      return `${skeletonParts.join('\n')}\n`;
+    },
+    skeletonParts,
+    sectionTexts,
+    ...rest,
   };
+}
+
+/** A service's backend sections by HAProxy name (its spec routed: routedSpec). */
+function serviceSections(
+  settings: RenderSettings,
+  spec: ServiceSpec,
+  instances: readonly Instance[],
+  nameOf: (spec: ServiceSpec, dest: Destination) => string,
+  allocation: BackendAllocation,
+  userlist: string | undefined,
+): [string, Section][] {
+  const ids = instanceIds(instances);
+  return spec.destinations.map((dest) => {
+    const name = nameOf(spec, dest);
+    // A DNS target's servers come from HAProxy's resolver, not from Consul.
+    const dns = dnsTarget(spec, dest) !== undefined;
+    const given = allocation.slots.get(name);
+    const table = given ?? assignSlots(undefined, dns ? [] : ids, settings.serverSlots, true) ?? [];
+    return [name, backendSection(spec, dest, name, userlist, table, dns ? NO_INSTANCES : instances, dns ? [] : ids, settings.serverSlots)];
+  });
+}
+
+/** The userlist a service's backends check: its own, the global one (USERS), or none. */
+function userlistFor(settings: RenderSettings, spec: ServiceSpec): string | undefined {
+  return effectiveUsers(settings, spec) !== undefined ? userlistName(spec) : settings.users.length > 0 ? GLOBAL_USERLIST : undefined;
+}
+
+const sectionIndexes = new WeakMap<readonly string[], ReadonlyMap<string, number>>();
+
+/**
+ * renderConfig's files for `services` and `allocation`, made from `live` by rendering only the
+ * backends of the `touched` services, when the change from what rendered `live` is what a delta
+ * plan makes (plan.ts deltaOps): instance lists moved and services were added onto spare
+ * backends, nothing else. Then the set of backends, the frontend, the userlists and the route
+ * conflicts are those of `live`, and the route tables are `tables` (the live ones plus the added
+ * entries). Work in proportion to the change, but for joining and hashing the text; unit tests
+ * hold the result equal to renderConfig's. Undefined when a touched backend is not in `live`:
+ * the caller renders everything.
+ */
+export function patchConfig(
+  settings: RenderSettings,
+  live: RenderedConfig,
+  services: ReadonlyMap<string, ServiceState>,
+  touched: Iterable<string>,
+  allocation: BackendAllocation,
+  tables: Readonly<Record<MapName, ReadonlyMap<string, string>>>,
+): RenderedConfig | undefined {
+  let index = sectionIndexes.get(live.sectionNames);
+  if (index === undefined) {
+    index = new Map(live.sectionNames.map((name, i) => [name, i]));
+    sectionIndexes.set(live.sectionNames, index);
+  }
+  const nameOf = (spec: ServiceSpec, dest: Destination) => {
+    const key = backendName(spec, dest);
+    return allocation.names.get(key) ?? key;
+  };
+  const sectionTexts = [...live.sectionTexts];
+  const skeletonParts = [...live.skeletonParts];
+  const backends = new Map(live.backends);
+  for (const serviceName of touched) {
+    const state = services.get(serviceName);
+    if (state === undefined) return undefined;
+    const spec = routedSpec(state.spec);
+    for (const [name, section] of serviceSections(settings, spec, state.instances, nameOf, allocation, userlistFor(settings, spec))) {
+      const i = index.get(name);
+      if (i === undefined) return undefined;
+      sectionTexts[i] = section.text;
+      skeletonParts[i + 1] = section.skeleton;
+      backends.set(name, section.backend);
+    }
+  }
+  const maps = Object.fromEntries(MAP_NAMES.map((m) => [m, tables[m] === live.tables[m] ? live.maps[m] : mapText(tables[m])])) as Record<MapName, string>;
+  return assemble(skeletonParts[0] as string, sectionTexts, skeletonParts, {
+    lookups: live.lookups,
+    maps,
+    secrets: live.secrets,
+    conflicts: live.conflicts,
+    backends,
+    tables,
+    sectionNames: live.sectionNames,
+  });
 }
 
 interface Section {

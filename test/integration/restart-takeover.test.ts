@@ -425,6 +425,44 @@ describe('the first apply after a takeover', () => {
     }
   });
 
+  it('scale events and a service added at run time, written by patching the files: the restore renders those very files, kept as it is', async () => {
+    const base = { STATE_DIR: tempDir(), DEFAULT_PORTS: String(await freePort()) };
+    const first = await startProxy(consul.address, base);
+    const status = async (p: TestProxy) => (await callApi(p, 'status')).body as { Applies: { kind: string; trigger: string }[]; FileWrites: { patched: number; rendered: number } };
+    const instance = async (name: string, i: number) => {
+      const b = await startBackend(`${name}.${i}`);
+      backends.push(b);
+      return (await registerLikeRegistrator(consul.address, { name, container: `${name}.${i}`, exposedPort: 8080, hostPort: b.port })).id;
+    };
+    let p: TestProxy | undefined;
+    try {
+      const p0 = await instance('patch', 0);
+      assert.equal((await callApi(first, 'reconfigure', { serviceName: 'patch', servicePath: '/patch' })).status, 200);
+      await instance('patch', 1);
+      await eventually('patch.1 serves', () => through(first, '/patch'), (r) => r.instance === 'patch.1', 10_000);
+      await deregister(consul.address, p0);
+      await eventually('only patch.1 serves', async () => [await through(first, '/patch'), await through(first, '/patch')], (rs) => rs.every((r) => r.instance === 'patch.1'));
+      await instance('later', 0);
+      assert.equal((await callApi(first, 'reconfigure', { serviceName: 'later', servicePath: '/later' })).status, 200);
+      await liveConfig(first); // writes what lags, as the stop below would
+      const before = await status(first);
+      const runtime = before.Applies.filter((a) => /patch|later/.test(a.trigger) && !/reconfigure patch/.test(a.trigger));
+      assert.ok(runtime.length >= 3 && runtime.every((a) => a.kind === 'runtime'), JSON.stringify(runtime));
+      await first.proxy.stop({ keepHaproxy: true });
+      p = await startProxy(consul.address, base);
+      const after = await status(p);
+      const restore = after.Applies.find((a) => /start-up restore/.test(a.trigger));
+      assert.equal(restore?.kind, 'none', `the restored services render to other files than the patched ones: ${JSON.stringify(restore)}`);
+      assert.equal((await through(p, '/later')).instance, 'later.0');
+      assert.equal((await through(p, '/patch')).instance, 'patch.1');
+      // The files were written by patches, never by a full render.
+      assert.ok(before.FileWrites.rendered === 0 && before.FileWrites.patched > 0, JSON.stringify(before.FileWrites));
+    } finally {
+      await p?.stop();
+      await first.stop().catch(() => undefined);
+    }
+  });
+
   it('instances changed meanwhile: reloaded, and the instance that stayed keeps its server slot', async () => {
     let added: string | undefined;
     const t = await takeover({}, async () => {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { canonicalAllocation, deltaOps, runtimeAllocation, runtimeOps, scaleOnlyOps } from '../../src/apply/plan.js';
 import type { Instance } from '../../src/discovery/types.js';
-import { type BackendAllocation, MAP_NAMES, type RenderedConfig, renderConfig, runtimeAddition } from '../../src/render/haproxy-config.js';
+import { type BackendAllocation, MAP_NAMES, type MapName, patchConfig, type RenderedConfig, renderConfig, runtimeAddition } from '../../src/render/haproxy-config.js';
 import { spec } from '../../src/spec/defaults.js';
 import type { ServiceState } from '../../src/state/service-state.js';
 import { defaultRenderSettings } from '../helpers/render-settings.js';
@@ -30,6 +30,20 @@ function instances(rand: () => number, service: number, count: number): Instance
 }
 
 const byName = (services: readonly ServiceState[]) => new Map(services.map((s) => [s.spec.serviceName, s]));
+
+/** patchConfig's files equal renderConfig's, part by part (what the applier writes and compares). */
+function assertSameRender(patched: RenderedConfig | undefined, full: RenderedConfig, what: string): asserts patched is RenderedConfig {
+  assert.ok(patched, `${what}: patchConfig gave up`);
+  assert.equal(patched.config, full.config, `${what}: haproxy.cfg`);
+  assert.equal(patched.skeleton, full.skeleton, `${what}: skeleton`);
+  for (const m of MAP_NAMES) assert.equal(patched.maps[m], full.maps[m], `${what}: ${m}`);
+  assert.equal(patched.secrets, full.secrets, `${what}: secrets`);
+  assert.deepEqual(patched.lookups, full.lookups, `${what}: lookups`);
+  assert.deepEqual(patched.conflicts, full.conflicts, `${what}: conflicts`);
+  assert.deepEqual([...patched.backends.keys()].sort(), [...full.backends.keys()].sort(), `${what}: backends`);
+  for (const [name, b] of full.backends) assert.equal(JSON.stringify(patched.backends.get(name)), JSON.stringify(b), `${what}: backend ${name}`);
+  assert.deepEqual(patched.sectionNames, full.sectionNames, `${what}: section order`);
+}
 const sorted = (ops: readonly unknown[]) => ops.map((o) => JSON.stringify(o)).sort();
 
 describe('scale events without rendering (plan.ts scaleOnlyOps)', () => {
@@ -78,9 +92,12 @@ describe('scale events without rendering (plan.ts scaleOnlyOps)', () => {
       assert.deepEqual([...quick.allocation.slots], [...fresh.slots], `round ${round}: slot tables`);
       const materialized = renderConfig(SETTINGS, next, quick.allocation);
       assert.equal(materialized.config, rendered.config, `round ${round}: files`);
+      // The files written after scale events render only the touched backends (ConfigApplier.materialize).
+      const patched = patchConfig(SETTINGS, live, byName(next), quick.touched, quick.allocation, live.tables);
+      assertSameRender(patched, materialized, `round ${round}`);
       services = next;
       allocation = quick.allocation;
-      live = materialized;
+      live = patched;
     }
     assert.ok(quickCount > 150, `${quickCount} scale-only plans, ${fallbacks} fallbacks`);
   });
@@ -167,8 +184,13 @@ describe('scale events without rendering (plan.ts scaleOnlyOps)', () => {
         // ConfigApplier.liveConflicts reads the last render's conflicts while files lag behind deltas.
         assert.deepEqual(materialized.conflicts, live.conflicts, `round ${round}: a delta changed the route conflicts`);
         if (live.conflicts.length > 0) deltasOverConflicts++;
+        // Patched from the live files and the carried tables, as ConfigApplier.materialize does.
+        const carried = { ...live.tables } as Record<MapName, ReadonlyMap<string, string>>;
+        for (const e of delta.entries) carried[e.map] = new Map([...carried[e.map], [e.key, e.value]]);
+        const patched = patchConfig(SETTINGS, live, byName(next), delta.touched, { ...delta.allocation, lookups: live.lookups }, carried);
+        assertSameRender(patched, materialized, `round ${round}`);
         allocation = { ...delta.allocation, lookups: live.lookups };
-        live = materialized;
+        live = patched;
       } else {
         general++;
         if (rendered && ops && typeof fresh !== 'string') {
