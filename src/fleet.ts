@@ -224,7 +224,8 @@ export class Fleet {
           : undefined;
     for (const r of this.logReaders) r.logged(forAll !== undefined ? { index: changes.index, full: forAll } : { index: changes.index, log: changes.log });
     const full = forAll ?? ('full' in verdict ? verdict.full : undefined);
-    let stored: StoredSpecs & { hash?: string };
+    // Everything (a full read), or only the services the log names, each with its spec now.
+    let stored: (StoredSpecs & { hash?: string }) | ReadonlyMap<string, ServiceSpec | undefined>;
     let index = changes.index;
     if (full !== undefined) {
       // Read after the log: it holds every change the log names up to its index, and maybe more.
@@ -268,22 +269,30 @@ export class Fleet {
       this.forgetIdleRings(changes.log);
     }
     at.held = Math.max(at.held, index);
-    if (stored === this.noChange || (stored.hash !== undefined && stored.hash === at.hash)) {
+    if (stored === this.noChange || ('hash' in stored && stored.hash === at.hash)) {
       this.kvIndex = at.held;
       return;
     }
-    this.invalid = stored.invalid;
-    await this.applySpecs(stored.specs, 'kv', false, this.instances, { source: 'kv', seenAt });
-    // A hash stands for the state of a full read only: after changes from the log it may equal a
-    // later full read's hash while the state here differs.
-    at.hash = stored.hash ?? '';
+    if ('specs' in stored) {
+      this.invalid = stored.invalid;
+      await this.applySpecs(stored.specs, 'kv', false, this.instances, { source: 'kv', seenAt });
+      at.hash = stored.hash ?? '';
+    } else {
+      this.invalid = this.store.invalidKeys();
+      const specs = new Map<string, ServiceSpec>();
+      for (const [name, spec] of stored) if (spec) specs.set(name, spec);
+      await this.applySpecs(specs, 'kv', false, this.instances, { source: 'kv', seenAt }, new Set(stored.keys()));
+      // A hash stands for the state of a full read only: after changes from the log it may equal a
+      // later full read's hash while the state here differs.
+      at.hash = '';
+    }
     // The report published by onApplied carries kvIndex: set it first.
     this.kvIndex = at.held;
     this.onApplied();
   }
 
   /** The log named no service: nothing to read or apply. */
-  private readonly noChange: StoredSpecs = { specs: new Map(), index: 0, invalid: [] };
+  private readonly noChange: ReadonlyMap<string, ServiceSpec | undefined> = new Map();
 
   /** The change log's index went backwards: see watch. */
   private async lostState(at: Following, index: number): Promise<void> {
@@ -315,17 +324,34 @@ export class Fleet {
     }
   }
 
-  /** Brings the local desired state to exactly these specs: one batch, one apply. */
+  /**
+   * Brings the local desired state to exactly these specs: one batch, one apply. With `only`, to
+   * these specs for those services alone (`shared` holds the ones still stored): the others are
+   * left as they are, and the work is that of the named services, not of every one held.
+   */
   private async applySpecs(
     shared: ReadonlyMap<string, ServiceSpec>,
     trigger: string,
     replaceAll: boolean,
     source: InstanceSource = this.instances,
     seen: Pick<SubmitOptions, 'source' | 'seenAt'> = {},
+    only?: ReadonlySet<string>,
   ): Promise<{ instances: number }> {
-    const specs = this.local.size === 0 ? shared : new Map([...this.local, ...shared]);
     const current = this.reconciler.snapshot();
-    const removedNames = [...current.services.keys()].filter((name) => !specs.has(name));
+    let specs: ReadonlyMap<string, ServiceSpec>;
+    let removedNames: string[];
+    if (only === undefined) {
+      specs = this.local.size === 0 ? shared : new Map([...this.local, ...shared]);
+      removedNames = [...current.services.keys()].filter((name) => !specs.has(name));
+    } else {
+      const named = new Map<string, ServiceSpec>();
+      for (const name of only) {
+        const spec = shared.get(name) ?? this.local.get(name);
+        if (spec) named.set(name, spec);
+      }
+      specs = named;
+      removedNames = [...only].filter((name) => current.services.has(name) && !named.has(name));
+    }
     // A removal may free the room a refused spec lacked: every refused one is tried again then.
     if (removedNames.length > 0) this.refusedSpecs.clear();
     const changed = [...specs.values()].filter((s) => {
@@ -411,7 +437,8 @@ export class Fleet {
       }
       if (refused.length > 0) this.log.error(`${refused.length} of ${changed.length} shared specs are not applied here: ${refused.slice(0, 20).join(', ')}${refused.length > 20 ? ', …' : ''}`);
     }
-    return { instances: [...this.reconciler.snapshot().instances.values()].reduce((n, list) => n + list.length, 0) };
+    // Counted for the start-up restore's log line only (every instance held: not per change).
+    return { instances: replaceAll ? [...this.reconciler.snapshot().instances.values()].reduce((n, list) => n + list.length, 0) : 0 };
   }
 }
 

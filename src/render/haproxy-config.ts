@@ -299,7 +299,7 @@ function assemble(
   rest: Omit<RenderedConfig, 'config' | 'skeleton' | 'skeletonParts' | 'sectionTexts'>,
 ): RenderedConfig {
   return {
-    config: `${head}${sectionTexts.map((t) => `\n${t}`).join('')}\n`,
+    config: sectionTexts.length === 0 ? `${head}\n` : `${head}\n${sectionTexts.join('\n')}\n`,
     get skeleton() {
       return `${skeletonParts.join('\n')}\n`;
     },
