@@ -13,11 +13,34 @@ import { consulServiceName, type ServiceSpec } from './spec/types.js';
 import { type DesiredState, withoutServices, withServices } from './state/desired-state.js';
 import type { Logger } from './util/log.js';
 
-/** Hash of a set of specs, independent of order and of anything host-specific. */
+/**
+ * Hash of a set of specs, independent of order and of anything host-specific: the sum, modulo
+ * 2^64 (two 32-bit halves), of each spec's own digest, which is computed once per spec object.
+ * A replica report carries it after every change, and sorting and hashing every spec's JSON cost
+ * ~5 ms per change at 10,000 services; this costs a lookup per spec.
+ */
 export function specsHash(specs: Iterable<ServiceSpec>): string {
-  const h = createHash('sha256');
-  for (const json of [...specs].map(jsonOf).sort()) h.update(json).update('\n');
-  return h.digest('hex').slice(0, 16);
+  let high = 0;
+  let low = 0;
+  for (const spec of specs) {
+    const d = digestOf(spec);
+    const sum = low + d.low;
+    low = sum >>> 0;
+    high = (high + d.high + (sum > 0xffffffff ? 1 : 0)) >>> 0;
+  }
+  return `${high.toString(16).padStart(8, '0')}${low.toString(16).padStart(8, '0')}`;
+}
+
+const digests = new WeakMap<ServiceSpec, { readonly high: number; readonly low: number }>();
+
+function digestOf(spec: ServiceSpec): { readonly high: number; readonly low: number } {
+  let d = digests.get(spec);
+  if (d === undefined) {
+    const bytes = createHash('sha256').update(jsonOf(spec)).digest();
+    d = { high: bytes.readUInt32BE(0), low: bytes.readUInt32BE(4) };
+    digests.set(spec, d);
+  }
+  return d;
 }
 
 /** Specs are immutable: each is serialised once, not on every replica report (O(services) each). */

@@ -263,11 +263,14 @@ export class FlowProxy implements ProxyCore {
         log.child('watch'),
       );
       let proxy: FlowProxy | undefined;
+      let synced: DesiredState['services'] | undefined;
       reconciler = new Reconciler(
         applier,
         log.child('reconcile'),
         (state) => {
-          watcher.sync(consulServices(state));
+          // Scale events keep the very map of specs: the services followed are the same.
+          if (state.services !== synced) watcher.sync(consulServices(state));
+          synced = state.services;
           proxy?.publisher?.publish();
           proxy?.idleGc.touch();
         },

@@ -14,6 +14,7 @@ import { type SlotTable, slotUsage } from '../render/slots.js';
 import type { RouteConflict } from '../render/routes.js';
 import { backendName, type Destination, routedSpec, type ServiceSpec } from '../spec/types.js';
 import { certificatesFingerprint, type LiveRecord, LiveState, settingsHash } from './live-state.js';
+import { CowMap } from '../util/cow-map.js';
 
 export type ApplyKind = 'reload' | 'runtime' | 'none';
 
@@ -803,7 +804,7 @@ const MATERIALIZE_QUIET_MS = 300;
 /** …and never later than this after the first. */
 const MATERIALIZE_MAX_LAG_MS = 1000;
 
-/** The tables with these entries added, copying only the maps they touch. */
+/** The tables with these entries added, copy-on-write (a route table holds every service's routes). */
 function withEntries(
   tables: Readonly<Record<MapName, ReadonlyMap<string, string>>> | undefined,
   entries: readonly { readonly map: MapName; readonly key: string; readonly value: string }[],
@@ -813,7 +814,7 @@ function withEntries(
   const copied = new Set<MapName>();
   for (const e of entries) {
     if (!copied.has(e.map)) {
-      out[e.map] = new Map(out[e.map]);
+      out[e.map] = CowMap.edit(out[e.map]);
       copied.add(e.map);
     }
     (out[e.map] as Map<string, string>).set(e.key, e.value);

@@ -3,6 +3,7 @@ import { type BackendAllocation, instanceIds, MAP_NAMES, type MapEntry, type Map
 import { assignSlots, type SlotTable, slotName } from '../render/slots.js';
 import type { ServiceState } from '../state/service-state.js';
 import { backendName, type Destination, dnsTarget, routedSpec, type ServiceSpec } from '../spec/types.js';
+import { CowMap } from '../util/cow-map.js';
 
 /**
  * Pure decisions of the applier: which backend names to use, and whether a change can go out
@@ -266,7 +267,7 @@ export function deltaOps(
   const frees: RuntimeOp[] = [];
   let slots: Map<string, SlotTable> | undefined;
   const setSlots = (name: string, table: SlotTable) => {
-    slots ??= new Map(allocation.slots);
+    slots ??= CowMap.edit(allocation.slots);
     slots.set(name, table);
   };
   const fillSlots = (name: string, previous: SlotTable, table: SlotTable, held: ReadonlyMap<string, Instance>, next: ReadonlyMap<string, Instance>) => {
@@ -301,7 +302,7 @@ export function deltaOps(
   let names: Map<string, string> | undefined;
   let spares = allocation.spares;
   if (added.length > 0 && context !== undefined) {
-    names = new Map(allocation.names);
+    names = CowMap.edit(allocation.names);
     const free = [...allocation.spares];
     const taken = new Set<string>();
     for (const s of added) {
