@@ -117,8 +117,10 @@ export class Fleet {
   /**
    * Loads every stored spec (and the original's legacy layout, migrated) and applies them in one
    * go. Retries until Consul answers; the proxy is not ready before. `onRetry` hears why a try failed.
+   * `source` gives the instances; a promise of one (the catalog model warming up) is awaited only
+   * once the specs are read, so both reads run side by side. Undefined: one read per service.
    */
-  async restore(source: InstanceSource = this.instances, onRetry?: (err: Error) => void): Promise<void> {
+  async restore(source?: InstanceSource | Promise<InstanceSource | undefined>, onRetry?: (err: Error) => void): Promise<void> {
     await retryUntilDone(
       this.ctrl.signal,
       async () => {
@@ -133,7 +135,7 @@ export class Fleet {
           await this.store.put(spec);
           specs.set(spec.serviceName, spec);
         }
-        const counts = await this.applySpecs(specs, 'start-up restore', true, source, { source: 'restore', seenAt });
+        const counts = await this.applySpecs(specs, 'start-up restore', true, (await source) ?? this.instances, { source: 'restore', seenAt });
         this.kvIndex = Math.max(stored.index, changes.index);
         this.logIndex = changes.index;
         // The certificates were restored before this read of the log: what changed since is in it.

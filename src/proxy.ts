@@ -349,12 +349,13 @@ export class FlowProxy implements ProxyCore {
       const failed = (what: string) => (err: Error) => {
         this.restoreFailure = `${what}: ${err.message}`;
       };
-      const certsNeedReload = (await this.certs?.restore(failed('restoring the certificates'))) ?? false;
       // Instances from the catalog model when it is ready in time: a few node reads rather than
-      // one request per restored service (2,000 of them took ~4 s on two connections).
-      const fromModel = (await this.watcher.modelReady(MODEL_WAIT_MS))
-        ? { instances: (name: string) => Promise.resolve(this.watcher.modelInstances(name) ?? []) }
-        : undefined;
+      // one request per restored service (2,000 of them took ~4 s on two connections). Its
+      // queries start now, beside the reads of the certificates and the specs.
+      const fromModel = this.watcher
+        .modelReady(MODEL_WAIT_MS)
+        .then((ready) => (ready ? { instances: (name: string) => Promise.resolve(this.watcher.modelInstances(name) ?? []) } : undefined));
+      const certsNeedReload = (await this.certs?.restore(failed('restoring the certificates'))) ?? false;
       // The Swarm Listener's services join the shared specs first, so one apply routes them all.
       if (this.listener) await this.pullListener(this.listener);
       await fleet.restore(fromModel, failed('restoring the services'));
@@ -791,7 +792,9 @@ export class FlowProxy implements ProxyCore {
 
   async status(): Promise<Record<string, unknown>> {
     const state = this.reconciler.snapshot();
-    const { generation, hash } = this.applier.current();
+    // Quick: a status poll must not write the files of scale events early (at 10,000 services
+    // each write is ~40 ms of CPU); while they lag (at most 1 s) ConfigHash is ''.
+    const { generation, hash } = this.applier.current(true);
     const mine = this.sharedSpecsHash(state);
     const { replicas, unknown } = this.fleet ? await readReplicas(this.consul, this.fleet.replicaPrefix) : { replicas: null, unknown: 'not part of the fleet yet' };
     return {

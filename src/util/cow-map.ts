@@ -3,7 +3,8 @@
  * changes first, then in the shared base. The desired state, the name index and the server slot
  * tables are immutable values, each change a new one; with plain Maps every change copied every
  * entry (~40,000 entries per reconfigure at 10,000 services, ~10 ms), so a change cost what the
- * whole state holds. Here it costs what it changes, plus one full copy every FLATTEN_AT changes.
+ * whole state holds. Here it costs what it changes, plus one full copy every FLATTEN_AT changes
+ * (or at the first full iteration, which costs as much anyway).
  *
  * Use `CowMap.edit(map)` to get a writable copy of any ReadonlyMap, change it, and hand it on as a
  * ReadonlyMap; nobody may write to it after that (the next edit makes a new one).
@@ -19,13 +20,20 @@ export class CowMap<K, V> implements Map<K, V> {
     private count: number,
   ) {}
 
+  /**
+   * The entries as one plain Map, made by the first full iteration (which is O(size) anyway) and
+   * kept: later iterations run at native speed, and the next edit starts from it with no changes.
+   */
+  private flat: Map<K, V> | undefined;
+
   /** A writable map with the entries of `map`, sharing them until changed. */
   static edit<K, V>(map: ReadonlyMap<K, V>): CowMap<K, V> {
     if (map instanceof CowMap) {
       const m = map as CowMap<K, V>;
+      if (m.flat !== undefined) return new CowMap(m.flat, new Map(), m.count);
       // A long list of changes slows every read: fold it into a plain base now and then.
       if (m.changes.size < FLATTEN_AT) return new CowMap(m.base, new Map(m.changes), m.count);
-      return new CowMap(new Map(m), new Map(), m.count);
+      return new CowMap(m.flattened(), new Map(), m.count);
     }
     return new CowMap(map, new Map(), map.size);
   }
@@ -50,6 +58,7 @@ export class CowMap<K, V> implements Map<K, V> {
   }
 
   set(key: K, value: V): this {
+    this.flat = undefined;
     if (!this.has(key)) this.count++;
     this.changes.set(key, value);
     return this;
@@ -57,6 +66,7 @@ export class CowMap<K, V> implements Map<K, V> {
 
   delete(key: K): boolean {
     if (!this.has(key)) return false;
+    this.flat = undefined;
     this.count--;
     if (this.base.has(key)) this.changes.set(key, GONE);
     else this.changes.delete(key);
@@ -68,29 +78,33 @@ export class CowMap<K, V> implements Map<K, V> {
   }
 
   entries(): MapIterator<[K, V]> {
-    // Unchanged: the base's own (native, faster) iterator.
+    // Unchanged: the base's own iterator.
     if (this.changes.size === 0) return this.base.entries() as MapIterator<[K, V]>;
-    return this.merged();
+    return this.flattened().entries();
   }
 
-  private *merged(): MapIterator<[K, V]> {
-    for (const [key, value] of this.base) {
-      if (!this.changes.has(key)) {
-        yield [key, value];
-        continue;
+  private flattened(): Map<K, V> {
+    if (this.flat === undefined) {
+      const flat = new Map<K, V>();
+      for (const [key, value] of this.base) {
+        if (!this.changes.has(key)) flat.set(key, value);
+        else {
+          const v = this.changes.get(key);
+          if (v !== GONE) flat.set(key, v as V);
+        }
       }
-      const v = this.changes.get(key);
-      if (v !== GONE) yield [key, v as V];
+      for (const [key, v] of this.changes) if (v !== GONE && !this.base.has(key)) flat.set(key, v as V);
+      this.flat = flat;
     }
-    for (const [key, v] of this.changes) if (v !== GONE && !this.base.has(key)) yield [key, v as V];
+    return this.flat;
   }
 
-  *keys(): MapIterator<K> {
-    for (const [key] of this.entries()) yield key;
+  keys(): MapIterator<K> {
+    return this.changes.size === 0 ? (this.base.keys() as MapIterator<K>) : this.flattened().keys();
   }
 
-  *values(): MapIterator<V> {
-    for (const [, value] of this.entries()) yield value;
+  values(): MapIterator<V> {
+    return this.changes.size === 0 ? (this.base.values() as MapIterator<V>) : this.flattened().values();
   }
 
   [Symbol.iterator](): MapIterator<[K, V]> {

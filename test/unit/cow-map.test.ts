@@ -33,6 +33,14 @@ it('CowMap: every layer reads like the Map it stands for, and earlier layers nev
     }
     layer = edit;
     assert.equal(layer.size, model.size, `round ${round}: size`);
+    for (let i = 0; i < 400; i++) {
+      const key = `k${i}`;
+      assert.equal(layer.has(key), model.has(key), `round ${round}: has ${key} before any iteration`);
+      assert.equal(layer.get(key), model.get(key), `round ${round}: get ${key} before any iteration`);
+    }
+    // A full iteration flattens the layer (kept for the next edit): only now and then, so that
+    // long runs of changes over one base (and their folding at FLATTEN_AT) are exercised too.
+    if (round % 97 !== 0 && round % 5 !== 0) continue;
     assert.deepEqual(sorted(layer), sorted(model), `round ${round}: entries`);
     for (let i = 0; i < 400; i++) {
       const key = `k${i}`;
@@ -42,6 +50,13 @@ it('CowMap: every layer reads like the Map it stands for, and earlier layers nev
     assert.deepEqual([...layer.keys()].sort(), [...model.keys()].sort());
     assert.deepEqual([...layer.values()].map((v) => JSON.stringify(v)).sort(), [...model.values()].map((v) => JSON.stringify(v)).sort());
     if (round % 50 === 0) snapshots.push([layer, new Map(model)]);
+    // Reads of a flattened layer, and of one edited after it was flattened.
+    if (round % 10 === 0) {
+      const more = CowMap.edit(layer);
+      more.set('extra', -1);
+      assert.equal(more.get('extra'), -1);
+      assert.equal(layer.has('extra'), model.has('extra'));
+    }
   }
   // Hundreds of edits later (and flattened bases in between), every snapshot still reads as it did.
   for (const [snap, want] of snapshots) assert.deepEqual(sorted(snap), sorted(want));
