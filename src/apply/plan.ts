@@ -250,18 +250,29 @@ export function deltaOps(
   minSlots: number,
   context?: DeltaContext,
 ): DeltaPlan | undefined {
-  const byName = new Map<string, ServiceState>();
+  // The services by name: `before` with the changed and added ones set (copy-on-write).
+  const byName = CowMap.edit(before);
   const changed: [ServiceState, ServiceState][] = [];
   const added: ServiceState[] = [];
+  let kept = 0;
   for (const s of services) {
     const was = before.get(s.spec.serviceName);
-    byName.set(s.spec.serviceName, s);
-    if (was === undefined) added.push(s);
-    else if (was.spec !== s.spec) return undefined;
-    else if (was.instances !== s.instances) changed.push([was, s]);
+    if (was === undefined) {
+      if (byName.has(s.spec.serviceName)) return undefined; // a name twice
+      added.push(s);
+      byName.set(s.spec.serviceName, s);
+      continue;
+    }
+    kept++;
+    if (was.spec !== s.spec) return undefined;
+    if (was.instances !== s.instances) {
+      changed.push([was, s]);
+      byName.set(s.spec.serviceName, s);
+    }
   }
-  // Every service of before is still here (none removed), and names are unique.
-  if (byName.size !== services.length || services.length - added.length !== before.size) return undefined;
+  // Every service of before is still here (none removed; `services` names each once, as
+  // serviceStates gives them).
+  if (kept !== before.size) return undefined;
   if (added.length > 0 && context === undefined) return undefined;
   const fills: RuntimeOp[] = [];
   const frees: RuntimeOp[] = [];

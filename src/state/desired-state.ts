@@ -221,13 +221,23 @@ function prune(state: DesiredState): DesiredState {
 export function serviceStates(state: DesiredState): readonly ServiceState[] {
   let out = statesOf.get(state);
   if (out === undefined) {
-    out = [...state.services.values()].map((spec) => ({ spec, instances: state.instances.get(consulServiceName(spec)) ?? [] }));
+    out = [...state.services.values()].map((spec) => {
+      const instances = state.instances.get(consulServiceName(spec)) ?? NONE;
+      // The same object as last time for an unchanged service: a change allocates what it changes.
+      const last = lastStateOf.get(spec);
+      if (last !== undefined && last.instances === instances) return last;
+      const fresh = { spec, instances };
+      lastStateOf.set(spec, fresh);
+      return fresh;
+    });
     statesOf.set(state, out);
   }
   return out;
 }
 
 const statesOf = new WeakMap<DesiredState, readonly ServiceState[]>();
+const lastStateOf = new WeakMap<ServiceSpec, ServiceState>();
+const NONE: readonly Instance[] = [];
 
 function sameInstances(a: readonly Instance[], b: readonly Instance[]): boolean {
   return a.length === b.length && a.every((x, i) => x.id === b[i]?.id && x.address === b[i]?.address && x.port === b[i]?.port);
