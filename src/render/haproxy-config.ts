@@ -4,6 +4,7 @@ import type { ServiceState } from '../state/service-state.js';
 import type { Instance } from '../discovery/types.js';
 import { type Backend, buildBackend, DNS_RESOLVERS, quote, renderBackend, type Slot, spareBackend } from './backend.js';
 import { assignSlots, type SlotTable, slotName } from './slots.js';
+import { CowMap } from '../util/cow-map.js';
 import { type AclRoute, buildRoutes, byAclName, claimsOf, FALLBACK, MAP_FILES, MAP_NAMES, type MapName, mapText, type RouteConflict, type RouteTable, WILDCARD_DEPTH } from './routes.js';
 
 export { MAP_FILES, MAP_NAMES, type MapName, type RouteConflict } from './routes.js';
@@ -205,7 +206,8 @@ export function renderConfig(settings: RenderSettings, services: readonly Servic
   }
   if (settings.stats) secrets.push(...statsLines(settings.stats));
   secrets.push('');
-  const userlistOf = (spec: ServiceSpec) => (withUsers.has(spec.serviceName) ? userlistName(spec) : settings.users.length > 0 ? GLOBAL_USERLIST : undefined);
+  // What userlistFor says (patchConfig asks it), from the users just resolved.
+  const userlistOf = (spec: ServiceSpec) => (withUsers.has(spec.serviceName) ? userlistName(spec) : globalUserlist(settings));
 
   // --- global and defaults ---
   const t = settings.timeouts;
@@ -331,7 +333,11 @@ function serviceSections(
 
 /** The userlist a service's backends check: its own, the global one (USERS), or none. */
 function userlistFor(settings: RenderSettings, spec: ServiceSpec): string | undefined {
-  return effectiveUsers(settings, spec) !== undefined ? userlistName(spec) : settings.users.length > 0 ? GLOBAL_USERLIST : undefined;
+  return effectiveUsers(settings, spec) !== undefined ? userlistName(spec) : globalUserlist(settings);
+}
+
+function globalUserlist(settings: RenderSettings): string | undefined {
+  return settings.users.length > 0 ? GLOBAL_USERLIST : undefined;
 }
 
 const sectionIndexes = new WeakMap<readonly string[], ReadonlyMap<string, number>>();
@@ -365,7 +371,7 @@ export function patchConfig(
   };
   const sectionTexts = [...live.sectionTexts];
   const skeletonParts = [...live.skeletonParts];
-  const backends = new Map(live.backends);
+  const backends = CowMap.edit(live.backends);
   for (const serviceName of touched) {
     const state = services.get(serviceName);
     if (state === undefined) return undefined;
@@ -806,7 +812,7 @@ export function runtimeAddition(
   const routed = routedSpec(spec);
   if (routed.destinations.some((d) => d.reqMode !== 'http' || dnsTarget(spec, d) !== undefined)) return undefined;
   if (spec.sessionType !== undefined || effectiveUsers(settings, spec) !== undefined) return undefined;
-  const userlist = settings.users.length > 0 ? GLOBAL_USERLIST : undefined;
+  const userlist = globalUserlist(settings);
   const names = routed.destinations.map(nameOf);
   for (const [i, dest] of routed.destinations.entries()) {
     const name = names[i] as string;
