@@ -688,14 +688,25 @@ export class ConfigApplier {
    */
   private readonly verdicts = new Map<string, number>();
   private verdictEpoch = 0;
+  /** `haproxy -c` runs in flight, by verdictKey. */
+  private readonly checking = new Map<string, Promise<void>>();
 
   private async validate(services: readonly ServiceState[], allocation: BackendAllocation, dir: string, reuse = true): Promise<void> {
     const candidate = this.render(services, allocation, dir);
     const short = fdShortfall(candidate, this.settings.maxconn, this.fdLimit);
     if (short !== undefined) throw new FdLimitError(short);
     const key = reuse ? verdictKey(candidate, dir) : undefined;
-    const passedAt = key === undefined ? undefined : this.verdicts.get(key);
-    if (passedAt !== undefined && Date.now() - passedAt < VERDICT_TTL_MS) return;
+    const passed = () => {
+      const at = key === undefined ? undefined : this.verdicts.get(key);
+      return at !== undefined && Date.now() - at < VERDICT_TTL_MS;
+    };
+    if (passed()) return;
+    // The same check already running (concurrent prechecks of one change): its verdict, not a second run.
+    const running = key === undefined ? undefined : this.checking.get(key);
+    if (running !== undefined) {
+      await running.catch(() => undefined);
+      if (passed()) return;
+    }
     // A verdict reached while the certificate list changed is not kept (the files it read differ).
     const epoch = this.verdictEpoch;
     mkdirSync(dir, { recursive: true });
@@ -705,7 +716,13 @@ export class ConfigApplier {
     writeFileSync(file, candidate.config);
     writeFileSync(secrets, candidate.secrets, { mode: 0o600 });
     this.validations++;
-    await validateConfig(this.haproxyBin, [file, secrets]);
+    const check = validateConfig(this.haproxyBin, [file, secrets]);
+    if (key !== undefined) this.checking.set(key, check);
+    try {
+      await check;
+    } finally {
+      if (key !== undefined && this.checking.get(key) === check) this.checking.delete(key);
+    }
     if (key === undefined || epoch !== this.verdictEpoch) return;
     this.verdicts.delete(key);
     this.verdicts.set(key, Date.now());
@@ -826,9 +843,16 @@ function byName(services: readonly ServiceState[]): Map<string, ServiceState> {
   return new Map(services.map((s) => [s.spec.serviceName, s]));
 }
 
-/** The candidate's files with the directory they were checked in left out (prechecks use their own). */
-function verdictKey(files: Files, dir: string): string {
-  return computeHash({ config: files.config.replaceAll(dir, '\0dir\0'), maps: files.maps, secrets: files.secrets });
+/**
+ * What `haproxy -c` judges of a candidate: its skeleton (the config with every server slot's
+ * address left out), maps and secrets, with the directory it was checked in left out (prechecks
+ * use their own). Candidates that differ only in slot addresses share a verdict, by the reasoning
+ * that lets scale events go out with no check at all: every address passed the proxy's grammar,
+ * and the rest is byte-identical. So a reload whose instances moved since its precheck, or a
+ * precheck of one service's new instances, needs no second check.
+ */
+function verdictKey(files: RenderedConfig, dir: string): string {
+  return computeHash({ config: files.skeleton.replaceAll(dir, '\0dir\0'), maps: files.maps, secrets: files.secrets });
 }
 
 /** Parsing time grows with config size (~1.2 s at 2 MB on 2 cores); allow generously more. */
