@@ -120,10 +120,11 @@ export class Fleet {
   /**
    * Loads every stored spec (and the original's legacy layout, migrated) and applies them in one
    * go. Retries until Consul answers; the proxy is not ready before. `onRetry` hears why a try failed.
-   * `source` gives the instances; a promise of one (the catalog model warming up) is awaited only
-   * once the specs are read, so both reads run side by side. Undefined: one read per service.
+   * `source` gives the instances; a function giving one (the catalog model, warming up meanwhile)
+   * is asked only once the specs are read, so both reads run side by side and its wait starts
+   * when Consul answers. Undefined: one read per service.
    */
-  async restore(source?: InstanceSource | Promise<InstanceSource | undefined>, onRetry?: (err: Error) => void): Promise<void> {
+  async restore(source?: InstanceSource | (() => Promise<InstanceSource | undefined>), onRetry?: (err: Error) => void): Promise<void> {
     await retryUntilDone(
       this.ctrl.signal,
       async () => {
@@ -138,7 +139,8 @@ export class Fleet {
           await this.store.put(spec);
           specs.set(spec.serviceName, spec);
         }
-        const counts = await this.applySpecs(specs, 'start-up restore', true, (await source) ?? this.instances, { source: 'restore', seenAt });
+        const instances = (typeof source === 'function' ? await source() : source) ?? this.instances;
+        const counts = await this.applySpecs(specs, 'start-up restore', true, instances, { source: 'restore', seenAt });
         this.kvIndex = Math.max(stored.index, changes.index);
         this.logIndex = changes.index;
         // The certificates were restored before this read of the log: what changed since is in it.
@@ -377,8 +379,10 @@ export class Fleet {
         const spec = shared.get(name) ?? this.local.get(name);
         if (spec) named.set(name, spec);
       }
-      specs = named;
       removedNames = [...only].filter((name) => current.services.has(name) && !named.has(name));
+      // A removal may free the room a refused spec lacked: the refused ones come along (below).
+      if (removedNames.length > 0) for (const spec of this.refusedSpecs) if (!only.has(spec.serviceName)) named.set(spec.serviceName, spec);
+      specs = named;
     }
     // A removal may free the room a refused spec lacked: every refused one is tried again then.
     if (removedNames.length > 0) this.refusedSpecs.clear();

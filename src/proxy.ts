@@ -351,10 +351,11 @@ export class FlowProxy implements ProxyCore {
       };
       // Instances from the catalog model when it is ready in time: a few node reads rather than
       // one request per restored service (2,000 of them took ~4 s on two connections). Its
-      // queries start now, beside the reads of the certificates and the specs.
-      const fromModel = this.watcher
-        .modelReady(MODEL_WAIT_MS)
-        .then((ready) => (ready ? { instances: (name: string) => Promise.resolve(this.watcher.modelInstances(name) ?? []) } : undefined));
+      // queries start now, beside the reads of the certificates and the specs; the wait for it
+      // starts once the specs are read (Consul answers by then).
+      this.watcher.startModel();
+      const fromModel = async () =>
+        (await this.watcher.modelReady(MODEL_WAIT_MS)) ? { instances: (name: string) => Promise.resolve(this.watcher.modelInstances(name) ?? []) } : undefined;
       const certsNeedReload = (await this.certs?.restore(failed('restoring the certificates'))) ?? false;
       // The Swarm Listener's services join the shared specs first, so one apply routes them all.
       if (this.listener) await this.pullListener(this.listener);

@@ -534,6 +534,7 @@ export class ConfigApplier {
       }
       if (quick !== undefined) {
         try {
+          const crtList = this.crtList;
           await this.haproxy.whenUp();
           this.runtimeAhead();
           await this.runOps(quick.ops);
@@ -543,6 +544,9 @@ export class ConfigApplier {
           this.tables = withEntries(this.tables, quick.entries);
           this.lagging = services;
           for (const name of quick.touched) this.lagTouched.add(name);
+          // The certificate list changed while the commands went out: the files are rendered
+          // whole (materialize patches only over the head they were planned with).
+          if (this.crtList !== crtList) this.applied = undefined;
           this.lastPlan = undefined;
           this.scheduleMaterialize();
           // Logged by the reconciler, with where its changes came from.
@@ -655,7 +659,10 @@ export class ConfigApplier {
     const previous = this.live ?? this.lastGood;
     this.writeLive(rendered);
     try {
+      const restarts = this.haproxy.status().restarts;
       await this.haproxy.reload(reloadTimeout(rendered.config));
+      // Restarted meanwhile (from the last good files): this config is not what serves.
+      if (this.haproxy.status().restarts !== restarts) throw new Error('HAProxy restarted during the reload');
     } catch (err) {
       if (previous) this.writeLive(previous);
       // The old worker serves on, from the files just put back.
@@ -702,13 +709,18 @@ export class ConfigApplier {
     };
     if (passed()) return;
     // The same check already running (concurrent prechecks of one change): its verdict, not a second run.
-    const running = key === undefined ? undefined : this.checking.get(key);
-    if (running !== undefined) {
-      await running.catch(() => undefined);
-      if (passed()) return;
-    }
     // A verdict reached while the certificate list changed is not kept (the files it read differ).
     const epoch = this.verdictEpoch;
+    const running = key === undefined ? undefined : this.checking.get(key);
+    if (running !== undefined) {
+      try {
+        await running;
+      } catch (err) {
+        // Refused: refused for this candidate too, unless the certificates changed meanwhile.
+        if (epoch === this.verdictEpoch) throw err;
+      }
+      if (passed()) return;
+    }
     mkdirSync(dir, { recursive: true });
     for (const name of MAP_NAMES) writeFileSync(path.join(dir, MAP_FILES[name]), candidate.maps[name]);
     const file = path.join(dir, 'haproxy.cfg');

@@ -258,7 +258,6 @@ export function deltaOps(
   for (const s of services) {
     const was = before.get(s.spec.serviceName);
     if (was === undefined) {
-      if (byName.has(s.spec.serviceName)) return undefined; // a name twice
       added.push(s);
       byName.set(s.spec.serviceName, s);
       continue;
@@ -270,9 +269,8 @@ export function deltaOps(
       byName.set(s.spec.serviceName, s);
     }
   }
-  // Every service of before is still here (none removed; `services` names each once, as
-  // serviceStates gives them).
-  if (kept !== before.size) return undefined;
+  // Every service of before is still here (none removed), and none is listed twice.
+  if (kept !== before.size || new Set(services.map((s) => s.spec.serviceName)).size !== services.length) return undefined;
   if (added.length > 0 && context === undefined) return undefined;
   const fills: RuntimeOp[] = [];
   const frees: RuntimeOp[] = [];

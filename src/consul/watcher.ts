@@ -254,6 +254,11 @@ export class ConsulWatcher {
    * every restored service's instances from memory: a handful of node reads instead of one
    * request per service on the ordinary budget.
    */
+  /** Starts reading the catalog (no wait): modelReady later finds it further along. */
+  startModel(): void {
+    this.start();
+  }
+
   async modelReady(timeoutMs: number): Promise<boolean> {
     this.start();
     if (!this.ready && !this.stopped) {

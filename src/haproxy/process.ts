@@ -229,6 +229,7 @@ export class HaproxyProcess {
       throw new HaproxyUnavailableError(`the HAProxy master does not answer on its socket: ${(err as Error).message}`, err);
     });
     const mark = this.seq;
+    const restarts = this.restarts;
     try {
       await socketCommand(this.paths.masterSocket, 'reload', { retryForMs: 1000 });
     } catch (err) {
@@ -236,14 +237,19 @@ export class HaproxyProcess {
       if ((err as NodeJS.ErrnoException).code !== 'ECONNRESET') throw new ReloadFailedError(`reload command failed: ${String(err)}`, err);
     }
     const deadline = Date.now() + timeoutMs;
-    const isNew = (pid: number | undefined) => pid !== undefined && pid !== 0 && !before.workers.includes(pid) && !before.oldWorkers.includes(pid);
+    const isNew = (pid: number | undefined) => pid !== undefined && pid !== 0 && pid !== before.masterPid && !before.workers.includes(pid) && !before.oldWorkers.includes(pid);
+    // A master that died and was started again (from the last good files) has new workers too:
+    // they are no sign that this reload took.
+    const sameMaster = () => this.master === master && master !== undefined && !master.exited && this.restarts === restarts;
     // The master's verdict: the new worker listed, or the reload refused. Also what `settling` waits for.
     const fromMaster = (async (): Promise<'up' | Error> => {
       while (Date.now() < deadline) {
-        if (this.master !== master || master === undefined || master.exited) {
+        if (!sameMaster()) return new ReloadFailedError(`HAProxy exited during the reload: ${this.outputSince(mark) || 'no output'}`);
+        const info = await this.showProc(Math.max(1, deadline - Date.now())).catch(() => undefined);
+        // An empty answer (a master re-executing drops its connections) names no master at all.
+        if (!sameMaster() || (info !== undefined && info.masterPid !== 0 && info.masterPid !== before.masterPid)) {
           return new ReloadFailedError(`HAProxy exited during the reload: ${this.outputSince(mark) || 'no output'}`);
         }
-        const info = await this.showProc(Math.max(1, deadline - Date.now())).catch(() => undefined);
         if (info?.workers.some(isNew)) return 'up';
         if (info !== undefined && (info.failed > before.failed || /Loading failure/.test(this.outputSince(mark)))) {
           return new ReloadFailedError(`HAProxy refused to reload: ${this.outputSince(mark) || 'no output'}`);
@@ -255,7 +261,9 @@ export class HaproxyProcess {
     let decided = false;
     const fromWorker = (async (): Promise<'up' | undefined> => {
       while (!decided && Date.now() < deadline) {
-        if (isNew(await this.workerPid())) return 'up';
+        const pid = await this.workerPid();
+        if (!sameMaster()) return undefined;
+        if (isNew(pid)) return 'up';
         await sleep(10);
       }
       return undefined;

@@ -116,6 +116,11 @@ describe('scale events without rendering (plan.ts scaleOnlyOps)', () => {
     assert.equal(scaleOnlyOps(before, [{ spec: { ...a }, instances: one }, services[1] as ServiceState], allocation, MIN_SLOTS), undefined);
     assert.equal(scaleOnlyOps(before, [...services, { spec: spec({ serviceName: 'c', destinations: [{ servicePath: ['/c'] }] }), instances: [] }], allocation, MIN_SLOTS), undefined);
     assert.equal(scaleOnlyOps(before, [services[0] as ServiceState], allocation, MIN_SLOTS), undefined);
+    // A name listed twice (one of before's in place of another, or added twice).
+    assert.equal(scaleOnlyOps(before, [services[0] as ServiceState, services[0] as ServiceState], allocation, MIN_SLOTS), undefined);
+    const c = { spec: spec({ serviceName: 'c', destinations: [{ servicePath: ['/c'] }] }), instances: [] };
+    const context = { add: () => ({ entries: [], lookups: [] }), tables: Object.fromEntries(MAP_NAMES.map((m) => [m, new Map()])) as Record<MapName, Map<string, string>>, lookups: new Set<string>() };
+    assert.equal(deltaOps(before, [...services, c, c], allocation, MIN_SLOTS, context), undefined);
     // A sticky service keeps the general path.
     const sticky = spec({ serviceName: 's', sessionType: 'sticky-server', destinations: [{ servicePath: ['/s'] }] });
     const withSticky: ServiceState[] = [{ spec: sticky, instances: one }];
