@@ -9,8 +9,8 @@
  * Use `CowMap.edit(map)` to get a writable copy of any ReadonlyMap, change it, and hand it on as a
  * ReadonlyMap; nobody may write to it after that (the next edit makes a new one).
  *
- * Iteration follows Map's order, with one difference: a key deleted and set again in the same
- * layer keeps its old place instead of moving to the end. Nothing here depends on that order.
+ * Iteration follows Map's order, with one difference: a key deleted and set again keeps its old
+ * place instead of moving to the end, until a flatten. Nothing here depends on that order.
  */
 export class CowMap<K, V> implements Map<K, V> {
   private constructor(
