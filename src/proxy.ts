@@ -794,7 +794,7 @@ export class FlowProxy implements ProxyCore {
   async status(): Promise<Record<string, unknown>> {
     const state = this.reconciler.snapshot();
     // Quick: a status poll must not write the files of scale events early (at 10,000 services
-    // each write is ~40 ms of CPU); while they lag (at most 1 s) ConfigHash is ''.
+    // each write is ~50 ms of CPU); while they lag (at most 1 s) ConfigHash is ''.
     const { generation, hash } = this.applier.current(true);
     const mine = this.sharedSpecsHash(state);
     const { replicas, unknown } = this.fleet ? await readReplicas(this.consul, this.fleet.replicaPrefix) : { replicas: null, unknown: 'not part of the fleet yet' };
@@ -806,7 +806,7 @@ export class FlowProxy implements ProxyCore {
       Applies: this.applier.records().slice(-20),
       ApplyCounts: this.applier.totals(),
       // `haproxy -c` runs since start: prechecks of API changes (one per burst) and reloads, minus
-      // reloads of files their precheck had just passed.
+      // reloads of files a check had just passed but for slot addresses (applier.ts verdictKey).
       ConfigChecks: this.applier.validations,
       // Files written after runtime changes: only the touched backends rendered, or every service.
       FileWrites: this.applier.fileWrites,

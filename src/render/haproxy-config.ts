@@ -177,13 +177,18 @@ function userlistLines(name: string, users: readonly string[], encrypted: boolea
   ];
 }
 
-export function renderConfig(settings: RenderSettings, services: readonly ServiceState[], allocation: BackendAllocation = CANONICAL): RenderedConfig {
-  // A destination with httpsPort is routed as two (spec/types.ts routedSpec).
-  const ordered = services.map((s) => (routedSpec(s.spec) === s.spec ? s : { ...s, spec: routedSpec(s.spec) })).sort((a, b) => byAclName(a.spec, b.spec));
-  const nameOf = (spec: ServiceSpec, dest: Destination) => {
+/** The HAProxy backend name of a destination under this allocation (a spare's, or the canonical one). */
+function backendNamer(allocation: BackendAllocation): (spec: ServiceSpec, dest: Destination) => string {
+  return (spec, dest) => {
     const key = backendName(spec, dest);
     return allocation.names.get(key) ?? key;
   };
+}
+
+export function renderConfig(settings: RenderSettings, services: readonly ServiceState[], allocation: BackendAllocation = CANONICAL): RenderedConfig {
+  // A destination with httpsPort is routed as two (spec/types.ts routedSpec).
+  const ordered = services.map((s) => (routedSpec(s.spec) === s.spec ? s : { ...s, spec: routedSpec(s.spec) })).sort((a, b) => byAclName(a.spec, b.spec));
+  const nameOf = backendNamer(allocation);
   const routes = buildRoutes(
     ordered.map((s) => s.spec),
     nameOf,
@@ -365,10 +370,7 @@ export function patchConfig(
     index = new Map(live.sectionNames.map((name, i) => [name, i]));
     sectionIndexes.set(live.sectionNames, index);
   }
-  const nameOf = (spec: ServiceSpec, dest: Destination) => {
-    const key = backendName(spec, dest);
-    return allocation.names.get(key) ?? key;
-  };
+  const nameOf = backendNamer(allocation);
   const sectionTexts = [...live.sectionTexts];
   const skeletonParts = [...live.skeletonParts];
   const backends = CowMap.edit(live.backends);
